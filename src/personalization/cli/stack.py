@@ -1,0 +1,213 @@
+"""``personalization stack up|down``: the embedded local stack in the foreground.
+
+Registered by the main CLI as ``personalization stack``; also runnable on its own
+as ``python -m personalization.cli.stack``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from personalization.config import SERVICE_URL_VARS, configured_service_urls
+from personalization.stack import (
+    DEFAULT_ROOT,
+    LocalStack,
+    StackConfig,
+    StackError,
+    StepCallback,
+    stop_running_stack,
+)
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Run PostgreSQL, Redis and a Kafka-compatible broker locally, from pip packages.",
+)
+
+err = Console(stderr=True)
+
+ROOT_OPTION = typer.Option(
+    DEFAULT_ROOT,
+    "--root",
+    envvar="PERSONALIZATION_STACK_DIR",
+    help="Directory for the stack's data, logs and state.",
+)
+
+
+class _StopRequested(Exception):
+    """SIGTERM or SIGHUP arrived (``stack down``, or the terminal went away)."""
+
+
+def _fail(msg: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _log_to_file(root: Path, verbose: bool) -> None:
+    # The terminal shows the progress bars; the structured lines go to a file so
+    # they neither garble the bars nor get lost (and to stderr too with --verbose).
+    from personalization.logging_setup import JsonFormatter
+
+    log_dir = root / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    handlers: list[logging.Handler] = [logging.FileHandler(log_dir / "stack.log")]
+    if verbose:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logger = logging.getLogger("personalization.stack")
+    for h in handlers:
+        h.setFormatter(JsonFormatter())
+        logger.addHandler(h)
+    logger.setLevel(logging.INFO)
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+    )
+
+
+def _step_callback(progress: Progress, title: str) -> StepCallback:
+    task = progress.add_task(title, total=None)
+
+    def report(description: str, done: int, total: int) -> None:
+        progress.update(task, description=description, completed=done, total=total)
+
+    return report
+
+
+def _raise_stop(signum: int, _frame: FrameType | None) -> None:
+    raise _StopRequested(signal.Signals(signum).name)
+
+
+@app.command("up")
+def up(
+    root: Path = ROOT_OPTION,
+    pg_port: int = typer.Option(
+        0,
+        "--pg-port",
+        envvar="PERSONALIZATION_STACK_PG_PORT",
+        min=0,
+        max=65535,
+        help="PostgreSQL port (0: a free one).",
+    ),
+    redis_port: int = typer.Option(
+        0,
+        "--redis-port",
+        envvar="PERSONALIZATION_STACK_REDIS_PORT",
+        min=0,
+        max=65535,
+        help="Redis port (0: a free one).",
+    ),
+    kafka_port: int = typer.Option(
+        0,
+        "--kafka-port",
+        envvar="PERSONALIZATION_STACK_KAFKA_PORT",
+        min=0,
+        max=65535,
+        help="Kafka broker port (0: a free one).",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also log to stderr."),
+) -> None:
+    """Start the local stack in the foreground; Ctrl-C or `stack down` stops it.
+
+    Does nothing when a PERSONALIZATION_* service URL is set: configured services
+    always win over the local stack.
+    """
+    if configured_service_urls():
+        names = ", ".join(v for v in SERVICE_URL_VARS if os.environ.get(v))
+        err.print(
+            f"Service URLs are configured ({names}), so no local stack is started: the "
+            "commands use those services. Unset them to run the local stack.",
+            soft_wrap=True,
+        )
+        return
+    _log_to_file(root, verbose)
+    stack = LocalStack(
+        StackConfig(root=root, pg_port=pg_port, redis_port=redis_port, kafka_port=kafka_port)
+    )
+    # `stack down` sends SIGTERM; a closed terminal sends SIGHUP.  Both must run the
+    # same orderly shutdown as Ctrl-C, even in the middle of start().
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGHUP, _raise_stop)
+    code = 0
+    try:
+        try:
+            with _progress() as progress:
+                urls = stack.start(_step_callback(progress, "Starting the local stack"))
+        except StackError as exc:
+            _fail(str(exc))
+        if stack.postgres.run_as is not None:
+            err.print(
+                f"PostgreSQL runs as the unprivileged user '{stack.postgres.run_as}' "
+                "because this process is root (PostgreSQL refuses to run as root).",
+                soft_wrap=True,
+            )
+        err.print(
+            f"Local stack running (data in {stack.root}; the Kafka broker keeps its topics "
+            "in memory only). Point other shells at it with:",
+            soft_wrap=True,
+        )
+        for line in urls.export_lines():
+            typer.echo(line)
+        sys.stdout.flush()
+        err.print("Ctrl-C here or `personalization stack down` stops it.")
+        while True:
+            time.sleep(0.5)
+            dead = stack.failed()
+            if dead:
+                err.print(
+                    f"[bold red]error:[/] {', '.join(dead)} exited unexpectedly; "
+                    f"see the logs in {stack.root / 'logs'}. Stopping the rest.",
+                    soft_wrap=True,
+                )
+                code = 1
+                break
+    except (KeyboardInterrupt, _StopRequested):
+        err.print("Stopping the local stack...")
+    finally:
+        # A second Ctrl-C must not cut PostgreSQL's shutdown short; kill -9 still
+        # works and the parent-death signal still stops every server cleanly.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        with _progress() as progress:
+            stack.stop(_step_callback(progress, "Stopping the local stack"))
+    if code:
+        raise typer.Exit(code)
+    err.print("Local stack stopped.")
+
+
+@app.command("down")
+def down(
+    root: Path = ROOT_OPTION,
+    timeout: float = typer.Option(90.0, "--timeout", min=1.0, help="Seconds to wait."),
+) -> None:
+    """Stop the local stack that `stack up` runs from --root (in another shell)."""
+    try:
+        with err.status(f"Stopping the local stack in {root}..."):
+            state = stop_running_stack(root, timeout_s=timeout)
+    except StackError as exc:
+        _fail(str(exc))
+    if state is None:
+        err.print(f"No local stack is running from {root}.")
+    else:
+        err.print(f"Stopped the local stack (pid {state.pid}).")
+
+
+if __name__ == "__main__":
+    app()
