@@ -1,0 +1,169 @@
+"""``personalization cdc ...``: run, inspect and retire the Debezium change-stream relay.
+
+Exit codes: 0 success, 1 the relay or Debezium failed, 2 the database is not set up for
+change capture (the message names the fix).  Recovery after a lost slot or stale offsets
+(database restored or recreated, slot dropped)::
+
+    personalization cdc reset-offsets --yes           # re-create the slot, forget offsets
+    personalization cdc run                           # resume from now, or:
+    personalization cdc run --snapshot-mode initial   # re-send every current row first
+
+Retiring the relay: ``personalization cdc drop-slot --yes`` (drops slot, publication and
+stored offsets, so PostgreSQL stops keeping WAL for it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import uuid
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from personalization.stream.settings import CdcSettings, SnapshotMode
+
+app = typer.Typer(help="Debezium change-data-capture relay to Kafka.", no_args_is_help=True)
+
+_YES = typer.Option("--yes", help="Confirm the destructive operation.")
+
+
+def _settings(**overrides: object) -> CdcSettings:
+    base = CdcSettings()
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return base.model_copy(update=values) if values else base
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)-5s [%(name)s] %(message)s",
+    )
+
+
+@app.command()
+def run(
+    snapshot_mode: Annotated[
+        SnapshotMode | None,
+        typer.Option(help="no_data: stream from the slot; initial: first emit every row."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus port (0 disables; default 9465).")
+    ] = None,
+    offsets_file: Annotated[
+        str | None, typer.Option(help="Store offsets in this file instead of PostgreSQL.")
+    ] = None,
+) -> None:
+    """Stream personalization_events (and profile/trait) changes to Kafka until stopped."""
+    from personalization.stream.cdc import run_relay
+
+    _logging()
+    settings = _settings(
+        cdc_snapshot_mode=snapshot_mode,
+        cdc_metrics_port=metrics_port,
+        cdc_offsets_file=offsets_file,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    raise typer.Exit(run_relay(settings, stop=stop))
+
+
+@app.command()
+def status() -> None:
+    """Print the slot, its retained WAL and the stored offset as one JSON line."""
+    from personalization.stream import pgadmin
+
+    settings = _settings()
+    with pgadmin.connect(settings) as conn:
+        slot = pgadmin.read_slot(conn, settings.cdc_slot_name)
+        lsn = pgadmin.stored_lsn(conn, settings)
+    out = {
+        "slot": None if slot is None else slot.__dict__,
+        "stored_lsn": lsn,
+        "topic": settings.events_topic,
+    }
+    typer.echo(json.dumps(out))
+
+
+@app.command("drop-slot")
+def drop_slot(
+    yes: Annotated[bool, _YES] = False,
+    keep_offsets: Annotated[
+        bool, typer.Option(help="Keep the stored offsets (default: drop them too).")
+    ] = False,
+) -> None:
+    """Retire the relay: drop its replication slot, publication and stored offsets."""
+    from personalization.stream import pgadmin
+
+    if not yes:
+        typer.echo("refusing without --yes: this stops change capture for good", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    try:
+        with pgadmin.connect(settings) as conn:
+            dropped = pgadmin.drop_slot_and_publication(conn, settings, keep_offsets=keep_offsets)
+    except pgadmin.CdcSetupError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    typer.echo("dropped: " + (", ".join(dropped) if dropped else "nothing (already retired)"))
+
+
+@app.command("reset-offsets")
+def reset_offsets(yes: Annotated[bool, _YES] = False) -> None:
+    """Recover from a lost slot or stale offsets: forget offsets, re-create the slot now."""
+    from personalization.stream import pgadmin
+
+    if not yes:
+        typer.echo("refusing without --yes: changes not yet streamed may be skipped", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    try:
+        with pgadmin.connect(settings) as conn:
+            pgadmin.drop_slot_and_publication(conn, settings, keep_offsets=False)
+            pgadmin.preflight(conn, settings)
+            pgadmin.ensure_publication_and_slot(conn, settings)
+    except pgadmin.CdcSetupError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"slot {settings.cdc_slot_name} re-created; offsets cleared")
+
+
+@app.command("invalidate-cache")
+def invalidate_cache(
+    group_id: Annotated[str, typer.Option(help="Kafka consumer group.")] = (
+        "personalization-cache-invalidation"
+    ),
+) -> None:
+    """Consume profile/trait changes and delete the users' Redis preference snapshots."""
+    from personalization.stream.invalidation import redis_invalidator, run_invalidation_consumer
+
+    _logging()
+    settings = _settings()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    run_invalidation_consumer(
+        settings.kafka_bootstrap_servers,
+        settings.kafka_topic_prefix,
+        redis_invalidator(settings.redis_url),
+        stop=stop,
+        group_id=group_id or f"personalization-cache-{uuid.uuid4()}",
+    )
+
+
+if __name__ == "__main__":
+    app()
