@@ -1,0 +1,137 @@
+"""Shared fixtures: real PostgreSQL and Redis, isolated per test.
+
+* ``db_url``: a fresh database per test, cloned from a template migrated once
+  (the template's name carries a hash of the migration files, so a schema change
+  makes a new template and concurrent test runs share a finished one).
+* ``redis_url``: a Redis logical database of its own (1..15), taken with a file
+  lock so concurrent pytest processes never share one, flushed before use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import redis
+from psycopg import sql
+
+from personalization.api.app import create_app
+from personalization.composition import Platform, open_platform
+from personalization.config import Settings
+from personalization.store import migrate
+from personalization.store.urls import with_dbname
+
+PG_URL = os.environ.get("PERSONALIZATION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_BASE = os.environ.get("PERSONALIZATION_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def _template_name() -> str:
+    h = hashlib.sha256()
+    for f in migrate.migration_files():
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return f"pz_template_{h.hexdigest()[:12]}"
+
+
+@pytest.fixture(scope="session")
+def template_db() -> str:
+    """A migrated template database (created once per schema version)."""
+    name = _template_name()
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        # Serialise template creation across concurrent test processes.
+        conn.execute("SELECT pg_advisory_lock(hashtext('personalization-test-template'))")
+        try:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                building = name + "_build"
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(building)))
+                migrate.upgrade(with_dbname(PG_URL, building))
+                conn.execute(
+                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(building), sql.Identifier(name))
+                )
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtext('personalization-test-template'))")
+    return name
+
+
+@pytest.fixture
+def db_url(template_db: str) -> Iterator[str]:
+    """URL of a fresh, migrated database for this test only."""
+    name = f"pz_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db)))
+    try:
+        yield with_dbname(PG_URL, name)
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@contextlib.contextmanager
+def _redis_db() -> Iterator[int]:
+    lock_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+    while True:
+        for n in range(1, 16):
+            fh = open(lock_dir / f"personalization-test-redis-{n}.lock", "w")  # noqa: SIM115
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            try:
+                yield n
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                fh.close()
+            return
+        import time
+
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """URL of a Redis logical database reserved for this test and empty at start."""
+    with _redis_db() as n:
+        url = f"{REDIS_BASE}/{n}"
+        client = redis.Redis.from_url(url)
+        client.flushdb()
+        client.close()
+        yield url
+
+
+@pytest.fixture
+def settings(db_url: str, redis_url: str) -> Settings:
+    """Settings pointing at this test's database and Redis db."""
+    return Settings(database_url=db_url, redis_url=redis_url, group_commit_window_ms=1.0)
+
+
+@pytest.fixture
+async def platform(settings: Settings) -> AsyncIterator[Platform]:
+    """The wired library, open for the test."""
+    async with open_platform(settings) as p:
+        yield p
+
+
+@pytest.fixture
+async def client(platform: Platform, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the real app in process (ASGI)."""
+    app = create_app(settings, platform=platform)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        yield c
+
+
+@pytest.fixture
+def sync_redis(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain redis-py client on the test's Redis db, for assertions."""
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield r
+    r.close()
