@@ -1,0 +1,258 @@
+"""``personalization bench ingest``: library and HTTP ingest against a bare COPY of the same rows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+from psycopg import sql
+from rich.progress import Progress
+
+from personalization.bench.synth import make_events, make_population
+from personalization.composition import open_platform
+from personalization.config import Settings
+from personalization.store import migrate
+from personalization.store.events import COPY_TYPES
+from personalization.store.urls import dbname_of, with_dbname
+
+
+@contextlib.contextmanager
+def scratch_database(settings: Settings, tag: str) -> Iterator[str]:
+    """A migrated throw-away database next to the configured one, dropped afterwards."""
+    name = f"{dbname_of(settings.database_url)}_bench_{tag}_{os.getpid()}"
+    url = with_dbname(settings.database_url, name)
+    admin = with_dbname(settings.database_url, "postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    migrate.upgrade(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+
+
+def _create_users(url: str, users: list[uuid.UUID]) -> None:
+    with (
+        psycopg.connect(url) as conn,
+        conn.cursor() as cur,
+        cur.copy("COPY user_profile (user_id, denomination, privacy_level) FROM STDIN") as cp,
+    ):
+        for u in users:
+            cp.write_row((u, "nondenominational", "standard"))
+
+
+def _baseline_copy(url: str, events: list[dict[str, Any]]) -> float:
+    """Bare binary COPY of the same rows into a scratch table shaped like personalization_events."""
+    rows = [
+        (
+            uuid.UUID(e["user_id"]),
+            uuid.UUID(e["session_id"]),
+            e["content_id"],
+            e["content_type"],
+            e["signal_type"],
+            Decimal(str(e["signal_weight"])),
+            orjson.dumps(e["metadata"]) if e.get("metadata") else None,
+            datetime.fromisoformat(e["occurred_at"]),
+        )
+        for e in events
+    ]
+    from psycopg.types.json import Jsonb
+
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE bench_copy (LIKE personalization_events INCLUDING ALL)")
+        conn.commit()
+        t0 = time.perf_counter()
+        with conn.cursor() as cur, cur.copy(
+            "COPY bench_copy (user_id, session_id, content_id, content_type, signal_type, signal_weight,"
+            " metadata, occurred_at) FROM STDIN (FORMAT BINARY)"
+        ) as cp:
+            cp.set_types(COPY_TYPES)
+            for r in rows:
+                cp.write_row((*r[:6], None if r[6] is None else Jsonb(r[6], dumps=lambda b: b), r[7]))
+        conn.commit()
+        return time.perf_counter() - t0
+
+
+def _fresh_ids(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Each pass (and each run) gets its own client ids; replays inside the pass
+    # stay replays because equal ids map to equal new ids.
+    mapping: dict[str, str] = {}
+    out = []
+    for e in events:
+        c = dict(e)
+        old = e["client_event_id"]
+        if old not in mapping:
+            mapping[old] = str(uuid.uuid4())
+        c["client_event_id"] = mapping[old]
+        out.append(c)
+    return out
+
+
+async def _library_pass(settings: Settings, events: list[dict[str, Any]], batch: int, concurrency: int,
+                        progress: Progress | None) -> tuple[float, int, int]:
+    chunks = [events[i : i + batch] for i in range(0, len(events), batch)]
+    task = progress.add_task("library ingest", total=len(events)) if progress else None
+    accepted = dups = 0
+    async with open_platform(settings) as p:
+        queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue()
+        for c in chunks:
+            queue.put_nowait(c)
+
+        async def worker() -> None:
+            nonlocal accepted, dups
+            while not queue.empty():
+                c = queue.get_nowait()
+                r = await p.ingestor.ingest(c)
+                accepted += r.accepted
+                dups += len(r.duplicates)
+                if progress and task is not None:
+                    progress.advance(task, len(c))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return elapsed, accepted, dups
+
+
+async def _http_pass(base_url: str, events: list[dict[str, Any]], batch: int, concurrency: int,
+                     progress: Progress | None) -> tuple[float, list[float], int]:
+    bodies = [orjson.dumps({"events": events[i : i + batch]}) for i in range(0, len(events), batch)]
+    sizes = [min(batch, len(events) - i) for i in range(0, len(events), batch)]
+    task = progress.add_task("HTTP ingest", total=len(events)) if progress else None
+    lat: list[float] = []
+    accepted = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(len(bodies)):
+        queue.put_nowait(i)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            nonlocal accepted
+            while not queue.empty():
+                i = queue.get_nowait()
+                t = time.perf_counter()
+                r = await client.post("/v1/events", content=bodies[i], headers={"content-type": "application/json"})
+                lat.append((time.perf_counter() - t) * 1000)
+                if r.status_code != 200:
+                    raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
+                accepted += r.json()["accepted"]
+                if progress and task is not None:
+                    progress.advance(task, sizes[i])
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - t0, lat, accepted
+
+
+def _start_server(settings: Settings, url: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = os.environ | {
+        "PERSONALIZATION_DATABASE_URL": url,
+        "PERSONALIZATION_REDIS_URL": settings.redis_url,
+        "PERSONALIZATION_HTTP_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "personalization.api.app:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
+         "--loop", "uvloop", "--http", "httptools"],
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/healthz", timeout=1).status_code in (200, 503):
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("API server did not start")
+
+
+def run_ingest_bench(settings: Settings, *, events: int, users: int, concurrency: int, batch: int,
+                     progress: bool = True) -> dict[str, Any]:
+    """Run the three passes in one process and return the figures."""
+    pop = make_population(users)
+    base_events = make_events(pop, events)
+    with scratch_database(settings, "ingest") as url, Progress(disable=not progress, transient=True) as prog:
+        _create_users(url, pop.users)
+        bench_settings = settings.model_copy(update={"database_url": url})
+        copy_s = _baseline_copy(url, base_events)
+        lib_events = _fresh_ids(base_events)
+        lib_s, lib_acc, lib_dups = asyncio.run(
+            _library_pass(bench_settings, lib_events, batch, concurrency, prog if progress else None)
+        )
+        proc, base = _start_server(bench_settings, url)
+        try:
+            http_events = _fresh_ids(base_events)
+            http_s, lat, http_acc = asyncio.run(
+                _http_pass(base, http_events, batch, concurrency, prog if progress else None)
+            )
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        with psycopg.connect(url) as conn:
+            stored = conn.execute("SELECT count(*) FROM personalization_events").fetchone()
+        _cleanup_redis(settings, pop.users, pop.sessions)
+    copy_rate = events / copy_s
+    lib_rate = events / lib_s
+    http_rate = events / http_s
+    return {
+        "events": events,
+        "users": users,
+        "batch": batch,
+        "concurrency": concurrency,
+        "library_events_per_s": round(lib_rate),
+        "http_events_per_s": round(http_rate),
+        "baseline_copy_rows_per_s": round(copy_rate),
+        "library_ratio": round(lib_rate / copy_rate, 3),
+        "http_ratio": round(http_rate / copy_rate, 3),
+        "http_p50_ms": round(statistics.median(lat), 2),
+        "http_p99_ms": round(_pct(lat, 99), 2),
+        "library_duplicates": lib_dups,
+        "stored_rows": int(stored[0]) if stored else 0,
+        "accepted": lib_acc + http_acc,
+    }
+
+
+def _cleanup_redis(settings: Settings, users: list[uuid.UUID], sessions: list[list[uuid.UUID]]) -> None:
+    import redis
+
+    from personalization.cache import keys
+
+    r = redis.Redis.from_url(settings.redis_url)
+    with r.pipeline(transaction=False) as pipe:
+        for u, ss in zip(users, sessions, strict=True):
+            pipe.delete(keys.user_signals(u))
+            for s in ss:
+                pipe.delete(keys.session_recent_content(s))
+        pipe.execute()

@@ -1,0 +1,70 @@
+"""Every Redis key pattern, data type, TTL and cap of the specification, in one place.
+
+The braces of the specification's patterns are kept literally
+(``user:{<uuid>}:embedding``): in Redis Cluster the text between the first ``{``
+and ``}`` is the hash tag, so every key of one user (and of one session) lands on
+one slot and multi-key pipelines per user stay on one node.  No other module may
+spell a key or a TTL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+from uuid import UUID
+
+RedisType = Literal["list", "string", "hash", "zset"]
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One row of the specification's Redis table."""
+
+    pattern: str
+    type: RedisType
+    ttl_s: int
+    cap: int | None = None
+
+
+HOUR: Final = 3600
+DAY: Final = 24 * HOUR
+
+SESSION_RECENT_CONTENT: Final = KeySpec("session:{{{session_id}}}:recent_content", "list", 24 * HOUR, cap=50)
+USER_EMBEDDING: Final = KeySpec("user:{{{user_id}}}:embedding", "string", 6 * HOUR)
+USER_PREFERENCES: Final = KeySpec("user:{{{user_id}}}:preferences", "hash", 7 * DAY)
+USER_SIGNALS: Final = KeySpec("user:{{{user_id}}}:signals", "zset", 48 * HOUR)
+FEATURE_FLAG: Final = KeySpec("feature_flag:{flag}:{{{user_id}}}", "string", 24 * HOUR)
+
+ALL_KEYS: Final = (SESSION_RECENT_CONTENT, USER_EMBEDDING, USER_PREFERENCES, USER_SIGNALS, FEATURE_FLAG)
+
+# The personalization rollout flag of the specification: feature_flag:personalization:{user_id}.
+PERSONALIZATION_FLAG: Final = "personalization"
+
+# Anonymous events (user_id NULL) that carry a client event id are deduplicated in
+# the signals set of the nil UUID.
+ANONYMOUS_USER: Final = UUID(int=0)
+
+
+def session_recent_content(session_id: UUID | str) -> str:
+    """``session:{session_id}:recent_content``: newest-first list of viewed content ids."""
+    return SESSION_RECENT_CONTENT.pattern.format(session_id=session_id)
+
+
+def user_embedding(user_id: UUID | str) -> str:
+    """``user:{user_id}:embedding``: float32 little-endian L2-normalised vector."""
+    return USER_EMBEDDING.pattern.format(user_id=user_id)
+
+
+def user_preferences(user_id: UUID | str) -> str:
+    """``user:{user_id}:preferences``: hash snapshot of profile and high-confidence traits."""
+    return USER_PREFERENCES.pattern.format(user_id=user_id)
+
+
+def user_signals(user_id: UUID | str) -> str:
+    """``user:{user_id}:signals``: client event ids scored by occurred_at (epoch seconds)."""
+    return USER_SIGNALS.pattern.format(user_id=user_id)
+
+
+def feature_flag(flag: str, user_id: UUID | str) -> str:
+    """``feature_flag:{flag}:{user_id}``; the spec's own key is the flag ``personalization``."""
+    return FEATURE_FLAG.pattern.format(flag=flag, user_id=user_id)

@@ -1,0 +1,125 @@
+"""The ``personalization`` command line (Typer).  Entry points stay thin."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+from personalization.config import get_settings
+from personalization.errors import PersonalizationError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Personalization signal platform.")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (each prints one JSON line with --json).")
+app.add_typer(db_app, name="db")
+app.add_typer(bench_app, name="bench")
+
+err = Console(stderr=True)
+
+
+def fail(msg: str, code: int = 1) -> NoReturn:
+    """Print a one-line error and exit non-zero."""
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations (idempotent); creates the database if missing."""
+    from personalization.store import migrate
+
+    settings = get_settings()
+    try:
+        applied = migrate.upgrade(settings.database_url)
+    except PersonalizationError as exc:
+        fail(str(exc))
+    if applied:
+        typer.echo(f"applied: {', '.join(applied)}")
+    else:
+        typer.echo("schema is up to date")
+
+
+@db_app.command("sql")
+def db_sql() -> None:
+    """Print the migrations' SQL without connecting."""
+    from personalization.store import migrate
+
+    sys.stdout.write(migrate.render_sql())
+
+
+@app.command("serve")
+def serve(
+    host: str = typer.Option(None, help="bind address (default PERSONALIZATION_HTTP_HOST)"),
+    port: int = typer.Option(None, help="port (default PERSONALIZATION_HTTP_PORT)"),
+    workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
+) -> None:
+    """Run the HTTP API (OpenAPI at /docs)."""
+    import uvicorn
+
+    from personalization import logging_setup
+    from personalization.store import migrate
+
+    settings = get_settings()
+    logging_setup.configure()
+    try:
+        migrate.upgrade(settings.database_url)
+    except PersonalizationError as exc:
+        fail(str(exc))
+    uvicorn.run(
+        "personalization.api.app:create_app",
+        factory=True,
+        host=host or settings.http_host,
+        port=port or settings.http_port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+    )
+
+
+@bench_app.command("ingest")
+def bench_ingest(
+    events: int = typer.Option(200_000, "--events", min=1000, help="events per pass"),
+    users: int = typer.Option(3000, min=1),
+    concurrency: int = typer.Option(8, min=1, help="concurrent HTTP clients"),
+    batch: int = typer.Option(500, min=1, help="events per request / library call"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Ingest throughput: library and HTTP against a bare COPY baseline."""
+    from personalization.bench.ingest import run_ingest_bench
+
+    settings = get_settings()
+    try:
+        result = run_ingest_bench(settings, events=events, users=users, concurrency=concurrency, batch=batch,
+                                  progress=not json_out)
+    except PersonalizationError as exc:
+        fail(str(exc))
+    import orjson
+
+    if json_out:
+        typer.echo(orjson.dumps(result).decode())
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k:28} {v}")
+
+
+def _register_optional() -> None:
+    # Sub-apps of other packages; each is optional so a partial install still runs.
+    import importlib
+
+    for module, name in (
+        ("personalization.cli.cdc", "cdc"),
+        ("personalization.cli.stack", "stack"),
+    ):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("personalization.cli"):
+                continue
+            raise
+        app.add_typer(mod.app, name=name)
+
+
+_register_optional()

@@ -1,0 +1,205 @@
+"""Input and output models of the public API (pure: no I/O).
+
+Field names are the specification's column names.  Limits that operators may tune
+(text length, metadata size, clock skew) arrive through the pydantic validation
+context as an :class:`InputLimits`, so one model serves every configuration.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+from zoneinfo import available_timezones
+
+import orjson
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
+
+from personalization.core.privacy import PrivacyLevel
+
+# Hard ceilings (the configurable limits can only be lower).
+TEXT_CEILING = 1024
+# Non-empty and not only white space (checked by pydantic-core's regex engine).
+Text = Annotated[str, StringConstraints(min_length=1, max_length=TEXT_CEILING, pattern=r"\S")]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+# NUMERIC(4,3): at most 4 digits, 3 after the point, so |w| <= 9.999.
+SignalWeight = Annotated[
+    Decimal, Field(max_digits=4, decimal_places=3, allow_inf_nan=False, ge=Decimal("-9.999"), le=Decimal("9.999"))
+]
+# NUMERIC(3,2) constrained to the [0, 1] the API promises.
+Confidence = Annotated[Decimal, Field(max_digits=3, decimal_places=2, ge=0, le=1, allow_inf_nan=False)]
+
+_TIMEZONES = frozenset(available_timezones())
+_EPOCH_FLOOR = datetime(1970, 1, 2, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """Operator-tunable bounds applied during validation."""
+
+    max_text_length: int = 256
+    max_metadata_bytes: int = 4096
+    max_future_skew_s: float = 300.0
+
+
+DEFAULT_LIMITS = InputLimits()
+
+
+class ProfileFields(BaseModel):
+    """The mutable fields of ``user_profile``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    denomination: ShortText | None = None
+    spiritual_goal: ShortText | None = None
+    preferred_translation: ShortText | None = None
+    timezone: ShortText | None = None
+    privacy_level: PrivacyLevel | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str | None) -> str | None:
+        if v is not None and v not in _TIMEZONES:
+            raise ValueError("must be an IANA time zone name such as 'America/Chicago'")
+        return v
+
+
+class ProfileIn(ProfileFields):
+    """Body of ``PUT /v1/users/{user_id}`` (create or replace)."""
+
+
+class ProfilePatch(ProfileFields):
+    """Body of ``PATCH /v1/users/{user_id}``: only the fields present are changed."""
+
+
+class Profile(BaseModel):
+    """A stored ``user_profile`` row."""
+
+    user_id: uuid.UUID
+    created_at: datetime
+    updated_at: datetime
+    denomination: str | None
+    spiritual_goal: str | None
+    preferred_translation: str | None
+    timezone: str | None
+    privacy_level: str | None
+
+
+class TraitIn(BaseModel):
+    """Body of ``POST /v1/users/{id}/traits`` and ``PUT .../traits/{trait_id}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    trait_type: ShortText
+    trait_value: Any = Field(..., description="Any JSON value")
+    confidence: Confidence = Decimal("0.80")
+    recorded_at: AwareDatetime | None = None
+
+    @field_validator("trait_value")
+    @classmethod
+    def _json_value(cls, v: Any) -> Any:
+        if v is None:
+            raise ValueError("trait_value is required (JSON null is not a trait)")
+        try:
+            raw = orjson.dumps(v)
+        except TypeError as exc:  # pragma: no cover - JSON input is always serialisable
+            raise ValueError(f"not JSON: {exc}") from exc
+        if len(raw) > 16384:
+            raise ValueError("trait_value is larger than 16384 bytes of JSON")
+        return v
+
+
+class Trait(BaseModel):
+    """A stored ``user_traits`` row."""
+
+    trait_id: uuid.UUID
+    user_id: uuid.UUID
+    trait_type: str
+    trait_value: Any
+    confidence: Decimal
+    recorded_at: datetime
+
+
+class EventIn(BaseModel):
+    """One behavioural event (the specification's columns plus a client event id).
+
+    ``client_event_id`` makes a retry idempotent: a replay of the same id within
+    48 hours is dropped and reported as a duplicate.  Type checks run inside
+    pydantic-core; the operator-tunable limits (text length, metadata size, clock
+    skew) are checked for a whole batch at once by :func:`check_event_limits`,
+    which is much cheaper than a Python validator per field per event.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    client_event_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    session_id: uuid.UUID | None = None
+    content_id: Text
+    content_type: Text
+    signal_type: Text
+    signal_weight: SignalWeight
+    metadata: dict[str, Any] | None = None
+    occurred_at: AwareDatetime
+
+    def metadata_json(self) -> bytes | None:
+        """The metadata as compact JSON bytes."""
+        return None if self.metadata is None else _dump_metadata(self.metadata)
+
+
+def check_event_limits(events: list[EventIn], limits: InputLimits) -> dict[int, list[tuple[str, str, str]]]:
+    """Apply the configured limits to validated events.
+
+    Returns ``{index: [(field, message, type), ...]}`` for the events that break one.
+    """
+    bad: dict[int, list[tuple[str, str, str]]] = {}
+    text_max = limits.max_text_length
+    latest = datetime.now(UTC) + timedelta(seconds=limits.max_future_skew_s)
+    meta_max = limits.max_metadata_bytes
+    for i, e in enumerate(events):
+        if len(e.content_id) > text_max or len(e.content_type) > text_max or len(e.signal_type) > text_max:
+            for name in ("content_id", "content_type", "signal_type"):
+                if len(getattr(e, name)) > text_max:
+                    bad.setdefault(i, []).append((name, f"longer than {text_max} characters", "string_too_long"))
+        if e.occurred_at > latest:
+            bad.setdefault(i, []).append(
+                ("occurred_at", f"is more than {limits.max_future_skew_s:g} s in the future", "value_error")
+            )
+        elif e.occurred_at < _EPOCH_FLOOR:
+            bad.setdefault(i, []).append(("occurred_at", "is before 1970", "value_error"))
+        if e.metadata is not None:
+            try:
+                size = len(_dump_metadata(e.metadata))
+            except ValueError as exc:
+                bad.setdefault(i, []).append(("metadata", str(exc), "value_error"))
+                continue
+            if size > meta_max:
+                bad.setdefault(i, []).append(
+                    ("metadata", f"{size} bytes of JSON, over the limit of {meta_max}", "too_large")
+                )
+    return bad
+
+
+def _dump_metadata(meta: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(meta)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise ValueError(f"metadata is not JSON-serialisable: {exc}") from exc
+
+
+class EventBatch(BaseModel):
+    """Body of ``POST /v1/events``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(min_length=1)

@@ -1,0 +1,411 @@
+"""The write path for behavioural events: validation, dedup, group commit, session recents.
+
+Flow of one group (see ``GroupCommitter``): many concurrent ``ingest`` calls are
+coalesced; in one transaction the referenced profiles are locked (``FOR KEY
+SHARE``, so a concurrent delete cannot break the COPY), privacy levels applied,
+client event ids claimed in Redis (``ZADD NX`` on ``user:{id}:signals``), the rows
+written with one binary ``COPY``, and the transaction committed.  Only then are
+the callers released and the session recent-content lists updated.  If the
+commit fails the claimed ids are released again, so a retry is not mistaken for
+a replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+
+from personalization import metrics
+from personalization.cache import keys
+from personalization.cache.events import EventCache
+from personalization.config import Settings
+from personalization.core.models import EventIn, InputLimits, check_event_limits
+from personalization.core.privacy import ANONYMOUS_POLICY, PrivacyPolicy, policy_for
+from personalization.errors import CacheUnavailable, FieldError, InvalidInput, NotFound
+from personalization.store.db import Database
+from personalization.store.events import EventRow, copy_events, lock_users
+
+log = logging.getLogger(__name__)
+
+_EVENT = TypeAdapter(EventIn)
+_EVENTS = TypeAdapter(list[EventIn])
+
+
+@dataclass
+class RejectedEvent:
+    """An event of a batch that was not stored, with why."""
+
+    index: int
+    errors: list[FieldError]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "errors": [e.as_dict() for e in self.errors]}
+
+
+@dataclass
+class IngestResult:
+    """Outcome of one batch: every index is in exactly one list (or counted as accepted)."""
+
+    accepted: int = 0
+    duplicates: list[int] = field(default_factory=list)
+    suppressed: list[int] = field(default_factory=list)
+    rejected: list[RejectedEvent] = field(default_factory=list)
+    dedup_available: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "suppressed": self.suppressed,
+            "rejected": [r.as_dict() for r in self.rejected],
+            "dedup": "ok" if self.dedup_available else "unavailable",
+        }
+
+
+def _pydantic_errors(errs: Iterable[ErrorDetails], prefix: list[str | int]) -> list[FieldError]:
+    return [FieldError(loc=[*prefix, *e["loc"]], msg=e["msg"], type=e["type"]) for e in errs]
+
+
+def limits_from(settings: Settings) -> InputLimits:
+    """The validation limits configured in ``settings``."""
+    return InputLimits(
+        max_text_length=settings.max_text_length,
+        max_metadata_bytes=settings.max_metadata_bytes,
+        max_future_skew_s=settings.max_future_skew_s,
+    )
+
+
+def parse_events(
+    payload: Any, *, limits: InputLimits, max_events: int, atomic: bool
+) -> tuple[list[tuple[int, EventIn]], list[RejectedEvent]]:
+    """Validate a decoded ``{"events": [...]}`` body.
+
+    Envelope problems (not an object, missing/extra keys, empty or oversized list)
+    reject the whole request.  Per-event problems reject the whole request when
+    ``atomic``; otherwise they are returned with the event's index and the valid
+    events go on.
+    """
+    if not isinstance(payload, dict):
+        raise InvalidInput([FieldError(["body"], "must be a JSON object with an 'events' list", "type_error")])
+    extra = sorted(set(payload) - {"events"})
+    if extra:
+        raise InvalidInput([FieldError(["body", k], "unknown field", "extra_forbidden") for k in extra])
+    raw = payload.get("events")
+    if not isinstance(raw, list):
+        raise InvalidInput([FieldError(["body", "events"], "must be a list of events", "list_type")])
+    if not raw:
+        raise InvalidInput([FieldError(["body", "events"], "must contain at least one event", "too_short")])
+    if len(raw) > max_events:
+        raise InvalidInput(
+            [FieldError(["body", "events"], f"{len(raw)} events exceed the batch limit of {max_events}", "too_long")],
+            status=413,
+        )
+    try:
+        parsed = _EVENTS.validate_python(raw)
+        items: list[tuple[int, EventIn]] = list(enumerate(parsed))
+        rejected: list[RejectedEvent] = []
+    except ValidationError as exc:
+        if atomic:
+            raise InvalidInput(_pydantic_errors(exc.errors(include_input=False), ["body", "events"])) from None
+        # Slow path, only when something is invalid: validate item by item.
+        items, rejected = [], []
+        for i, item in enumerate(raw):
+            try:
+                items.append((i, _EVENT.validate_python(item)))
+            except ValidationError as exc_i:
+                errs = _pydantic_errors(exc_i.errors(include_input=False), ["body", "events", i])
+                rejected.append(RejectedEvent(i, errs))
+    bad = check_event_limits([e for _, e in items], limits)
+    if bad:
+        limit_rejects = [
+            RejectedEvent(items[n][0], [FieldError(["body", "events", items[n][0], f], m, t) for f, m, t in errs])
+            for n, errs in bad.items()
+        ]
+        if atomic:
+            raise InvalidInput([err for r in limit_rejects for err in r.errors])
+        items = [it for n, it in enumerate(items) if n not in bad]
+        rejected = sorted([*rejected, *limit_rejects], key=lambda r: r.index)
+    if rejected:
+        metrics.EVENTS_REJECTED.labels("validation").inc(len(rejected))
+    return items, rejected
+
+
+def parse_events_json(body: bytes, *, limits: InputLimits, max_events: int, atomic: bool) -> tuple[
+    list[tuple[int, EventIn]], list[RejectedEvent]
+]:
+    """Decode and validate a raw JSON request body (NaN/Infinity literals are malformed JSON)."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput([FieldError(["body"], f"malformed JSON: {exc}", "json_invalid")], status=400) from None
+    return parse_events(payload, limits=limits, max_events=max_events, atomic=atomic)
+
+
+@dataclass
+class _Request:
+    events: list[tuple[int, EventIn]]
+    atomic: bool
+    future: asyncio.Future[IngestResult]
+    result: IngestResult = field(default_factory=IngestResult)
+
+
+class GroupCommitter:
+    """Coalesces concurrent batches into one transaction and one COPY.
+
+    A single flusher task takes everything pending (up to ``max_rows``) once the
+    first request has waited ``window_ms`` or the rows reach ``max_rows``; while a
+    flush runs, new requests queue for the next one.  Callers are released only
+    after commit.  ``close`` drains what is pending.
+    """
+
+    def __init__(self, db: Database, cache: EventCache, settings: Settings) -> None:
+        self._db = db
+        self._cache = cache
+        self._settings = settings
+        self._pending: list[_Request] = []
+        self._pending_rows = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        """Start the flusher task on the running loop."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="group-commit")
+
+    async def close(self) -> None:
+        """Flush everything pending, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def submit(self, events: list[tuple[int, EventIn]], atomic: bool) -> IngestResult:
+        """Queue one validated batch and wait until it is committed (or failed)."""
+        if self._closing:
+            raise RuntimeError("ingest is shutting down")
+        self.start()
+        fut: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Request(events, atomic, fut))
+        self._pending_rows += len(events)
+        self._wakeup.set()
+        return await fut
+
+    async def _run(self) -> None:
+        window = self._settings.group_commit_window_ms / 1000.0
+        max_rows = self._settings.group_commit_max_rows
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._pending:
+                if self._closing:
+                    return
+                continue
+            # Give concurrent callers a short window to join, unless the group is full.
+            if window > 0 and self._pending_rows < max_rows and not self._closing:
+                deadline = time.monotonic() + window
+                while self._pending_rows < max_rows and (left := deadline - time.monotonic()) > 0:
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), left)
+            group: list[_Request] = []
+            rows = 0
+            while self._pending and (not group or rows + len(self._pending[0].events) <= max_rows):
+                req = self._pending.pop(0)
+                group.append(req)
+                rows += len(req.events)
+            self._pending_rows -= rows
+            try:
+                await self._flush(group)
+            except BaseException as exc:  # every caller must hear about the failure
+                for req in group:
+                    if not req.future.done():
+                        req.future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            if self._pending:
+                self._wakeup.set()
+
+    async def _flush(self, group: list[_Request]) -> None:
+        started = time.perf_counter()
+        claimed: dict[uuid.UUID, list[str]] = {}
+        committed = False
+        try:
+            async with self._db.connection() as conn:
+                user_ids = {e.user_id for r in group for _, e in r.events if e.user_id is not None}
+                levels = await lock_users(conn, user_ids)
+                to_dedup: list[tuple[_Request, int, EventIn, PrivacyPolicy]] = []
+                for req in group:
+                    unknown = [(i, e) for i, e in req.events if e.user_id is not None and e.user_id not in levels]
+                    if unknown and req.atomic:
+                        i, e = unknown[0]
+                        req.future.set_exception(
+                            NotFound("user", f"events[{i}].user_id", str(e.user_id), {"index": i})
+                        )
+                        continue
+                    for i, _ in unknown:
+                        missing = FieldError(["body", "events", i, "user_id"], "user does not exist", "not_found")
+                        req.result.rejected.append(RejectedEvent(i, [missing]))
+                    if unknown:
+                        metrics.EVENTS_REJECTED.labels("unknown_user").inc(len(unknown))
+                    for i, e in req.events:
+                        if e.user_id is None:
+                            pol = ANONYMOUS_POLICY
+                        elif e.user_id in levels:
+                            pol = policy_for(levels[e.user_id])
+                        else:
+                            continue
+                        if not pol.store_events:
+                            req.result.suppressed.append(i)
+                            continue
+                        to_dedup.append((req, i, e, pol))
+                dup_flags, dedup_ok = await self._claim(to_dedup, claimed)
+                rows: list[EventRow] = []
+                views: list[tuple[uuid.UUID, str, float]] = []
+                for (req, i, e, pol), dup in zip(to_dedup, dup_flags, strict=True):
+                    req.result.dedup_available = dedup_ok
+                    if dup:
+                        req.result.duplicates.append(i)
+                        continue
+                    session = e.session_id if pol.keep_session else None
+                    meta = e.metadata_json() if pol.keep_metadata else None
+                    rows.append(EventRow(e.user_id, session, e.content_id, e.content_type, e.signal_type,
+                                         e.signal_weight, meta, e.occurred_at))
+                    req.result.accepted += 1
+                    if session is not None and e.signal_type in self._settings.view_signal_types:
+                        views.append((session, e.content_id, e.occurred_at.timestamp()))
+                if rows:
+                    await copy_events(conn, rows)
+            committed = True
+        finally:
+            if not committed and claimed:
+                await self._release(claimed)
+        for req in group:
+            if not req.future.done():
+                req.result.rejected.sort(key=lambda r: r.index)
+                req.future.set_result(req.result)
+        metrics.EVENTS_INGESTED.inc(len(rows))
+        metrics.EVENTS_DUPLICATE.inc(sum(dup_flags))
+        metrics.EVENTS_SUPPRESSED.inc(sum(len(r.result.suppressed) for r in group))
+        metrics.GROUP_COMMIT_ROWS.observe(len(rows))
+        metrics.GROUP_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        if views:
+            try:
+                await self._cache.record_views(views)
+            except CacheUnavailable as exc:
+                # The events are committed; the recents list is a cache that the
+                # next views rebuild.  Losing it only weakens exclusion for a while.
+                log.warning("recent-content update skipped: %s", exc)
+
+    async def _claim(
+        self, items: list[tuple[_Request, int, EventIn, PrivacyPolicy]], claimed: dict[uuid.UUID, list[str]]
+    ) -> tuple[list[bool], bool]:
+        """Mark client event ids as seen; returns per item whether it is a replay."""
+        flags = [False] * len(items)
+        wanted: list[tuple[int, uuid.UUID, str, float]] = []
+        seen_here: set[tuple[uuid.UUID, str]] = set()
+        for n, (_, _, e, _) in enumerate(items):
+            if e.client_event_id is None:
+                continue
+            owner = e.user_id or keys.ANONYMOUS_USER
+            member = str(e.client_event_id)
+            if (owner, member) in seen_here:
+                flags[n] = True  # the same id twice in one group
+                continue
+            seen_here.add((owner, member))
+            wanted.append((n, owner, member, e.occurred_at.timestamp()))
+        if not wanted:
+            return flags, True
+        try:
+            added = await self._cache.claim_event_ids([(o, m, s) for _, o, m, s in wanted])
+        except CacheUnavailable as exc:
+            # Valid data is never lost: without Redis we store and report that
+            # replays could not be checked.
+            log.warning("dedup unavailable, storing without replay check: %s", exc)
+            return flags, False
+        for (n, owner, member, _), was_added in zip(wanted, added, strict=True):
+            if was_added:
+                claimed.setdefault(owner, []).append(member)
+            else:
+                flags[n] = True
+        return flags, True
+
+    async def _release(self, claimed: dict[uuid.UUID, list[str]]) -> None:
+        try:
+            await self._cache.release_event_ids(claimed)
+        except CacheUnavailable as exc:  # pragma: no cover - both stores failing at once
+            log.error("could not release claimed event ids after a failed commit: %s", exc)
+
+
+class Ingestor:
+    """The library entry point of event ingestion."""
+
+    def __init__(self, db: Database, cache: EventCache, settings: Settings) -> None:
+        self.settings = settings
+        self.limits = limits_from(settings)
+        self.committer = GroupCommitter(db, cache, settings)
+
+    async def ingest(self, events: Sequence[EventIn | Mapping[str, Any]], *, atomic: bool = False) -> IngestResult:
+        """Validate and store a batch; returns after commit.
+
+        Raises :class:`InvalidInput` for a malformed batch (or any invalid event
+        when ``atomic``), :class:`NotFound` for an unknown user when ``atomic``.
+        """
+        if events and all(isinstance(e, EventIn) for e in events):
+            if len(events) > self.settings.max_batch_events:
+                raise InvalidInput([FieldError(["events"], "batch too large", "too_long")], status=413)
+            ready = [e for e in events if isinstance(e, EventIn)]
+            bad = check_event_limits(ready, self.limits)
+            errs = {i: [FieldError(["events", i, f], m, t) for f, m, t in v] for i, v in bad.items()}
+            if errs and atomic:
+                raise InvalidInput([x for v in errs.values() for x in v])
+            valid = [(i, e) for i, e in enumerate(ready) if i not in errs]
+            rejected: list[RejectedEvent] = [RejectedEvent(i, v) for i, v in sorted(errs.items())]
+        else:
+            payload = {"events": [e.model_dump() if isinstance(e, EventIn) else dict(e) for e in events]}
+            valid, rejected = parse_events(
+                payload, limits=self.limits, max_events=self.settings.max_batch_events, atomic=atomic
+            )
+        return await self.ingest_validated(valid, rejected, atomic=atomic)
+
+    async def ingest_json(self, body: bytes, *, atomic: bool = False) -> IngestResult:
+        """Validate and store a raw ``{"events": [...]}`` JSON body."""
+        valid, rejected = parse_events_json(
+            body, limits=self.limits, max_events=self.settings.max_batch_events, atomic=atomic
+        )
+        return await self.ingest_validated(valid, rejected, atomic=atomic)
+
+    async def ingest_validated(
+        self, valid: list[tuple[int, EventIn]], rejected: list[RejectedEvent], *, atomic: bool
+    ) -> IngestResult:
+        """Store already-validated events (``rejected`` is carried into the result)."""
+        if not valid:
+            return IngestResult(rejected=rejected)
+        result = await self.committer.submit(valid, atomic)
+        if rejected:
+            result.rejected = sorted([*rejected, *result.rejected], key=lambda r: r.index)
+        return result
+
+    async def close(self) -> None:
+        """Drain pending batches."""
+        await self.committer.close()
+
+
+def group_by_session(views: Iterable[tuple[uuid.UUID, str, float]]) -> dict[uuid.UUID, list[str]]:
+    """Content ids per session, oldest first (so LPUSH leaves the newest at the head)."""
+    per: dict[uuid.UUID, list[tuple[float, str]]] = defaultdict(list)
+    for session, content, ts in views:
+        per[session].append((ts, content))
+    return {s: [c for _, c in sorted(v)] for s, v in per.items()}
