@@ -50,9 +50,7 @@ def test_broker_dies_with_parent_killed() -> None:
         "print(b._proc.pid, flush=True)\n"
         "time.sleep(60)\n"
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", script], stdout=subprocess.PIPE, env=dict(os.environ)
-    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=dict(os.environ))
     assert child.stdout is not None
     broker_pid = int(child.stdout.readline())
     assert _alive(broker_pid)

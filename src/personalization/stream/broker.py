@@ -23,7 +23,7 @@ from typing import IO
 
 from confluent_kafka.admin import AdminClient
 
-__all__ = ["BrokerStartError", "LocalBroker", "find_broker_binary"]
+__all__ = ["BrokerStartError", "LocalBroker", "die_with_parent", "find_broker_binary"]
 
 # From <linux/prctl.h>; not exposed by the standard library.
 _PR_SET_PDEATHSIG = 1
@@ -64,7 +64,7 @@ def _free_loopback_port() -> int:
         return port
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """preexec_fn: ask the kernel to SIGKILL the broker when its parent dies.
 
     Without this a test run killed with SIGKILL (or a crashed relay) would leave a broker
@@ -147,7 +147,7 @@ class LocalBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             # Own process group: stop() signals the group, and a Ctrl-C in the terminal
             # reaches the parent only, which then shuts the broker down in order.
             start_new_session=True,
@@ -170,8 +170,7 @@ class LocalBroker:
         while True:
             if self._proc.poll() is not None:
                 raise BrokerStartError(
-                    f"broker exited with code {self._proc.returncode} during start:\n"
-                    + self._output()
+                    f"broker exited with code {self._proc.returncode} during start:\n" + self._output()
                 )
             try:
                 metadata = admin.list_topics(timeout=1.0)

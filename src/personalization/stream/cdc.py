@@ -281,9 +281,7 @@ class KafkaRelayHandler(BasePythonChangeHandler):
             first_index, first_error = min(failed, key=lambda f: f[0])
             DELIVERY_FAILURES.inc(len(failed))
             if first_error.fatal() or first_error.code() in _PERMANENT_ERRORS:
-                raise RuntimeError(
-                    f"Kafka rejected a change record permanently: {first_error.str()}"
-                )
+                raise RuntimeError(f"Kafka rejected a change record permanently: {first_error.str()}")
             if self._stopping.is_set():
                 raise RelayStopping("stopping with undelivered records; they will be re-read")
             log.warning(
@@ -307,9 +305,7 @@ class KafkaRelayHandler(BasePythonChangeHandler):
     ) -> None:
         while True:
             try:
-                producer.produce(
-                    item.topic, value=item.value, key=item.key, on_delivery=on_delivery
-                )
+                producer.produce(item.topic, value=item.value, key=item.key, on_delivery=on_delivery)
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports to make room.
@@ -380,8 +376,7 @@ def run_relay(
         log.info("created replication slot %s; the stream starts now", settings.cdc_slot_name)
     if not _kafka_reachable(settings):
         log.warning(
-            "Kafka at %s is not reachable yet; changes wait in the replication slot and are "
-            "delivered once it is.",
+            "Kafka at %s is not reachable yet; changes wait in the replication slot and are delivered once it is.",
             settings.kafka_bootstrap_servers,
         )
 

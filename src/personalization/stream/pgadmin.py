@@ -107,9 +107,7 @@ def stored_lsn(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettin
     exists = conn.execute("SELECT to_regclass(%s)", (settings.offsets_table,)).fetchone()
     if exists is None or exists[0] is None:
         return None
-    rows = conn.execute(
-        sql.SQL("SELECT offset_val FROM {}").format(sql.Identifier(settings.offsets_table))
-    ).fetchall()
+    rows = conn.execute(sql.SQL("SELECT offset_val FROM {}").format(sql.Identifier(settings.offsets_table))).fetchall()
     lsns: list[int] = []
     for (value,) in rows:
         if value is None:
@@ -173,8 +171,7 @@ def preflight(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSetting
         if slot.wal_status == "lost":
             raise CdcSetupError(
                 f"Replication slot {slot.name!r} was invalidated (its WAL was removed, see "
-                "max_slot_wal_keep_size); changes since its position are gone from the WAL. "
-                + RECOVERY_HELP
+                "max_slot_wal_keep_size); changes since its position are gone from the WAL. " + RECOVERY_HELP
             )
     lsn = stored_lsn(conn, settings)
     if lsn is not None and slot is None:
@@ -190,23 +187,18 @@ def preflight(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSetting
         if lsn > _lsn_to_int(str(current[0])):
             raise CdcSetupError(
                 f"Stored offsets point at LSN {lsn}, beyond the end of this database's WAL "
-                f"({current[0]}): they belong to another (older or recreated) database. "
-                + RECOVERY_HELP
+                f"({current[0]}): they belong to another (older or recreated) database. " + RECOVERY_HELP
             )
 
 
-def ensure_publication_and_slot(
-    conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings
-) -> bool:
+def ensure_publication_and_slot(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> bool:
     """Create the project's publication and slot if missing; True when the slot is new.
 
     The slot is created here rather than by Debezium so that the stream's start is the
     moment this command ran, and so that the slot is never silently re-created by the
     connector after it was lost (``preflight`` refuses that case).
     """
-    tables = sql.SQL(", ").join(
-        sql.Identifier(*name.split(".")) for name in settings.captured_tables
-    )
+    tables = sql.SQL(", ").join(sql.Identifier(*name.split(".")) for name in settings.captured_tables)
     publication = sql.Identifier(settings.cdc_publication_name)
     exists = conn.execute(
         "SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.cdc_publication_name,)
@@ -226,9 +218,7 @@ def ensure_publication_and_slot(
         ) from exc
     if read_slot(conn, settings.cdc_slot_name) is not None:
         return False
-    conn.execute(
-        "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (settings.cdc_slot_name,)
-    )
+    conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (settings.cdc_slot_name,))
     return True
 
 
@@ -244,18 +234,14 @@ def drop_slot_and_publication(
     slot = read_slot(conn, settings.cdc_slot_name)
     if slot is not None:
         if slot.active:
-            raise CdcSetupError(
-                f"Replication slot {slot.name!r} is in use; stop `personalization cdc run` first."
-            )
+            raise CdcSetupError(f"Replication slot {slot.name!r} is in use; stop `personalization cdc run` first.")
         conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.cdc_slot_name,))
         dropped.append(f"slot {settings.cdc_slot_name}")
     exists = conn.execute(
         "SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.cdc_publication_name,)
     ).fetchone()
     if exists is not None:
-        conn.execute(
-            sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(settings.cdc_publication_name))
-        )
+        conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(settings.cdc_publication_name)))
         dropped.append(f"publication {settings.cdc_publication_name}")
     if not keep_offsets and stored_lsn(conn, settings) is not None:
         clear_offsets(conn, settings)

@@ -10,16 +10,20 @@ tests isolate themselves with their own topic names and a fresh consumer group i
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
 from confluent_kafka import Consumer, Message
+from psycopg import sql
 
 from personalization.stream.broker import LocalBroker
 
-__all__ = ["consume", "kafka_bootstrap", "new_consumer"]
+__all__ = ["consume", "kafka_bootstrap", "new_consumer", "relay_env", "scratch_database"]
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +79,67 @@ def consume(
                 messages.append(message)
                 last = time.monotonic()
     return messages
+
+
+def _migrate(url: str) -> None:
+    try:
+        from personalization.store.migrate import upgrade
+    except ImportError:  # the shared runner is not there yet: apply the files in order
+        pass
+    else:
+        upgrade(url)
+        return
+    migrations = Path(__file__).resolve().parent.parent / "store" / "migrations"
+    with psycopg.connect(url, autocommit=True) as conn:
+        for path in sorted(migrations.glob("*.sql")):
+            if not path.name.endswith(".rollback.sql"):
+                conn.execute(path.read_bytes())
+
+
+@contextlib.contextmanager
+def scratch_database(admin_url: str) -> Iterator[str]:
+    """A freshly migrated database next to ``admin_url``'s, dropped (with its slots) after.
+
+    The relay's tests need one database for a whole module (a JVM start per test would be
+    too slow), which is why this exists beside the per-test ``db_url`` fixture.
+    """
+    name = f"cdc_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        _migrate(_as_url(admin_url, name))
+        yield _as_url(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            slots = conn.execute(
+                "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s",
+                (name,),
+            ).fetchall()
+            for slot, pid in slots:
+                # A database with a replication slot cannot be dropped.
+                if pid is not None:
+                    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def _as_url(admin_url: str, dbname: str) -> str:
+    base, _, tail = admin_url.partition("?")
+    prefix = base.rsplit("/", 1)[0]
+    return f"{prefix}/{dbname}" + (f"?{tail}" if tail else "")
+
+
+def relay_env(db_url: str, bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
+    """Environment variables of a relay child for ``db_url``, ``bootstrap`` and ``prefix``."""
+    env = {
+        "PERSONALIZATION_DATABASE_URL": db_url,
+        "PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "PERSONALIZATION_KAFKA_TOPIC_PREFIX": prefix,
+        # Slot names are cluster-wide; one per relay keeps parallel runs apart.
+        "PERSONALIZATION_CDC_SLOT_NAME": f"cdc_{prefix}".lower(),
+        "PERSONALIZATION_CDC_METRICS_PORT": "0",
+        "PERSONALIZATION_CDC_HEARTBEAT_INTERVAL_MS": "1000",
+    }
+    env.update(extra)
+    return env
