@@ -240,3 +240,72 @@ def test_alive_helper_sees_a_zombie_as_gone() -> None:
     time.sleep(0.3)  # exited, not yet reaped: a zombie
     assert not alive(proc.pid)
     proc.wait()
+
+
+def test_leftover_servers_of_a_crashed_run_are_stopped_but_never_strangers(
+    stack_root: Path,
+) -> None:
+    from personalization.stack._proc import ProcessIdentity
+    from personalization.stack.state import StackState, write_state
+
+    stack_root.mkdir(parents=True)
+    leftover = subprocess.Popen(["sleep", "60"])  # stands in for a surviving redis-server
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        ident = ProcessIdentity.of(leftover.pid)
+        assert ident is not None
+        # The stranger's pid is recorded with another start time: a reused pid.
+        reused = ProcessIdentity(stranger.pid, 1)
+        write_state(
+            stack_root,
+            StackState(pid=999_999, started_at=0.0, children={"redis": ident, "postgres": reused}),
+        )
+        with LocalStack(StackConfig(root=stack_root, apply_migrations=False)) as urls:
+            _select_one(urls)
+            assert leftover.wait(timeout=10) == -15  # SIGTERM, Redis's clean stop
+            assert stranger.poll() is None
+    finally:
+        for p in (leftover, stranger):
+            p.kill()
+            p.wait()
+
+
+def test_a_full_disk_is_explained_and_leaves_nothing(stack_root: Path) -> None:
+    stack_root.parent.joinpath("small").mkdir()
+    small = stack_root.parent / "small"
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m,mode=755", "tmpfs", str(small)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr!r}")
+    try:
+        # min_free_bytes=0 skips the up-front check so initdb really hits ENOSPC.
+        config = StackConfig(root=small / "stack", min_free_bytes=0)
+        with pytest.raises(StackError, match=r"disk holding .* is full. Fix: free some space"):
+            LocalStack(config).start()
+        assert not (small / "stack" / "postgres").exists()
+        assert not (small / "stack" / "postgres.initdb-tmp").exists()
+        assert running_owner(small / "stack") is None
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_configured_or_local(stack_root: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from personalization.config import get_settings
+    from personalization.stack import configured_or_local
+
+    with configured_or_local(StackConfig(root=stack_root, apply_migrations=False)) as urls:
+        assert os.environ["PERSONALIZATION_DATABASE_URL"] == urls.database_url
+        assert get_settings().redis_url == urls.redis_url
+        _select_one(urls)
+    assert "PERSONALIZATION_DATABASE_URL" not in os.environ
+    assert running_owner(stack_root) is None
+
+    monkeypatch.setenv("PERSONALIZATION_REDIS_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    with configured_or_local(StackConfig(root=stack_root)) as urls:
+        assert urls.redis_url == "redis://127.0.0.1:1/0"
+    assert not (stack_root / "stack.json").exists()
+    get_settings.cache_clear()

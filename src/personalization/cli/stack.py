@@ -17,6 +17,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from personalization.config import SERVICE_URL_VARS, configured_service_urls
@@ -50,7 +51,9 @@ class _StopRequested(Exception):
 
 
 def _fail(msg: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    # escape: messages quote commands such as pip install -e '.[all]', which Rich
+    # would otherwise swallow as markup.
+    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -68,7 +71,19 @@ def _log_to_file(root: Path, verbose: bool) -> None:
     for h in handlers:
         h.setFormatter(JsonFormatter())
         logger.addHandler(h)
+        _handlers.append(h)
     logger.setLevel(logging.INFO)
+
+
+_handlers: list[logging.Handler] = []
+
+
+def _close_log_handlers() -> None:
+    logger = logging.getLogger("personalization.stack")
+    while _handlers:
+        h = _handlers.pop()
+        logger.removeHandler(h)
+        h.close()
 
 
 def _progress() -> Progress:
@@ -137,12 +152,14 @@ def up(
             soft_wrap=True,
         )
         return
-    _log_to_file(root, verbose)
-    stack = LocalStack(
-        StackConfig(root=root, pg_port=pg_port, redis_port=redis_port, kafka_port=kafka_port)
-    )
+    try:
+        _log_to_file(root, verbose)
+    except OSError as exc:
+        _fail(f"cannot write to the stack directory {root}: {exc}")
+    stack = LocalStack(StackConfig(root=root, pg_port=pg_port, redis_port=redis_port, kafka_port=kafka_port))
     # `stack down` sends SIGTERM; a closed terminal sends SIGHUP.  Both must run the
     # same orderly shutdown as Ctrl-C, even in the middle of start().
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGHUP, _raise_stop)
     code = 0
@@ -159,7 +176,7 @@ def up(
                 soft_wrap=True,
             )
         err.print(
-            f"Local stack running (data in {stack.root}; the Kafka broker keeps its topics "
+            f"Local stack running (data in {escape(str(stack.root))}; the Kafka broker keeps its topics "
             "in memory only). Point other shells at it with:",
             soft_wrap=True,
         )
@@ -171,11 +188,13 @@ def up(
             time.sleep(0.5)
             dead = stack.failed()
             if dead:
-                err.print(
-                    f"[bold red]error:[/] {', '.join(dead)} exited unexpectedly; "
-                    f"see the logs in {stack.root / 'logs'}. Stopping the rest.",
-                    soft_wrap=True,
-                )
+                for name, why in dead.items():
+                    err.print(
+                        f"[bold red]error:[/] {name} exited unexpectedly: {escape(why)}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
+                err.print(f"Stopping the rest; logs are in {escape(str(stack.root / 'logs'))}.")
                 code = 1
                 break
     except (KeyboardInterrupt, _StopRequested):
@@ -185,8 +204,15 @@ def up(
         # works and the parent-death signal still stops every server cleanly.
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
-        with _progress() as progress:
-            stack.stop(_step_callback(progress, "Stopping the local stack"))
+        try:
+            with _progress() as progress:
+                stack.stop(_step_callback(progress, "Stopping the local stack"))
+        finally:
+            # Children inherit ignored signals: leave none ignored for whatever this
+            # process starts next (it matters when `up` runs in-process, e.g. in tests).
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+            _close_log_handlers()
     if code:
         raise typer.Exit(code)
     err.print("Local stack stopped.")
@@ -199,12 +225,12 @@ def down(
 ) -> None:
     """Stop the local stack that `stack up` runs from --root (in another shell)."""
     try:
-        with err.status(f"Stopping the local stack in {root}..."):
+        with err.status(f"Stopping the local stack in {escape(str(root))}..."):
             state = stop_running_stack(root, timeout_s=timeout)
     except StackError as exc:
         _fail(str(exc))
     if state is None:
-        err.print(f"No local stack is running from {root}.")
+        err.print(f"No local stack is running from {escape(str(root))}.")
     else:
         err.print(f"Stopped the local stack (pid {state.pid}).")
 

@@ -15,6 +15,7 @@ from personalization.stack.local import (
     StackConfig,
     StackUrls,
     StepCallback,
+    configured_or_local,
     stack_needed,
 )
 from personalization.stack.state import running_owner, stop_running_stack
@@ -28,6 +29,7 @@ __all__ = [
     "StackError",
     "StackUrls",
     "StepCallback",
+    "configured_or_local",
     "running_owner",
     "stack_needed",
     "stop_running_stack",

@@ -37,10 +37,7 @@ _PR_SET_PDEATHSIG = 1
 def log_event(event: str, **fields: object) -> None:
     """Log one structured event: the message is the event name, the fields go in
     ``extra`` (the project's JSON formatter emits them as keys)."""
-    extra = {
-        k: v if isinstance(v, int | float | bool) or v is None else str(v)
-        for k, v in fields.items()
-    }
+    extra = {k: v if isinstance(v, int | float | bool) or v is None else str(v) for k, v in fields.items()}
     logger.info(event, extra=extra)
 
 
@@ -96,10 +93,7 @@ def spawn(
     and is the right one here).
     """
     if _PRCTL is None:
-        raise StackError(
-            "cannot set the Linux parent-death signal (libc prctl not found); "
-            "the local stack needs Linux"
-        )
+        raise StackError("cannot set the Linux parent-death signal (libc prctl not found); the local stack needs Linux")
     return subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,

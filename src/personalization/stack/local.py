@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from personalization.config import configured_service_urls
+from personalization.config import Settings, configured_service_urls, get_settings
 from personalization.stack._proc import ProcessIdentity, log_event, port_is_free
 from personalization.stack.errors import StackError
 from personalization.stack.postgres import LocalPostgres
@@ -71,7 +73,22 @@ class StackUrls:
 
     def export_lines(self) -> list[str]:
         """``export NAME=value`` lines for a POSIX shell."""
-        return [f"export {k}={v}" for k, v in self.as_env().items()]
+        return [f"export {k}={shlex.quote(v)}" for k, v in self.as_env().items()]
+
+    def apply_to_environ(self) -> None:
+        """Point this process (and the children it starts) at these services.
+
+        Sets the ``PERSONALIZATION_*`` URL variables and drops the cached settings so
+        the next ``get_settings()`` reads them.
+        """
+        os.environ.update(self.as_env())
+        get_settings.cache_clear()
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> StackUrls:
+        """The URLs the settings point at (configured services)."""
+        s = settings or get_settings()
+        return cls(s.database_url, s.redis_url, s.kafka_bootstrap_servers)
 
 
 @dataclass(frozen=True)
@@ -275,16 +292,20 @@ class LocalStack:
             write_state(self.root, state)
 
     # ------------------------------------------------------------------ watch
-    def failed(self) -> list[str]:
-        """Names of servers that were started and have since exited."""
-        dead = []
+    def failed(self) -> dict[str, str]:
+        """Servers that were started and have since exited, each with what its log says.
+
+        A server dying under a running stack is an error (a full disk is the usual
+        cause); the caller should report it and ``stop`` the rest.
+        """
+        dead: dict[str, str] = {}
         if self.urls is not None:
             if not self.postgres.alive():
-                dead.append("postgres")
+                dead["postgres"] = self.postgres.explain_exit()
             if not self.redis.alive():
-                dead.append("redis")
+                dead["redis"] = self.redis.explain_exit()
             if self.broker is not None and not self.broker.running:
-                dead.append("kafka")
+                dead["kafka"] = "the Kafka broker exited"
         return dead
 
     # ------------------------------------------------------------------- stop
@@ -326,3 +347,28 @@ class LocalStack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def configured_or_local(config: StackConfig | None = None, progress: StepCallback | None = None) -> Iterator[StackUrls]:
+    """The configured services if any ``PERSONALIZATION_*`` URL is set, else a local stack.
+
+    The local stack runs for the duration of the block, and its URLs are put into
+    ``os.environ`` (and the settings cache is reset) so that code reading
+    ``get_settings()`` uses it.  This is what ``personalization demo`` needs.
+    """
+    if not stack_needed():
+        yield StackUrls.from_settings()
+        return
+    saved = {k: os.environ.get(k) for k in StackUrls("", "", "").as_env()}
+    with LocalStack(config or StackConfig.from_env()) as urls:
+        urls.apply_to_environ()
+        try:
+            yield urls
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            get_settings.cache_clear()

@@ -444,9 +444,7 @@ class LocalPostgres:
     def _create_database(self) -> None:
         assert self.port is not None
         with psycopg.connect(self._admin_url(self.port), autocommit=True) as conn:
-            found = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
-            ).fetchone()
+            found = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)).fetchone()
             if found is None:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
                 log_event("stack.postgres.database_created", database=self.database)
@@ -454,6 +452,11 @@ class LocalPostgres:
     def alive(self) -> bool:
         """True while the postmaster runs."""
         return self.proc is not None and self.proc.poll() is None
+
+    def explain_exit(self) -> str:
+        """Why the server stopped on its own, from its exit code and log."""
+        code = -1 if self.proc is None or self.proc.returncode is None else self.proc.returncode
+        return _explain_failure("postgres", code, tail(self.log_path, 30), self.data_dir)
 
     def stop(self) -> None:
         """Fast shutdown (SIGINT), then immediate (SIGQUIT), then SIGKILL; idempotent."""

