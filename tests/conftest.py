@@ -42,6 +42,12 @@ def _template_name() -> str:
 
 
 @pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    """URL of the maintenance database of the test server (for CREATE/DROP DATABASE)."""
+    return PG_URL
+
+
+@pytest.fixture(scope="session")
 def template_db() -> str:
     """A migrated template database (created once per schema version)."""
     name = _template_name()

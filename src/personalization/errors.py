@@ -58,7 +58,11 @@ class Conflict(PersonalizationError):
         super().__init__(msg)
 
 
-class StoreUnavailable(PersonalizationError):
+class StoreError(PersonalizationError):
+    """PostgreSQL refused a statement for a reason that is not the caller's input."""
+
+
+class StoreUnavailable(StoreError):
     """PostgreSQL could not be reached or timed out."""
 
 

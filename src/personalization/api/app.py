@@ -10,22 +10,22 @@ from typing import Any
 
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from personalization.api.responses import JSONBody
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
 from personalization.core.models import EventBatch, Profile, ProfileIn, ProfilePatch, Trait, TraitIn
-from personalization.errors import Conflict, FieldError, InvalidInput, NotFound, StoreUnavailable
+from personalization.errors import Conflict, FieldError, InvalidInput, NotFound, StoreError, StoreUnavailable
 
 log = logging.getLogger("personalization.api")
 
 
-def _error(status: int, errors: list[dict[str, Any]]) -> ORJSONResponse:
+def _error(status: int, errors: list[dict[str, Any]]) -> JSONBody:
     for e in errors:
         e.setdefault("field", ".".join(str(p) for p in e.get("loc", []) if p not in ("body", "path", "query")))
-    return ORJSONResponse({"detail": errors}, status_code=status)
+    return JSONBody({"detail": errors}, status_code=status)
 
 
 # The events route reads the raw body (pydantic-core parses it in one pass), so
@@ -50,7 +50,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     app = FastAPI(
         title="personalization",
         version="0.1.0",
-        default_response_class=ORJSONResponse,
         lifespan=lifespan,
         description="Signals, profiles and serving for a Bible and devotional app.",
     )
@@ -79,42 +78,48 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
-    async def on_validation(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def on_validation(_: Request, exc: RequestValidationError) -> JSONBody:
         errs = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         status = 400 if any(e["type"] == "json_invalid" for e in errs) else 422
         return _error(status, errs)
 
     @app.exception_handler(InvalidInput)
-    async def on_invalid(_: Request, exc: InvalidInput) -> ORJSONResponse:
+    async def on_invalid(_: Request, exc: InvalidInput) -> JSONBody:
         return _error(exc.status, [e.as_dict() for e in exc.errors])
 
     @app.exception_handler(NotFound)
-    async def on_not_found(_: Request, exc: NotFound) -> ORJSONResponse:
+    async def on_not_found(_: Request, exc: NotFound) -> JSONBody:
         loc: list[Any] = ["body", *exc.field_name.replace("[", ".").replace("]", "").split(".")]
         if exc.field_name in ("user_id", "trait_id"):
             loc = ["path", exc.field_name]
         return _error(404, [{"loc": loc, "msg": f"{exc.resource} not found", "type": "not_found"}])
 
     @app.exception_handler(Conflict)
-    async def on_conflict(_: Request, exc: Conflict) -> ORJSONResponse:
+    async def on_conflict(_: Request, exc: Conflict) -> JSONBody:
         return _error(409, [{"loc": exc.loc, "msg": str(exc), "type": "conflict"}])
 
     @app.exception_handler(StoreUnavailable)
-    async def on_store_down(_: Request, exc: StoreUnavailable) -> ORJSONResponse:
+    async def on_store_down(_: Request, exc: StoreUnavailable) -> JSONBody:
         log.error("database unavailable: %s", exc)
         return _error(503, [{"loc": [], "msg": "database unavailable, retry later", "type": "unavailable"}])
 
+    @app.exception_handler(StoreError)
+    async def on_store_error(_: Request, exc: StoreError) -> JSONBody:
+        # Logged in full here; the client gets no internals.
+        log.error("database error: %s", exc)
+        return _error(500, [{"loc": [], "msg": "internal database error", "type": "internal"}])
+
     @app.exception_handler(StarletteHTTPException)
-    async def on_http(_: Request, exc: StarletteHTTPException) -> ORJSONResponse:
+    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONBody:
         return _error(exc.status_code, [{"loc": [], "msg": str(exc.detail), "type": "http_error"}])
 
     @app.get("/healthz", tags=["ops"])
-    async def healthz(request: Request) -> ORJSONResponse:
+    async def healthz(request: Request) -> JSONBody:
         p = plat(request)
         db_ok = await p.db.ping()
         cache_ok = await p.cache_ok()
         status = "ok" if db_ok and cache_ok else ("degraded" if db_ok else "down")
-        return ORJSONResponse(
+        return JSONBody(
             {"status": status, "postgres": db_ok, "redis": cache_ok}, status_code=200 if db_ok else 503
         )
 
@@ -184,13 +189,13 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     async def post_events(
         request: Request,
         atomic: bool = Query(False, description="all-or-nothing: any bad event rejects the batch"),
-    ) -> ORJSONResponse:
+    ) -> JSONBody:
         """Ingest 1..N events; returns after commit.  The body is parsed by pydantic-core directly."""
         body = await request.body()
         if len(body) > cfg.max_body_bytes:
             too_large = FieldError(["body"], f"request body over {cfg.max_body_bytes} bytes", "too_large")
             raise InvalidInput([too_large], 413)
         result = await plat(request).ingestor.ingest_json(body, atomic=atomic)
-        return ORJSONResponse(result.as_dict())
+        return JSONBody(result.as_dict())
 
     return app

@@ -16,7 +16,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from personalization.config import Settings
-from personalization.errors import Conflict, StoreUnavailable
+from personalization.errors import Conflict, StoreError, StoreUnavailable
 
 
 @contextlib.contextmanager
@@ -32,6 +32,8 @@ def wrap_exceptions() -> Iterator[None]:
         raise StoreUnavailable(str(exc).strip() or type(exc).__name__) from exc
     except psycopg.errors.QueryCanceled as exc:
         raise StoreUnavailable(f"statement timed out: {exc}") from exc
+    except psycopg.Error as exc:
+        raise StoreError(str(exc.diag.message_primary or exc) if hasattr(exc, "diag") else str(exc)) from exc
 
 
 class Database:

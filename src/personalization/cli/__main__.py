@@ -1,0 +1,5 @@
+"""``python -m personalization.cli``."""
+
+from personalization.cli.main import app
+
+app()
