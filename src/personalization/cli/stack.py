@@ -169,6 +169,8 @@ def up(
                 urls = stack.start(_step_callback(progress, "Starting the local stack"))
         except StackError as exc:
             _fail(str(exc))
+        for notice in stack.postgres.notices:
+            err.print(f"Note: {escape(notice)}", soft_wrap=True)
         if stack.postgres.run_as is not None:
             err.print(
                 f"PostgreSQL runs as the unprivileged user '{stack.postgres.run_as}' "

@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -51,7 +52,10 @@ def _load_prctl() -> Callable[..., int] | None:
         libc = ctypes.CDLL(name, use_errno=True)
     except OSError:
         return None
-    fn: Callable[..., int] = libc.prctl
+    try:
+        fn: Callable[..., int] = libc.prctl
+    except AttributeError:  # not Linux
+        return None
     return fn
 
 
@@ -94,6 +98,13 @@ def spawn(
     """
     if _PRCTL is None:
         raise StackError("cannot set the Linux parent-death signal (libc prctl not found); the local stack needs Linux")
+    group: int | None = None
+    extra_groups: list[int] | None = None
+    if user is not None:
+        # Drop root's primary and supplementary groups too: with only the uid changed
+        # the server would keep gid 0, and with it root's group access to files.
+        group = pwd.getpwnam(user).pw_gid
+        extra_groups = []
     return subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
@@ -102,6 +113,8 @@ def spawn(
         cwd=cwd,
         env=dict(env) if env is not None else None,
         user=user,
+        group=group,
+        extra_groups=extra_groups,
         process_group=0,
         preexec_fn=_parent_death_preexec(os.getpid(), death_signal),
         close_fds=True,

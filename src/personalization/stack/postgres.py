@@ -9,7 +9,6 @@ directly: ``initdb`` on first use, then ``postgres`` in the foreground.
 from __future__ import annotations
 
 import contextlib
-import grp
 import importlib.util
 import os
 import pwd
@@ -114,18 +113,19 @@ def ensure_run_as_user(preferred: str = DEFAULT_RUN_AS) -> str:
     return "nobody"
 
 
-def _unreachable_dir(path: Path, uid: int, gids: set[int]) -> Path | None:
-    """The first ancestor of ``path`` that user ``uid`` cannot traverse, if any."""
+def _unreachable_dir(path: Path, uid: int, gids: set[int]) -> tuple[Path, int] | None:
+    """The first ancestor of ``path`` that user ``uid`` cannot traverse, if any,
+    with the permission bit (user, group or other) that would let it in."""
     for d in [path, *path.parents]:
         st = d.stat()
         if st.st_uid == uid:
-            ok = bool(st.st_mode & stat.S_IXUSR)
+            bit = stat.S_IXUSR
         elif st.st_gid in gids:
-            ok = bool(st.st_mode & stat.S_IXGRP)
+            bit = stat.S_IXGRP
         else:
-            ok = bool(st.st_mode & stat.S_IXOTH)
-        if not ok:
-            return d
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return d, bit
     return None
 
 
@@ -187,6 +187,8 @@ class LocalPostgres:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._bin_dir: Path | None = None
+        # Changes made to the machine on the operator's behalf, to be shown to them.
+        self.notices: list[str] = []
 
     # ----------------------------------------------------------------- helpers
     @property
@@ -214,15 +216,24 @@ class LocalPostgres:
             return None
         user = ensure_run_as_user(self._run_as_pref or DEFAULT_RUN_AS)
         pw = pwd.getpwnam(user)
-        gids = {pw.pw_gid, *(g.gr_gid for g in grp.getgrall() if user in g.gr_mem)}
+        # spawn() runs the server with the account's primary group alone.
+        gids = {pw.pw_gid}
         for target in (self.data_dir.parent, self.bin_dir):
-            blocked = _unreachable_dir(target, pw.pw_uid, gids)
-            if blocked is not None:
-                raise StackError(
-                    f"PostgreSQL runs as the unprivileged user {user!r} (it refuses root), "
-                    f"and that user cannot enter {blocked}. Fix: chmod o+x {blocked}, or "
-                    "put the stack directory somewhere it can reach (--root)"
-                )
+            # A folder on the way that the account cannot enter (a 0700 home or
+            # temporary folder holding the checkout) gets the search bit alone: the
+            # account may then pass through it, but not list it.
+            while (blocked := _unreachable_dir(target, pw.pw_uid, gids)) is not None:
+                path, bit = blocked
+                try:
+                    path.chmod(path.stat().st_mode | bit)
+                except OSError as exc:
+                    raise StackError(
+                        f"PostgreSQL runs as the unprivileged user {user!r} (it refuses root), "
+                        f"and that user cannot enter {path} ({exc}). Fix: chmod o+x {path}, or "
+                        "put the stack directory and the virtualenv where it can reach them"
+                    ) from exc
+                self.notices.append(f"made {path} traversable (chmod +x) for the PostgreSQL user {user!r}")
+                log_event("stack.postgres.chmod_traverse", path=path, user=user)
         log_event("stack.postgres.run_as", user=user, reason="running as root")
         return user
 
