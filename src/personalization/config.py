@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICE_URL_VARS = (
@@ -51,6 +51,21 @@ class Settings(BaseSettings):
     # HTTP server.
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+
+    # Security (issue 6).  Development only: serve /v1 without API keys (announced at start-up).
+    auth_dev_mode: bool = False
+    # Server secret of the keyed API-key hash (HMAC-SHA256); keys made without it are hashed with scrypt.
+    api_key_secret: SecretStr | None = None
+    # A verified key is re-read from PostgreSQL this often (revocation grace, last-used time).
+    auth_revalidate_s: float = Field(default=2.0, gt=0, le=60)
+    # Per-key token bucket in each process (requests/s and burst); 0 disables.
+    rate_limit_per_s: float = Field(default=2000.0, ge=0)
+    rate_limit_burst: int = Field(default=4000, ge=1)
+    max_header_bytes: int = Field(default=16_384, ge=1024)
+    # Bound of every Kafka call of the API process (erase tombstones).
+    kafka_timeout_s: float = Field(default=5.0, gt=0)
+    # Erase publishes tombstones for the user's key on the CDC topics (off only where no Kafka exists).
+    erase_kafka_tombstones: bool = True
 
 
 def configured_service_urls() -> bool:
