@@ -320,3 +320,39 @@ def test_configured_or_local(stack_root: Path, clean_env: None, monkeypatch: pyt
         assert urls.redis_url == "redis://127.0.0.1:1/0"
     assert not (stack_root / "stack.json").exists()
     get_settings.cache_clear()
+
+
+def test_stack_down_never_signals_a_pid_from_a_stale_state_file(stack_root: Path) -> None:
+    import sys
+
+    from personalization.stack.state import StackState, write_state
+
+    stack_root.mkdir(parents=True)
+    stranger = subprocess.Popen(["sleep", "60"])
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            f"f = open({str(stack_root / 'stack.lock')!r}, 'a')\n"
+            "fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        # A crashed run's state names a pid that now belongs to someone else.
+        write_state(stack_root, StackState(pid=stranger.pid, started_at=0.0))
+        owner = running_owner(stack_root)
+        assert owner is not None and owner.pid == 0  # "starting", not the stranger
+        write_state(stack_root, StackState(pid=holder.pid, started_at=0.0))
+        owner = running_owner(stack_root)
+        assert owner is not None and owner.pid == holder.pid
+    finally:
+        for p in (stranger, holder):
+            p.kill()
+            p.wait()
+    assert running_owner(stack_root) is None

@@ -130,10 +130,29 @@ class StackLock:
             self._fh = None
 
 
+def _flock_holder(path: Path) -> int | None:
+    """The pid holding an flock on ``path``, from /proc/locks (None if unknown)."""
+    try:
+        st = path.stat()
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return None
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; "->" marks waiters.
+        cols = line.split()
+        if len(cols) >= 6 and cols[1] == "FLOCK" and cols[2] != "->" and cols[5] == dev:
+            pid = int(cols[4])
+            return pid or None  # 0: the holder is outside our pid namespace
+    return None
+
+
 def running_owner(root: Path) -> StackState | None:
     """The state of the stack running from ``root``, or None if none runs.
 
-    Probes the lock without keeping it: if it can be taken, nobody holds it.
+    Probes the lock without keeping it: if it can be taken, nobody holds it.  The
+    owner's pid comes from the kernel's lock table where it can be read, so a state
+    file left by a crashed run can never name the process that ``stack down`` signals.
     """
     lock_path = root / LOCK_NAME
     if not lock_path.exists():
@@ -142,9 +161,10 @@ def running_owner(root: Path) -> StackState | None:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            holder = _flock_holder(lock_path)
             state = read_state(root)
-            if state is None:
-                # Held, but the owner has not written its state yet (it is starting).
+            if state is None or (holder is not None and state.pid != holder):
+                # Held, but the owner has not written its own state yet (it is starting).
                 return StackState(pid=0, started_at=0.0)
             return state
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
