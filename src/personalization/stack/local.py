@@ -361,14 +361,16 @@ def configured_or_local(config: StackConfig | None = None, progress: StepCallbac
         yield StackUrls.from_settings()
         return
     saved = {k: os.environ.get(k) for k in StackUrls("", "", "").as_env()}
-    with LocalStack(config or StackConfig.from_env()) as urls:
+    stack = LocalStack(config or StackConfig.from_env())
+    urls = stack.start(progress)
+    try:
         urls.apply_to_environ()
-        try:
-            yield urls
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-            get_settings.cache_clear()
+        yield urls
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+        stack.stop()
