@@ -68,3 +68,30 @@ def user_signals(user_id: UUID | str) -> str:
 def feature_flag(flag: str, user_id: UUID | str) -> str:
     """``feature_flag:{flag}:{user_id}``; the spec's own key is the flag ``personalization``."""
     return FEATURE_FLAG.pattern.format(flag=flag, user_id=user_id)
+
+
+# ---- read path (beside the specification's keys; not in ALL_KEYS) -----------------
+# A random token replaced on every profile/trait change of the user: a cache fill
+# only lands if the token is still the one read before the database read, and
+# cached flag values carry it, so a stale value can never be written back.
+USER_PREFERENCES_GEN: Final = KeySpec("user:{{{user_id}}}:preferences_gen", "string", 8 * DAY)
+# The current rules version of one flag (monotonic, from feature_flags.version).
+FEATURE_FLAG_VERSION: Final = KeySpec("feature_flag_version:{flag}", "string", 30 * DAY)
+# Bumped by ``personalization content import`` so serving processes drop their
+# in-process content vector caches.
+CONTENT_EMBEDDINGS_VERSION: Final = KeySpec("content_embeddings:version", "string", 30 * DAY)
+
+
+def user_preferences_gen(user_id: UUID | str) -> str:
+    """``user:{user_id}:preferences_gen``: generation token of the preferences snapshot."""
+    return USER_PREFERENCES_GEN.pattern.format(user_id=user_id)
+
+
+def feature_flag_version(flag: str) -> str:
+    """``feature_flag_version:{flag}``: the flag's current rules version."""
+    return FEATURE_FLAG_VERSION.pattern.format(flag=flag)
+
+
+def content_embeddings_version() -> str:
+    """``content_embeddings:version``: bumped after every content embedding import."""
+    return CONTENT_EMBEDDINGS_VERSION.pattern
