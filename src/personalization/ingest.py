@@ -230,6 +230,7 @@ class GroupCommitter:
             try:
                 await self._flush(group)
             except BaseException as exc:  # every caller must hear about the failure
+                log.error("group commit of %d rows failed: %r", rows, exc)
                 for req in group:
                     if not req.future.done():
                         req.future.set_exception(exc)
@@ -292,10 +293,6 @@ class GroupCommitter:
         finally:
             if not committed and claimed:
                 await self._release(claimed)
-        for req in group:
-            if not req.future.done():
-                req.result.rejected.sort(key=lambda r: r.index)
-                req.future.set_result(req.result)
         metrics.EVENTS_INGESTED.inc(len(rows))
         metrics.EVENTS_DUPLICATE.inc(sum(dup_flags))
         metrics.EVENTS_SUPPRESSED.inc(sum(len(r.result.suppressed) for r in group))
@@ -308,6 +305,14 @@ class GroupCommitter:
                 # The events are committed; the recents list is a cache that the
                 # next views rebuild.  Losing it only weakens exclusion for a while.
                 log.warning("recent-content update skipped: %s", exc)
+            except Exception:  # committed data must be acknowledged whatever the cache says
+                log.exception("recent-content update failed")
+        # Callers are released after the recents update too, so a client that
+        # ingests a view and then asks for a rerank never sees the passage again.
+        for req in group:
+            if not req.future.done():
+                req.result.rejected.sort(key=lambda r: r.index)
+                req.future.set_result(req.result)
 
     async def _claim(
         self, items: list[tuple[_Request, int, EventIn, PrivacyPolicy]], claimed: dict[uuid.UUID, list[str]]

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from importlib import resources
 
+import orjson
 import redis.asyncio as aioredis
 
 from personalization import metrics
@@ -48,10 +49,10 @@ class EventCache:
                 async with self._r.pipeline(transaction=False) as pipe:
                     order = list(per.items())
                     for owner, idxs in order:
-                        args: list[str | float | int] = [floor, keys.USER_SIGNALS.ttl_s]
-                        for n in idxs:
-                            args += [items[n][2], items[n][1]]
-                        await self._claim(keys=[keys.user_signals(owner)], args=args, client=pipe)
+                        batch = orjson.dumps([(items[n][2], items[n][1]) for n in idxs])
+                        await self._claim(
+                            keys=[keys.user_signals(owner)], args=[floor, keys.USER_SIGNALS.ttl_s, batch], client=pipe
+                        )
                     res = await pipe.execute()
         except Exception:
             metrics.CACHE_ERRORS.labels("claim_event_ids").inc()
@@ -87,7 +88,7 @@ class EventCache:
                         contents = [c for _, c in sorted(items)][-spec.cap :]
                         await self._views(
                             keys=[keys.session_recent_content(session)],
-                            args=[spec.cap, spec.ttl_s, *contents],
+                            args=[spec.cap, spec.ttl_s, orjson.dumps(contents)],
                             client=pipe,
                         )
                     await pipe.execute()
