@@ -207,8 +207,9 @@ def up(
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
         try:
-            with _progress() as progress:
-                stack.stop(_step_callback(progress, "Stopping the local stack"))
+            if stack.active:  # a failed start has already stopped what it started
+                with _progress() as progress:
+                    stack.stop(_step_callback(progress, "Stopping the local stack"))
         finally:
             # Children inherit ignored signals: leave none ignored for whatever this
             # process starts next (it matters when `up` runs in-process, e.g. in tests).

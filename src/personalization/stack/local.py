@@ -292,6 +292,11 @@ class LocalStack:
             write_state(self.root, state)
 
     # ------------------------------------------------------------------ watch
+    @property
+    def active(self) -> bool:
+        """True from a successful lock in ``start`` until ``stop`` (servers may be up)."""
+        return self._lock.held
+
     def failed(self) -> dict[str, str]:
         """Servers that were started and have since exited, each with what its log says.
 
