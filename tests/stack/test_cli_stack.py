@@ -50,11 +50,10 @@ def test_kill_9_of_stack_up_leaves_no_orphans_and_restarts(stack_root: Path, tmp
         kill_quietly(pids | {proc.pid})
     # The crashed run's directory is recovered: same data, servers start again.
     assert running_owner(stack_root) is None
-    with (
-        LocalStack(StackConfig(root=stack_root)) as urls,
-        psycopg.connect(urls.database_url) as conn,
-    ):
+    stack = LocalStack(StackConfig(root=stack_root))
+    with stack as urls, psycopg.connect(urls.database_url) as conn:
         assert conn.execute("SELECT v FROM survives_kill").fetchall() == [(42,)]
+        assert any("did not stop cleanly" in n for n in stack.notices)
 
 
 def test_stack_down_from_another_shell_stops_it(stack_root: Path, tmp_path: Path) -> None:

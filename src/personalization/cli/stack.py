@@ -169,7 +169,7 @@ def up(
                 urls = stack.start(_step_callback(progress, "Starting the local stack"))
         except StackError as exc:
             _fail(str(exc))
-        for notice in stack.postgres.notices:
+        for notice in stack.notices:
             err.print(f"Note: {escape(notice)}", soft_wrap=True)
         if stack.postgres.run_as is not None:
             err.print(

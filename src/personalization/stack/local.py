@@ -196,6 +196,12 @@ class LocalStack:
         self.broker: Broker | None = None
         self.urls: StackUrls | None = None
         self.migrations_applied: list[str] = []
+        self._notices: list[str] = []
+
+    @property
+    def notices(self) -> list[str]:
+        """Things the operator should know about this start (recoveries, changes made)."""
+        return [*self._notices, *self.postgres.notices]
 
     # ------------------------------------------------------------------ start
     def start(self, progress: StepCallback | None = None) -> StackUrls:
@@ -215,7 +221,11 @@ class LocalStack:
             self._lock.acquire()
             stale = read_state(self.root)
             if stale is not None:
+                # Only a run that never reached stop() leaves its state file behind.
                 log_event("stack.stale.found", previous_pid=stale.pid)
+                self._notices.append(
+                    f"the previous run (pid {stale.pid}) did not stop cleanly; its leftovers were checked and cleared"
+                )
             self._check_ports()
             self._check_disk()
             state = StackState(pid=os.getpid(), started_at=time.time())
