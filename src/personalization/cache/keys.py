@@ -95,3 +95,13 @@ def feature_flag_version(flag: str) -> str:
 def content_embeddings_version() -> str:
     """``content_embeddings:version``: bumped after every content embedding import."""
     return CONTENT_EMBEDDINGS_VERSION.pattern
+
+
+def user_tag_pattern(user_id: UUID | str) -> str:
+    """SCAN pattern of every key carrying the user's hash tag ``{user_id}`` (erase, export).
+
+    Every user key family above puts the user id in braces, so this one pattern matches
+    them all, including each ``feature_flag:{flag}:{user_id}`` and families added later
+    that follow the same convention.  ``{`` and ``}`` are literal in Redis glob patterns.
+    """
+    return f"*{{{UUID(str(user_id))}}}*"
