@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     max_future_skew_s: float = Field(default=300.0, ge=0)
     group_commit_max_rows: int = Field(default=20_000, ge=1)
     group_commit_window_ms: float = Field(default=2.0, ge=0)
+    group_commit_concurrency: int = Field(default=2, ge=1, le=16)
     # Signal types whose content counts as "viewed" for session recent content.
     view_signal_types: tuple[str, ...] = ("view", "read", "complete")
 
@@ -61,7 +62,8 @@ class Settings(BaseSettings):
     # Per-key token bucket in each process (requests/s and burst); 0 disables.
     rate_limit_per_s: float = Field(default=2000.0, ge=0)
     rate_limit_burst: int = Field(default=4000, ge=1)
-    max_header_bytes: int = Field(default=16_384, ge=1024)
+    # Below the HTTP servers' own limits (h11: 16 KiB), so oversized headers get a JSON 431.
+    max_header_bytes: int = Field(default=8192, ge=1024)
     # Bound of every Kafka call of the API process (erase tombstones).
     kafka_timeout_s: float = Field(default=5.0, gt=0)
     # Erase publishes tombstones for the user's key on the CDC topics (off only where no Kafka exists).

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,7 +173,7 @@ class GroupCommitter:
         self._db = db
         self._cache = cache
         self._settings = settings
-        self._pending: list[_Request] = []
+        self._pending: deque[_Request] = deque()
         self._pending_rows = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -206,11 +206,18 @@ class GroupCommitter:
     async def _run(self) -> None:
         window = self._settings.group_commit_window_ms / 1000.0
         max_rows = self._settings.group_commit_max_rows
+        # Up to ``group_commit_concurrency`` groups are in flight at once, so the
+        # Python work of one group overlaps the Redis and PostgreSQL waits of
+        # another.  Their transactions are independent: profile locks are shared
+        # (FOR KEY SHARE) and replay claims are atomic in Redis.
+        slots = asyncio.Semaphore(self._settings.group_commit_concurrency)
+        inflight: set[asyncio.Task[None]] = set()
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             if not self._pending:
                 if self._closing:
+                    await asyncio.gather(*inflight, return_exceptions=True)
                     return
                 continue
             # Give concurrent callers a short window to join, unless the group is full.
@@ -220,24 +227,39 @@ class GroupCommitter:
                     self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wakeup.wait(), left)
+            # While every flusher is busy, requests keep queueing: the next group grows.
+            await slots.acquire()
             group: list[_Request] = []
             rows = 0
             while self._pending and (not group or rows + len(self._pending[0].events) <= max_rows):
-                req = self._pending.pop(0)
+                req = self._pending.popleft()
                 group.append(req)
                 rows += len(req.events)
             self._pending_rows -= rows
-            try:
-                await self._flush(group)
-            except BaseException as exc:  # every caller must hear about the failure
-                log.error("group commit of %d rows failed: %r", rows, exc)
-                for req in group:
-                    if not req.future.done():
-                        req.future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
+            task = asyncio.create_task(self._flush_or_fail(group, rows))
+            inflight.add(task)
+
+            def _done(t: asyncio.Task[None]) -> None:
+                inflight.discard(t)
+                slots.release()
+
+            task.add_done_callback(_done)
             if self._pending:
                 self._wakeup.set()
+
+    async def _flush_or_fail(self, group: list[_Request], rows: int) -> None:
+        try:
+            await self._flush(group)
+        except Exception as exc:  # every caller must hear about the failure
+            log.error("group commit of %d rows failed: %r", rows, exc)
+            for req in group:
+                if not req.future.done():
+                    req.future.set_exception(exc)
+        except BaseException as exc:  # cancelled: callers must not hang
+            for req in group:
+                if not req.future.done():
+                    req.future.set_exception(RuntimeError(f"ingest interrupted: {exc!r}"))
+            raise
 
     async def _flush(self, group: list[_Request]) -> None:
         started = time.perf_counter()

@@ -1,8 +1,9 @@
 """Redis side of ingestion: replay detection (``user:{id}:signals``) and session recents.
 
-Each key family is updated by a small Lua script per key (one call per user or
-session instead of one command per event), and every script touches exactly one
-key, so the calls stay valid in Redis Cluster.
+Each key family is updated by one Lua call per group commit (instead of one
+command per event).  The client here is a standalone Redis client, where one call
+may name keys of any slot; a Redis Cluster deployment must split the keys by
+hash slot (the ``{...}`` hash tags keep each user's keys together).
 """
 
 from __future__ import annotations
@@ -43,25 +44,24 @@ class EventCache:
         per: dict[uuid.UUID, list[int]] = defaultdict(list)
         for n, (owner, _, _) in enumerate(items):
             per[owner].append(n)
-        out = [False] * len(items)
+        owners = list(per)
+        payload = [[(items[n][2], items[n][1]) for n in per[o]] for o in owners]
         try:
             with wrap_exceptions():
-                async with self._r.pipeline(transaction=False) as pipe:
-                    order = list(per.items())
-                    for owner, idxs in order:
-                        batch = orjson.dumps([(items[n][2], items[n][1]) for n in idxs])
-                        await self._claim(
-                            keys=[keys.user_signals(owner)], args=[floor, keys.USER_SIGNALS.ttl_s, batch], client=pipe
-                        )
-                    res = await pipe.execute()
+                flags = await self._claim(
+                    keys=[keys.user_signals(o) for o in owners],
+                    args=[floor, keys.USER_SIGNALS.ttl_s, orjson.dumps(payload)],
+                )
         except Exception:
             metrics.CACHE_ERRORS.labels("claim_event_ids").inc()
             metrics.CACHE_AVAILABLE.set(0)
             raise
         metrics.CACHE_AVAILABLE.set(1)
-        for (_, idxs), flags in zip(order, res, strict=True):
-            for n, f in zip(idxs, flags, strict=True):
-                out[n] = bool(f)
+        out = [False] * len(items)
+        it = iter(flags)
+        for o in owners:
+            for n in per[o]:
+                out[n] = bool(next(it))
         return out
 
     async def release_event_ids(self, claimed: dict[uuid.UUID, list[str]]) -> None:
@@ -77,21 +77,20 @@ class EventCache:
         per: dict[uuid.UUID, list[tuple[float, str]]] = defaultdict(list)
         for session, content, ts in views:
             per[session].append((ts, content))
+        if not per:
+            return
         spec = keys.SESSION_RECENT_CONTENT
         assert spec.cap is not None
+        sessions = list(per)
+        # Oldest first, so that the newest ends at the head; only the newest
+        # ``cap`` can survive the trim anyway.
+        payload = [[c for _, c in sorted(per[s])][-spec.cap :] for s in sessions]
         try:
             with wrap_exceptions():
-                async with self._r.pipeline(transaction=False) as pipe:
-                    for session, items in per.items():
-                        # Oldest first, so that the newest ends at the head; only the
-                        # newest ``cap`` can survive the trim anyway.
-                        contents = [c for _, c in sorted(items)][-spec.cap :]
-                        await self._views(
-                            keys=[keys.session_recent_content(session)],
-                            args=[spec.cap, spec.ttl_s, orjson.dumps(contents)],
-                            client=pipe,
-                        )
-                    await pipe.execute()
+                await self._views(
+                    keys=[keys.session_recent_content(s) for s in sessions],
+                    args=[spec.cap, spec.ttl_s, orjson.dumps(payload)],
+                )
         except Exception:
             metrics.CACHE_ERRORS.labels("record_views").inc()
             raise

@@ -1,13 +1,17 @@
--- Claim client event ids in one user's signals set (KEYS[1] = user:{id}:signals).
+-- Claim client event ids in users' signals sets (KEYS = user:{id}:signals, one per user).
 -- ARGV[1] = window floor (epoch s; older entries are trimmed), ARGV[2] = TTL (s),
--- ARGV[3] = JSON array of [score, member] pairs (one argument instead of two per
--- event keeps the client's command packing cheap).
--- Returns one 1 (new) or 0 (replay) per pair.
-local pairs_ = cjson.decode(ARGV[3])
+-- ARGV[3] = JSON array with one entry per key: an array of [score, member] pairs.
+-- Returns, key by key and pair by pair, 1 (new) or 0 (replay).
+-- The caller sends keys of one hash slot per call (all keys in standalone Redis),
+-- so the script is valid in Redis Cluster too.
+local per_key = cjson.decode(ARGV[3])
 local out = {}
-for i = 1, #pairs_ do
-  out[i] = redis.call('ZADD', KEYS[1], 'NX', pairs_[i][1], pairs_[i][2])
+for k = 1, #KEYS do
+  local pairs_ = per_key[k]
+  for i = 1, #pairs_ do
+    out[#out + 1] = redis.call('ZADD', KEYS[k], 'NX', pairs_[i][1], pairs_[i][2])
+  end
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', '(' .. ARGV[1])
+  redis.call('EXPIRE', KEYS[k], ARGV[2])
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
 return out
