@@ -8,13 +8,14 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from personalization.cache import keys
 from personalization.cache.client import make_client, wrap_exceptions
 from personalization.cache.events import EventCache
+from personalization.cache.serving import ServingCache
 from personalization.config import Settings
 from personalization.errors import CacheUnavailable
 from personalization.ingest import Ingestor
 from personalization.profiles import ProfileService
+from personalization.serving.service import ServingService
 from personalization.store.db import Database
 from personalization.store.profiles import ProfileStore
 
@@ -29,6 +30,7 @@ class Platform:
     events_cache: EventCache
     ingestor: Ingestor
     profiles: ProfileService
+    serving: ServingService
 
     async def cache_ok(self) -> bool:
         """True when Redis answers a PING within its timeout."""
@@ -37,11 +39,6 @@ class Platform:
                 return bool(await self.redis.ping())
         except CacheUnavailable:
             return False
-
-
-async def _drop_preferences(redis: aioredis.Redis, user_id: object) -> None:
-    with wrap_exceptions():
-        await redis.delete(keys.user_preferences(str(user_id)))
 
 
 @contextlib.asynccontextmanager
@@ -53,15 +50,15 @@ async def open_platform(settings: Settings) -> AsyncIterator[Platform]:
     events_cache = EventCache(redis)
     profiles = ProfileService(ProfileStore(db))
 
-    async def invalidate(user_id: object) -> None:
-        await _drop_preferences(redis, user_id)
-
-    profiles.on_change(invalidate)
+    # Generation-checked invalidation of the read path (see cache/serving.py).
+    serving = ServingService(db, ServingCache(redis), view_signal_types=settings.view_signal_types)
+    profiles.on_change(serving.invalidate)
     ingestor = Ingestor(db, events_cache, settings)
-    platform = Platform(settings, db, redis, events_cache, ingestor, profiles)
+    platform = Platform(settings, db, redis, events_cache, ingestor, profiles, serving)
     try:
         yield platform
     finally:
+        await serving.close()
         await ingestor.close()
         await redis.aclose()
         await db.close()

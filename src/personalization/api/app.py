@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from personalization.api import serving_routes
 from personalization.api.responses import JSONBody
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
@@ -90,7 +91,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     @app.exception_handler(NotFound)
     async def on_not_found(_: Request, exc: NotFound) -> JSONBody:
         loc: list[Any] = ["body", *exc.field_name.replace("[", ".").replace("]", "").split(".")]
-        if exc.field_name in ("user_id", "trait_id"):
+        if exc.field_name in ("user_id", "trait_id", "flag"):
             loc = ["path", exc.field_name]
         return _error(404, [{"loc": loc, "msg": f"{exc.resource} not found", "type": "not_found"}])
 
@@ -197,5 +198,9 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             raise InvalidInput([too_large], 413)
         result = await plat(request).ingestor.ingest_json(body, atomic=atomic)
         return JSONBody(result.as_dict())
+
+    # ---- read path (preferences, login, flags, recent, rerank) -------------
+    app.include_router(serving_routes.router)
+    app.include_router(serving_routes.ops_router)
 
     return app

@@ -1,0 +1,169 @@
+"""Feature flags: rules in PostgreSQL, per-user results cached under ``feature_flag:{flag}:{user_id}``.
+
+The cached value is ``"<0|1>:<reason>:<rules version>:<preferences generation>"``;
+its first character is the on/off state for any other reader of the spec's key.
+A cached value is used only while both tags are current: a rule change publishes a
+new version (``feature_flag_version:{flag}``) and a profile or trait change a new
+generation, so either takes effect at once for every user, not after the 24 h TTL.
+Evaluation itself is :func:`personalization.core.flags.evaluate` (pure).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from personalization.cache.serving import FlagState, ServingCache
+from personalization.core.flags import FLAG_NAME_PATTERN, Decision, FlagRules, FlagRulesIn, evaluate
+from personalization.errors import CacheUnavailable, FieldError, InvalidInput, NotFound
+from personalization.serving.guard import CacheGuard
+from personalization.serving.preferences import Preferences
+from personalization.store.serving import ServingStore
+
+_FLAG_NAME = re.compile(FLAG_NAME_PATTERN)
+
+
+@dataclass(frozen=True)
+class FlagResult:
+    """One flag for one user: its state, why, the rules version, and where it came from."""
+
+    flag: str
+    user_id: uuid.UUID
+    on: bool
+    reason: str
+    version: int
+    source: Literal["cache", "evaluated"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "flag": self.flag,
+            "user_id": str(self.user_id),
+            "enabled": self.on,
+            "variant": "on" if self.on else "off",
+            "reason": self.reason,
+            "version": self.version,
+            "source": self.source,
+        }
+
+
+def encode_value(decision: Decision, version: int, generation: str) -> str:
+    """The string stored under the spec's flag key."""
+    return f"{int(decision.on)}:{decision.reason}:{version}:{generation}"
+
+
+def decode_value(value: str) -> tuple[bool, str, int, str] | None:
+    """(on, reason, version, generation) of a cached value, or None if it is not ours."""
+    parts = value.split(":", 3)
+    if len(parts) != 4 or parts[0] not in ("0", "1") or not parts[2].isdigit():
+        return None
+    return parts[0] == "1", parts[1], int(parts[2]), parts[3]
+
+
+def check_flag_name(flag: str) -> None:
+    """InvalidInput naming the ``flag`` path field unless ``flag`` is a valid flag name."""
+    if not _FLAG_NAME.fullmatch(flag):
+        raise InvalidInput(
+            [FieldError(["path", "flag"], "must match ^[a-z0-9][a-z0-9_.-]{0,63}$", "string_pattern_mismatch")]
+        )
+
+
+def _rules_from_row(row: dict[str, Any]) -> FlagRules:
+    overrides = {uuid.UUID(k): bool(v) for k, v in (row.get("overrides") or {}).items()}
+    return FlagRules.model_validate({**row, "overrides": overrides})
+
+
+class FlagService:
+    """Read and change flag rules; evaluate flags for users with caching."""
+
+    def __init__(
+        self,
+        store: ServingStore,
+        cache: ServingCache,
+        guard: CacheGuard,
+        preferences: Callable[[uuid.UUID], Awaitable[Preferences]],
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.guard = guard
+        self._preferences = preferences
+        # Rules per flag, as last loaded; reused while no newer version is published.
+        self._rules: dict[str, FlagRules] = {}
+
+    async def rules(self, flag: str, known_version: int | None = None) -> FlagRules:
+        """The flag's rules, at least as new as ``known_version``; NotFound for an unknown flag.
+
+        ``known_version`` is the version published in Redis; without it (Redis
+        unavailable or the key expired) the rules are read from PostgreSQL.
+        """
+        check_flag_name(flag)
+        cached = self._rules.get(flag)
+        if cached is not None and known_version is not None and cached.version >= known_version:
+            return cached
+        row = await self.store.get_flag(flag)
+        if row is None:
+            raise NotFound("flag", "flag", flag)
+        rules = _rules_from_row(row)
+        self._rules[flag] = rules
+        if known_version is None or rules.version > known_version:
+            await self._publish(flag, rules.version)
+        return rules
+
+    async def _publish(self, flag: str, version: int) -> None:
+        if not self.guard.up:
+            self.guard.defer_flag_version(flag, version)
+            return
+        try:
+            await self.cache.publish_rules_version(flag, version)
+        except CacheUnavailable as exc:
+            self.guard.trip("flag_version", exc)
+            self.guard.defer_flag_version(flag, version)
+
+    async def put_rules(self, flag: str, body: FlagRulesIn) -> FlagRules:
+        """Replace the flag's rules and overrides (creating the flag); effective for everyone at once."""
+        check_flag_name(flag)
+        missing = await self.store.missing_users(list(body.overrides))
+        if missing:
+            raise InvalidInput(
+                [FieldError(["body", "overrides", str(u)], "unknown user", "not_found") for u in missing], 422
+            )
+        version = await self.store.put_flag(flag, body.model_dump(mode="json"), body.overrides)
+        await self._publish(flag, version)
+        return await self.rules(flag, version)
+
+    async def get(self, flag: str, user_id: uuid.UUID) -> FlagResult:
+        """The flag for one user: from the cache while its tags are current, else evaluated and cached."""
+        check_flag_name(flag)
+        state: FlagState | None = None
+        if self.guard.up:
+            try:
+                state = await self.cache.flag_state(flag, user_id)
+            except CacheUnavailable as exc:
+                self.guard.trip("flag", exc)
+        else:
+            self.guard.fallback("flag")
+        return await self.resolve(flag, user_id, state)
+
+    async def resolve(
+        self, flag: str, user_id: uuid.UUID, state: FlagState | None, prefs: Preferences | None = None
+    ) -> FlagResult:
+        """Use ``state`` (read from Redis, None when unavailable) or evaluate and cache the flag.
+
+        ``prefs``, when given, must have been read after ``state.generation``.
+        """
+        if state is not None and state.cached is not None and state.rules_version is not None:
+            parsed = decode_value(state.cached)
+            if parsed is not None and parsed[2] == state.rules_version and parsed[3] == state.generation:
+                return FlagResult(flag, user_id, parsed[0], parsed[1], parsed[2], "cache")
+        rules = await self.rules(flag, state.rules_version if state is not None else None)
+        if prefs is None:
+            prefs = await self._preferences(user_id)
+        decision = evaluate(rules, flag, user_id, prefs.attributes())
+        if state is not None and self.guard.up:
+            try:
+                await self.cache.set_flag(flag, user_id, encode_value(decision, rules.version, state.generation))
+            except CacheUnavailable as exc:
+                self.guard.trip("flag_set", exc)
+        return FlagResult(flag, user_id, decision.on, decision.reason, rules.version, "evaluated")

@@ -1,0 +1,1 @@
+"""The read path: preferences snapshot, login pre-warm, flags, recent content, reranking (see service.py)."""

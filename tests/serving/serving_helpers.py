@@ -1,0 +1,64 @@
+"""Helpers of the read-path tests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+
+from personalization.core import embedding as emb
+
+DIM = 384
+
+
+async def make_user(client: httpx.AsyncClient, **fields: Any) -> uuid.UUID:
+    uid = uuid.uuid4()
+    body = {"denomination": "baptist", "preferred_translation": "KJV"} | fields
+    r = await client.put(f"/v1/users/{uid}", json=body)
+    assert r.status_code == 201, r.text
+    return uid
+
+
+async def add_trait(client: httpx.AsyncClient, uid: uuid.UUID, **body: Any) -> dict[str, Any]:
+    r = await client.post(f"/v1/users/{uid}/traits", json=body)
+    assert r.status_code == 201, r.text
+    out: dict[str, Any] = r.json()
+    return out
+
+
+def unit(seed: int, dim: int = DIM) -> np.ndarray:
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return emb.normalize(v)
+
+
+def insert_content(db_url: str, items: dict[str, np.ndarray | None], content_type: str = "passage") -> None:
+    """Content rows (and embeddings where given) straight into the tables."""
+    with psycopg.connect(db_url) as conn:
+        for cid, vec in items.items():
+            conn.execute(
+                "INSERT INTO content_items (content_id, content_type) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (cid, content_type),
+            )
+            if vec is not None:
+                conn.execute(
+                    "INSERT INTO content_embeddings (content_id, model, dim, embedding) VALUES (%s, 'test', %s, %s)",
+                    (cid, len(vec), emb.encode(vec)),
+                )
+
+
+def put_user_embedding(db_url: str, uid: uuid.UUID, vec: np.ndarray) -> None:
+    with psycopg.connect(db_url) as conn:
+        cols = {
+            r[0]
+            for r in conn.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'user_embeddings'"
+            )
+        }
+        assert {"user_id", "dim", "embedding"} <= cols, cols
+        conn.execute(
+            "INSERT INTO user_embeddings (user_id, dim, embedding) VALUES (%s, %s, %s)",
+            (uid, len(vec), emb.encode(vec)),
+        )
