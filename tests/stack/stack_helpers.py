@@ -86,13 +86,14 @@ def wait_gone(pids: set[int], timeout_s: float = 20.0) -> set[int]:
 
 def start_cli_up(root: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """Run ``stack up`` in a subprocess and wait for its export lines."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "personalization.cli.stack", "up", "--root", str(root)],
-        stdout=subprocess.PIPE,
-        stderr=log.open("w"),
-        text=True,
-        env=env,
-    )
+    with log.open("w") as err:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "personalization.cli.stack", "up", "--root", str(root)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
     assert proc.stdout is not None
     exports: dict[str, str] = {}
     deadline = time.monotonic() + 60

@@ -48,6 +48,9 @@ def test_kill_9_of_stack_up_leaves_no_orphans_and_restarts(stack_root: Path, tmp
         assert left == set(), f"orphans after kill -9: {left}"
     finally:
         kill_quietly(pids | {proc.pid})
+        proc.wait(timeout=30)
+        assert proc.stdout is not None
+        proc.stdout.close()
     # The crashed run's directory is recovered: same data, servers start again.
     assert running_owner(stack_root) is None
     stack = LocalStack(StackConfig(root=stack_root))
@@ -75,6 +78,9 @@ def test_stack_down_from_another_shell_stops_it(stack_root: Path, tmp_path: Path
         assert "Local stack stopped." in (tmp_path / "up.err").read_text()
     finally:
         kill_quietly(pids | {proc.pid})
+        proc.wait(timeout=30)
+        assert proc.stdout is not None
+        proc.stdout.close()
     again = subprocess.run(
         [sys.executable, "-m", "personalization.cli.stack", "down", "--root", str(stack_root)],
         capture_output=True,
@@ -95,6 +101,9 @@ def test_ctrl_c_stops_the_stack(stack_root: Path, tmp_path: Path) -> None:
         assert wait_gone(pids) == set()
     finally:
         kill_quietly(pids | {proc.pid})
+        proc.wait(timeout=30)
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def test_up_with_configured_urls_starts_nothing(stack_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -355,4 +355,6 @@ def test_stack_down_never_signals_a_pid_from_a_stale_state_file(stack_root: Path
         for p in (stranger, holder):
             p.kill()
             p.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
     assert running_owner(stack_root) is None
