@@ -157,9 +157,11 @@ class FlagService:
             parsed = decode_value(state.cached)
             if parsed is not None and parsed[2] == state.rules_version and parsed[3] == state.generation:
                 return FlagResult(flag, user_id, parsed[0], parsed[1], parsed[2], "cache")
-        rules = await self.rules(flag, state.rules_version if state is not None else None)
+        check_flag_name(flag)
         if prefs is None:
+            # The user first: an unknown user is a 404 that leaves nothing in Redis.
             prefs = await self._preferences(user_id)
+        rules = await self.rules(flag, state.rules_version if state is not None else None)
         decision = evaluate(rules, flag, user_id, prefs.attributes())
         if state is not None and self.guard.up:
             try:
