@@ -51,6 +51,7 @@ def insert_content(db_url: str, items: dict[str, np.ndarray | None], content_typ
 
 
 def put_user_embedding(db_url: str, uid: uuid.UUID, vec: np.ndarray) -> None:
+    """A durable user embedding as the online learner stores it (raw float64 sum, unit float32 copy)."""
     with psycopg.connect(db_url) as conn:
         cols = {
             r[0]
@@ -58,11 +59,17 @@ def put_user_embedding(db_url: str, uid: uuid.UUID, vec: np.ndarray) -> None:
                 "SELECT column_name FROM information_schema.columns WHERE table_name = 'user_embeddings'"
             )
         }
-        assert {"user_id", "dim", "embedding"} <= cols, cols
-        conn.execute(
-            "INSERT INTO user_embeddings (user_id, dim, embedding) VALUES (%s, %s, %s)",
-            (uid, len(vec), emb.encode(vec)),
-        )
+        if "raw_sum" in cols:
+            conn.execute(
+                "INSERT INTO user_embeddings (user_id, dim, raw_sum, ref_time, event_count, embedded_count, embedding)"
+                " VALUES (%s, %s, %s, now(), 1, 1, %s)",
+                (uid, len(vec), np.asarray(vec, dtype="<f8").tobytes(), emb.encode(emb.normalize(vec))),
+            )
+        else:
+            conn.execute(
+                "INSERT INTO user_embeddings (user_id, dim, embedding) VALUES (%s, %s, %s)",
+                (uid, len(vec), emb.encode(vec)),
+            )
 
 
 class RedisProxy:

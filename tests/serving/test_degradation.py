@@ -55,7 +55,7 @@ async def _wait_health(client: httpx.AsyncClient, status: str, timeout_s: float 
 
 
 async def test_down_then_back(proxied: tuple[RedisProxy, Platform, httpx.AsyncClient]) -> None:
-    proxy, platform, client = proxied
+    proxy, _platform, client = proxied
     uid = await make_user(client, denomination="baptist")
     assert (await client.get(f"/v1/users/{uid}/preferences")).json()["source"] == "database"
     assert (await client.get(f"/v1/users/{uid}/preferences")).json()["source"] == "cache"
@@ -93,7 +93,7 @@ async def test_down_then_back(proxied: tuple[RedisProxy, Platform, httpx.AsyncCl
 
 
 async def test_slow_redis_is_bounded(proxied: tuple[RedisProxy, Platform, httpx.AsyncClient]) -> None:
-    proxy, platform, client = proxied
+    proxy, _platform, client = proxied
     uid = await make_user(client)
     await client.get(f"/v1/users/{uid}/preferences")
     proxy.delay_s = 1.0  # well over the 0.25 s client timeout
