@@ -13,12 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from personalization.api import serving_routes
+from personalization.api import security_routes, serving_routes
+from personalization.api.auth import check_scope, install_security, require
 from personalization.api.responses import JSONBody
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
 from personalization.core.models import EventBatch, Profile, ProfileIn, ProfilePatch, Trait, TraitIn
 from personalization.errors import Conflict, FieldError, InvalidInput, NotFound, StoreError, StoreUnavailable
+from personalization.security.authenticator import Principal
 
 log = logging.getLogger("personalization.api")
 
@@ -57,6 +59,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
 
     if platform is not None:
         app.state.platform = platform
+    # API keys on every /v1 route (issue 6): handlers, header guard, audit, dev-mode notice.
+    install_security(app, cfg)
 
     def plat(request: Request) -> Platform:
         p: Platform = request.app.state.platform
@@ -128,36 +132,49 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    # Scopes of the /v1 routes (issue 6); the dependency runs before path and body validation.
+    can_read, can_write = [require("read")], [require("profile:write")]
+
     # ---- profiles -------------------------------------------------------
-    @app.put("/v1/users/{user_id}", response_model=Profile, tags=["profiles"])
+    @app.put("/v1/users/{user_id}", response_model=Profile, tags=["profiles"], dependencies=can_write)
     async def put_user(user_id: uuid.UUID, body: ProfileIn, request: Request, response: Response) -> Profile:
         profile, created = await plat(request).profiles.upsert(user_id, body)
         response.status_code = 201 if created else 200
         return profile
 
-    @app.get("/v1/users/{user_id}", response_model=Profile, tags=["profiles"])
+    @app.get("/v1/users/{user_id}", response_model=Profile, tags=["profiles"], dependencies=can_read)
     async def get_user(user_id: uuid.UUID, request: Request) -> Profile:
         return await plat(request).profiles.get(user_id)
 
-    @app.patch("/v1/users/{user_id}", response_model=Profile, tags=["profiles"])
+    @app.patch("/v1/users/{user_id}", response_model=Profile, tags=["profiles"], dependencies=can_write)
     async def patch_user(user_id: uuid.UUID, body: ProfilePatch, request: Request) -> Profile:
         return await plat(request).profiles.patch(user_id, body)
 
     @app.delete("/v1/users/{user_id}", status_code=204, tags=["profiles"])
-    async def delete_user(user_id: uuid.UUID, request: Request) -> Response:
+    async def delete_user(
+        user_id: uuid.UUID,
+        request: Request,
+        erase: bool = Query(False, description="erase the user everywhere (admin scope); 200 with counts"),
+        principal: Principal = require(None),
+    ) -> Response:
+        if erase:
+            return await security_routes.erase_user(request, user_id, principal)
+        check_scope(principal, "profile:write")
         await plat(request).profiles.delete(user_id)
         return Response(status_code=204)
 
     # ---- traits ---------------------------------------------------------
-    @app.get("/v1/users/{user_id}/traits", response_model=list[Trait], tags=["traits"])
+    @app.get("/v1/users/{user_id}/traits", response_model=list[Trait], tags=["traits"], dependencies=can_read)
     async def list_traits(user_id: uuid.UUID, request: Request) -> list[Trait]:
         return await plat(request).profiles.list_traits(user_id)
 
-    @app.post("/v1/users/{user_id}/traits", response_model=Trait, status_code=201, tags=["traits"])
+    @app.post(
+        "/v1/users/{user_id}/traits", response_model=Trait, status_code=201, tags=["traits"], dependencies=can_write
+    )
     async def add_trait(user_id: uuid.UUID, body: TraitIn, request: Request) -> Trait:
         return await plat(request).profiles.add_trait(user_id, body)
 
-    @app.put("/v1/users/{user_id}/traits/{trait_id}", response_model=Trait, tags=["traits"])
+    @app.put("/v1/users/{user_id}/traits/{trait_id}", response_model=Trait, tags=["traits"], dependencies=can_write)
     async def put_trait(
         user_id: uuid.UUID, trait_id: uuid.UUID, body: TraitIn, request: Request, response: Response
     ) -> Trait:
@@ -165,7 +182,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         response.status_code = 201 if created else 200
         return trait
 
-    @app.delete("/v1/users/{user_id}/traits/{trait_id}", status_code=204, tags=["traits"])
+    @app.delete("/v1/users/{user_id}/traits/{trait_id}", status_code=204, tags=["traits"], dependencies=can_write)
     async def delete_trait(user_id: uuid.UUID, trait_id: uuid.UUID, request: Request) -> Response:
         await plat(request).profiles.delete_trait(user_id, trait_id)
         return Response(status_code=204)
@@ -174,6 +191,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     @app.post(
         "/v1/events",
         tags=["events"],
+        dependencies=[require("ingest")],
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -202,5 +220,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     # ---- read path (preferences, login, flags, recent, rerank) -------------
     app.include_router(serving_routes.router)
     app.include_router(serving_routes.ops_router)
+    app.include_router(security_routes.router)
 
     return app

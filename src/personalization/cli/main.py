@@ -112,6 +112,8 @@ def _register_optional() -> None:
     for module, name in (
         ("personalization.cli.cdc", "cdc"),
         ("personalization.cli.stack", "stack"),
+        ("personalization.cli.keys", "keys"),
+        ("personalization.cli.users", "users"),
     ):
         try:
             mod = importlib.import_module(module)

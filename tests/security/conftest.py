@@ -1,0 +1,72 @@
+"""Fixtures of the security tests: the real app with API keys checked, and key factories.
+
+``open_client`` is the app in development mode (keys not checked), used to set up data
+through the public API where a test is not about authentication.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from security_helpers import MakeKey
+
+from personalization.api.app import create_app
+from personalization.composition import Platform
+from personalization.config import Settings
+from personalization.security.keys import KeyStore
+
+
+@pytest.fixture
+def auth_settings(settings: Settings) -> Settings:
+    """Keys checked (never dev mode), a server secret, short revalidation, no Kafka unless a test asks."""
+    return Settings(
+        **(
+            settings.model_dump()
+            | {
+                "auth_dev_mode": False,
+                "api_key_secret": SecretStr("test-server-secret"),
+                "auth_revalidate_s": 0.5,
+                "erase_kafka_tombstones": False,
+            }
+        )
+    )
+
+
+@pytest.fixture
+async def auth_client(platform: Platform, auth_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the real app with API keys enforced."""
+    app = create_app(auth_settings, platform=platform)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        yield c
+
+
+@pytest.fixture
+async def open_client(platform: Platform, auth_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The same app in development mode (no keys), for setting up data."""
+    dev = Settings(**(auth_settings.model_dump() | {"auth_dev_mode": True}))
+    app = create_app(dev, platform=platform)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        yield c
+
+
+@pytest.fixture
+def make_key(platform: Platform, auth_settings: Settings) -> MakeKey:
+    """``await make_key("read", "ingest", name=...)`` returns a fresh key with those scopes."""
+    counter = iter(range(1_000_000))
+
+    async def make(*scopes: str, name: str | None = None) -> str:
+        key, _ = await KeyStore(platform.db, auth_settings).create(name or f"test-{next(counter)}", list(scopes),
+                                                                   "test")
+        return key
+
+    return make
+
+
+@pytest.fixture
+async def admin_headers(make_key: MakeKey) -> dict[str, str]:
+    """Authorization header of a key with every scope."""
+    key = await make_key("admin", "read", "ingest", "profile:write", name="test-admin")
+    return {"Authorization": f"Bearer {key}"}
