@@ -358,3 +358,28 @@ def test_stack_down_never_signals_a_pid_from_a_stale_state_file(stack_root: Path
         if holder.stdout is not None:
             holder.stdout.close()
     assert running_owner(stack_root) is None
+
+
+def test_a_server_that_dies_is_reported_and_the_data_dir_recovers(stack_root: Path) -> None:
+    import signal
+
+    config = StackConfig(root=stack_root, apply_migrations=False, pg_settings=(("max_connections", "42"),))
+    stack = LocalStack(config)
+    urls = stack.start()
+    try:
+        with psycopg.connect(urls.database_url) as conn:
+            assert conn.execute("SHOW max_connections").fetchone() == ("42",)
+            conn.execute("CREATE TABLE t (v int)")
+            conn.execute("INSERT INTO t VALUES (7)")
+        assert stack.postgres.proc is not None
+        # The postmaster dies outright (OOM killer, a stray kill -9): no clean shutdown.
+        os.kill(stack.postgres.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while "postgres" not in stack.failed() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "postgres exited with code -9" in stack.failed()["postgres"]
+    finally:
+        stack.stop()
+    # Crash recovery replays the WAL: the committed row is there.
+    with LocalStack(config) as urls, psycopg.connect(urls.database_url) as conn:
+        assert conn.execute("SELECT v FROM t").fetchall() == [(7,)]

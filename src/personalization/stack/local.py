@@ -101,6 +101,9 @@ class StackConfig:
     kafka_port: int = 0
     # Account PostgreSQL runs as when we are root (created if missing).
     pg_user: str | None = None
+    # Extra PostgreSQL settings as (name, value) pairs, passed as ``-c name=value``
+    # after the stack's own (so they win), e.g. (("max_connections", "200"),).
+    pg_settings: tuple[tuple[str, str], ...] = ()
     min_free_bytes: int = DEFAULT_MIN_FREE_BYTES
     start_timeout_s: float = 60.0
     apply_migrations: bool = True
@@ -186,6 +189,7 @@ class LocalStack:
             port=self.config.pg_port,
             run_as=self.config.pg_user,
             start_timeout_s=self.config.start_timeout_s,
+            settings=self.config.pg_settings,
         )
         self.redis = LocalRedis(
             self.root / "redis",

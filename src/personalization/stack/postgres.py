@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -174,14 +175,20 @@ class LocalPostgres:
         database: str = "personalization",
         run_as: str | None = None,
         start_timeout_s: float = 60.0,
+        settings: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Configure the server; nothing runs until ``start``."""
+        """Configure the server; nothing runs until ``start``.
+
+        ``settings`` are extra ``name=value`` server settings, applied after (and so
+        overriding) the stack's own.
+        """
         self.data_dir = data_dir.resolve()
         self.log_path = log_path
         self.requested_port = port
         self.database = database
         self.start_timeout_s = start_timeout_s
         self._run_as_pref = run_as
+        self.settings = tuple(settings)
         self.run_as: str | None = None
         self.port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -341,17 +348,20 @@ class LocalPostgres:
         if not lines or not lines[0].strip().isdigit():
             return  # half-written; PostgreSQL itself will refuse or clean it
         pid = int(lines[0].strip())
+        shmid = None
+        if len(lines) >= 7 and len(lines[6].split()) == 2:
+            shmid = int(lines[6].split()[1])
         ident = ProcessIdentity.of(pid)
         if ident is None:
+            # A postmaster killed outright leaves its backends to notice and exit;
+            # until they have, PostgreSQL refuses the data dir, so give them a moment.
+            self._wait_shm_released(shmid, timeout_s=15.0)
             log_event("stack.postgres.stale_pidfile", pid=pid, action="left for postgres")
             return
         cmd = process_cmdline(pid)
         if cmd and Path(cmd[0]).name == "postgres" and str(self.data_dir) in cmd:
             terminate_identity(ident, name="postgres", sig=signal.SIGINT, timeout_s=60)
             return
-        shmid = None
-        if len(lines) >= 7 and len(lines[6].split()) == 2:
-            shmid = int(lines[6].split()[1])
         attached = _shm_attach_count(shmid) if shmid is not None else None
         if attached:
             raise StackError(
@@ -362,6 +372,13 @@ class LocalPostgres:
         aside = pid_file.with_name(f"postmaster.pid.stale-{int(time.time())}")
         pid_file.rename(aside)
         log_event("stack.postgres.stale_pidfile", pid=pid, action="set aside", path=aside)
+
+    def _wait_shm_released(self, shmid: int | None, timeout_s: float) -> None:
+        if shmid is None:
+            return
+        deadline = time.monotonic() + timeout_s
+        while _shm_attach_count(shmid) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
     # -------------------------------------------------------------- running
     def _open_log(self) -> IO[bytes]:
@@ -414,6 +431,8 @@ class LocalPostgres:
             "-c",
             "logging_collector=off",
         ]
+        for name, value in self.settings:
+            argv += ["-c", f"{name}={value}"]
         log_event("stack.postgres.start", port=port, data=self.data_dir, user=self.run_as)
         # SIGINT is PostgreSQL's fast shutdown: if we are killed, it still checkpoints
         # and exits cleanly rather than needing crash recovery next time.
