@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from personalization.config import SERVICE_URL_VARS, configured_service_urls
+from personalization.errors import PersonalizationError
 from personalization.stack import (
     DEFAULT_ROOT,
     LocalStack,
@@ -167,16 +168,12 @@ def up(
         try:
             with _progress() as progress:
                 urls = stack.start(_step_callback(progress, "Starting the local stack"))
-        except StackError as exc:
+        except (PersonalizationError, OSError) as exc:
+            # StackError and the store's errors (a failed migration) carry their fix;
+            # an OSError (permissions, a read-only disk) names the path involved.
             _fail(str(exc))
         for notice in stack.notices:
             err.print(f"Note: {escape(notice)}", soft_wrap=True)
-        if stack.postgres.run_as is not None:
-            err.print(
-                f"PostgreSQL runs as the unprivileged user '{stack.postgres.run_as}' "
-                "because this process is root (PostgreSQL refuses to run as root).",
-                soft_wrap=True,
-            )
         err.print(
             f"Local stack running (data in {escape(str(stack.root))}; the Kafka broker keeps its topics "
             "in memory only). Point other shells at it with:",

@@ -242,6 +242,10 @@ class LocalPostgres:
                 self.notices.append(f"made {path} traversable (chmod +x) for the PostgreSQL user {user!r}")
                 log_event("stack.postgres.chmod_traverse", path=path, user=user)
         log_event("stack.postgres.run_as", user=user, reason="running as root")
+        self.notices.append(
+            f"PostgreSQL runs as the unprivileged user '{user}' because this process is root "
+            "(PostgreSQL refuses to run as root)"
+        )
         return user
 
     def _chown_tree(self, path: Path, user: str) -> None:
