@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import pwd
@@ -44,17 +43,11 @@ def log_event(event: str, **fields: object) -> None:
 
 def _load_prctl() -> Callable[..., int] | None:
     # Resolved once in the parent: the child of a fork must not load libraries
-    # (dlopen takes locks another thread may have held at fork time).
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    # (dlopen takes locks another thread may have held at fork time).  CDLL(None)
+    # is the running program, which has libc's symbols, without asking ldconfig.
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
-    except OSError:
-        return None
-    try:
-        fn: Callable[..., int] = libc.prctl
-    except AttributeError:  # not Linux
+        fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
         return None
     return fn
 
