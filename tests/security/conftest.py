@@ -18,6 +18,9 @@ from personalization.composition import Platform
 from personalization.config import Settings
 from personalization.security.keys import KeyStore
 
+# kafka_bootstrap (one Tansu broker per session, shared with the stream tests).
+pytest_plugins = ["personalization.stream.testing"]
+
 
 @pytest.fixture
 def auth_settings(settings: Settings) -> Settings:
