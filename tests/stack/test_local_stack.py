@@ -314,6 +314,13 @@ def test_configured_or_local(stack_root: Path, clean_env: None, monkeypatch: pyt
     assert "PERSONALIZATION_DATABASE_URL" not in os.environ
     assert running_owner(stack_root) is None
 
+    # A stack already running from the directory (`stack up` in another shell) is reused.
+    with LocalStack(StackConfig(root=stack_root, apply_migrations=False)) as running:
+        with configured_or_local(StackConfig(root=stack_root)) as urls:
+            assert urls == running
+        assert running_owner(stack_root) is not None  # left running
+        _select_one(running)
+
     monkeypatch.setenv("PERSONALIZATION_REDIS_URL", "redis://127.0.0.1:1/0")
     get_settings.cache_clear()
     with configured_or_local(StackConfig(root=stack_root)) as urls:

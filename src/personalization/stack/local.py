@@ -23,6 +23,7 @@ from personalization.stack.state import (
     StackState,
     read_state,
     remove_state,
+    running_owner,
     write_state,
 )
 
@@ -370,18 +371,33 @@ class LocalStack:
 
 @contextmanager
 def configured_or_local(config: StackConfig | None = None, progress: StepCallback | None = None) -> Iterator[StackUrls]:
-    """The configured services if any ``PERSONALIZATION_*`` URL is set, else a local stack.
+    """The services to use: configured ones, else a running local stack, else a new one.
 
-    The local stack runs for the duration of the block, and its URLs are put into
-    ``os.environ`` (and the settings cache is reset) so that code reading
-    ``get_settings()`` uses it.  This is what ``personalization demo`` needs.
+    * Any ``PERSONALIZATION_*`` URL set: the settings' URLs (configured services win).
+    * A ``stack up`` already running from the stack directory: its URLs, left running.
+    * Otherwise a local stack started for the duration of the block.
+
+    In the last two cases the URLs are put into ``os.environ`` (and the settings
+    cache is reset) for the block, so that code reading ``get_settings()`` uses
+    them.  This is what ``personalization demo`` needs.
     """
     if not stack_needed():
         yield StackUrls.from_settings()
         return
+    cfg = config or StackConfig.from_env()
     saved = {k: os.environ.get(k) for k in StackUrls("", "", "").as_env()}
-    stack = LocalStack(config or StackConfig.from_env())
-    urls = stack.start(progress)
+    stack: LocalStack | None = None
+    running = running_owner(cfg.root.resolve())
+    if running is not None and len(running.urls) == 3:
+        log_event("stack.reuse", pid=running.pid, root=cfg.root)
+        urls = StackUrls(
+            running.urls["PERSONALIZATION_DATABASE_URL"],
+            running.urls["PERSONALIZATION_REDIS_URL"],
+            running.urls["PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS"],
+        )
+    else:
+        stack = LocalStack(cfg)
+        urls = stack.start(progress)
     try:
         urls.apply_to_environ()
         yield urls
@@ -392,4 +408,5 @@ def configured_or_local(config: StackConfig | None = None, progress: StepCallbac
             else:
                 os.environ[k] = v
         get_settings.cache_clear()
-        stack.stop()
+        if stack is not None:
+            stack.stop()
