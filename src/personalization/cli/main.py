@@ -105,6 +105,33 @@ def bench_ingest(
             typer.echo(f"{k:28} {v}")
 
 
+@bench_app.command("serve")
+def bench_serve(
+    users: int = typer.Option(1000, min=10),
+    content: int = typer.Option(5000, min=200, help="content items with embeddings"),
+    dim: int = typer.Option(384, min=1, help="embedding dimension"),
+    requests: int = typer.Option(5000, min=100, help="calls per in-process measurement"),
+    concurrency: int = typer.Option(4, min=1, help="concurrent HTTP clients"),
+    duration: float = typer.Option(5.0, min=0.5, help="seconds per HTTP measurement"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Read path: preferences, flag, rerank of 100 (in process and HTTP) against a bare HGETALL."""
+    from personalization.bench.serve import run_serve_bench
+
+    try:
+        result = run_serve_bench(get_settings(), users=users, content=content, dim=dim, requests=requests,
+                                 concurrency=concurrency, duration_s=duration)
+    except PersonalizationError as exc:
+        fail(str(exc))
+    import orjson
+
+    if json_out:
+        typer.echo(orjson.dumps(result).decode())
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k:40} {v}")
+
+
 def _register_optional() -> None:
     # Sub-apps of other packages; each is optional so a partial install still runs.
     import importlib
@@ -114,6 +141,7 @@ def _register_optional() -> None:
         ("personalization.cli.stack", "stack"),
         ("personalization.cli.keys", "keys"),
         ("personalization.cli.users", "users"),
+        ("personalization.cli.content", "content"),
     ):
         try:
             mod = importlib.import_module(module)

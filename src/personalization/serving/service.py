@@ -135,16 +135,21 @@ class RecentContent:
 class _ContentVectors:
     """In-process LRU of (unit vector or None, content type or None) per content id."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_age_s: float) -> None:
         self.size = size
+        self.max_age_s = max_age_s
         self.version: str | None = None
+        self._cleared_at = time.monotonic()
         self._d: OrderedDict[str, tuple[emb.Vector | None, str | None]] = OrderedDict()
 
-    def sync(self, version: str) -> None:
-        # An import bumped the version: everything cached (including misses) may be stale.
-        if version != self.version:
+    def sync(self, version: str | None) -> None:
+        """Drop everything after an import (new version) or when the cache is older than its max age."""
+        now = time.monotonic()
+        if (version is not None and version != self.version) or now - self._cleared_at > self.max_age_s:
             self._d.clear()
-            self.version = version
+            self._cleared_at = now
+            if version is not None:
+                self.version = version
 
     def get(self, cid: str) -> tuple[emb.Vector | None, str | None] | None:
         v = self._d.get(cid)
@@ -178,7 +183,7 @@ class ServingService:
         self.guard = CacheGuard(cache, self.settings.cache_retry_s)
         self.flags = FlagService(self.store, cache, self.guard, self.preferences)
         self.view_signal_types = tuple(view_signal_types)
-        self._content = _ContentVectors(self.settings.content_cache_size)
+        self._content = _ContentVectors(self.settings.content_cache_size, self.settings.content_cache_max_age_s)
         self._popularity: dict[str, float] = {}
         self._popularity_at = -1e18
         self._popularity_lock = asyncio.Lock()
@@ -331,6 +336,7 @@ class ServingService:
             prefs = from_hash(state.preferences) if state.preferences else await self._load_preferences(user_id)
             recent = state.recent
         else:
+            self._content.sync(None)
             prefs = await self._load_preferences(user_id, use_cache=False)
             recent = await self._recent_from_db(body.session_id)
         flag = await self.flags.resolve(PERSONALIZATION, user_id, state.flag if state else None, prefs)

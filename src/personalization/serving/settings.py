@@ -25,5 +25,8 @@ class ServingSettings(BaseSettings):
     cache_retry_s: float = Field(default=1.0, gt=0)
     # In-process content vector cache (entries); dropped when an import bumps the content version.
     content_cache_size: int = Field(default=200_000, ge=0)
+    # ... and also dropped after this many seconds, which bounds staleness when an
+    # import could not reach Redis to announce itself.
+    content_cache_max_age_s: float = Field(default=600.0, gt=0)
     # How long the content-type popularity from the rollups is reused (seconds).
     popularity_refresh_s: float = Field(default=300.0, ge=0)
