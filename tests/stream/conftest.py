@@ -13,15 +13,15 @@ import pytest
 
 pytest_plugins = ["personalization.stream.testing"]
 
-ADMIN_URL = os.environ.get("PERSONALIZATION_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+ADMIN_URL = os.environ.get("PERSONALIZATION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="module")
-def cdc_db_url() -> Iterator[str]:
-    """A migrated scratch database for one test module (slots dropped with it)."""
+def cdc_db_url(template_db: str) -> Iterator[str]:
+    """A migrated database for one test module, cloned from the shared template."""
     # Imported here: importing the plugin module before pytest registers it would keep
     # pytest from rewriting its asserts.
     from personalization.stream.testing import scratch_database
 
-    with scratch_database(ADMIN_URL) as url:
+    with scratch_database(ADMIN_URL, template=template_db) as url:
         yield url

@@ -6,7 +6,6 @@ One relay (one JVM) serves the whole module; each test uses rows of its own.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -35,7 +34,6 @@ from personalization.stream.settings import CdcSettings
 from personalization.stream.testing import consume, new_consumer, relay_env
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kafka-connect"
-REDIS_URL = os.environ.get("PERSONALIZATION_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 @dataclass
@@ -193,13 +191,13 @@ def test_update_and_delete_are_published_as_documented(relay: Relay) -> None:
     assert delete["before"]["user_id"] is None and delete["key"] == {"user_id": None}
 
 
-def test_profile_and_trait_changes_invalidate_preferences(relay: Relay) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
+def test_profile_and_trait_changes_invalidate_preferences(relay: Relay, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
     user, other = uuid.uuid4(), uuid.uuid4()
     for u in (user, other):
         client.hset(preferences_key(u), "tone", "gentle")
     seen: list[UUID] = []
-    delete_in_redis = redis_invalidator(REDIS_URL)
+    delete_in_redis = redis_invalidator(redis_url)
 
     def invalidate(user_id: UUID) -> None:
         seen.append(user_id)

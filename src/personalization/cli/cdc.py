@@ -52,12 +52,8 @@ def run(
         SnapshotMode | None,
         typer.Option(help="no_data: stream from the slot; initial: first emit every row."),
     ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Prometheus port (0 disables; default 9465).")
-    ] = None,
-    offsets_file: Annotated[
-        str | None, typer.Option(help="Store offsets in this file instead of PostgreSQL.")
-    ] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Prometheus port (0 disables; default 9465).")] = None,
+    offsets_file: Annotated[str | None, typer.Option(help="Store offsets in this file instead of PostgreSQL.")] = None,
 ) -> None:
     """Stream personalization_events (and profile/trait) changes to Kafka until stopped."""
     from personalization.stream.cdc import run_relay
@@ -73,9 +69,13 @@ def run(
     def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    raise typer.Exit(run_relay(settings, stop=stop))
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = run_relay(settings, stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -98,9 +98,7 @@ def status() -> None:
 @app.command("drop-slot")
 def drop_slot(
     yes: Annotated[bool, _YES] = False,
-    keep_offsets: Annotated[
-        bool, typer.Option(help="Keep the stored offsets (default: drop them too).")
-    ] = False,
+    keep_offsets: Annotated[bool, typer.Option(help="Keep the stored offsets (default: drop them too).")] = False,
 ) -> None:
     """Retire the relay: drop its replication slot, publication and stored offsets."""
     from personalization.stream import pgadmin
@@ -140,9 +138,7 @@ def reset_offsets(yes: Annotated[bool, _YES] = False) -> None:
 
 @app.command("invalidate-cache")
 def invalidate_cache(
-    group_id: Annotated[str, typer.Option(help="Kafka consumer group.")] = (
-        "personalization-cache-invalidation"
-    ),
+    group_id: Annotated[str, typer.Option(help="Kafka consumer group.")] = ("personalization-cache-invalidation"),
 ) -> None:
     """Consume profile/trait changes and delete the users' Redis preference snapshots."""
     from personalization.stream.invalidation import redis_invalidator, run_invalidation_consumer

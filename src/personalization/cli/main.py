@@ -132,6 +132,31 @@ def bench_serve(
             typer.echo(f"{k:40} {v}")
 
 
+@bench_app.command("erase")
+def bench_erase(
+    events: int = typer.Option(1_000_000, "--events", min=10_000, help="events in the database"),
+    users: int = typer.Option(5000, min=10),
+    user_events: int = typer.Option(10_000, "--user-events", min=1, help="events of each erased user"),
+    victims: int = typer.Option(3, min=1, help="users erased (median reported)"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Erase one user with 10000 events among 1000000 (erase_s) against bare SQL deletes and a bare refresh."""
+    from personalization.bench.erase import run_erase_bench
+
+    try:
+        result = run_erase_bench(get_settings(), users=users, events=events, user_events=user_events,
+                                 victims=victims)
+    except (PersonalizationError, ValueError) as exc:
+        fail(str(exc))
+    import orjson
+
+    if json_out:
+        typer.echo(orjson.dumps(result).decode())
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k:34} {v}")
+
+
 def _register_optional() -> None:
     # Sub-apps of other packages; each is optional so a partial install still runs.
     import importlib

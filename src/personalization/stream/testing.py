@@ -97,17 +97,22 @@ def _migrate(url: str) -> None:
 
 
 @contextlib.contextmanager
-def scratch_database(admin_url: str) -> Iterator[str]:
-    """A freshly migrated database next to ``admin_url``'s, dropped (with its slots) after.
+def scratch_database(admin_url: str, *, template: str | None = None) -> Iterator[str]:
+    """A migrated database next to ``admin_url``'s, dropped (with its slots) afterwards.
 
-    The relay's tests need one database for a whole module (a JVM start per test would be
-    too slow), which is why this exists beside the per-test ``db_url`` fixture.
+    Cloned from ``template`` (an already migrated database) when given, else migrated
+    here.  The relay's tests need one database for a whole module (a JVM start per test
+    would be too slow), which is why this exists beside the per-test ``db_url`` fixture.
     """
     name = f"cdc_test_{uuid.uuid4().hex[:12]}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        create = sql.SQL("{} TEMPLATE {}").format(create, sql.Identifier(template))
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(create)
     try:
-        _migrate(_as_url(admin_url, name))
+        if template is None:
+            _migrate(_as_url(admin_url, name))
         yield _as_url(admin_url, name)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
