@@ -286,7 +286,42 @@ def run_serve_bench(
     rng = random.Random(seed)
     user_ids = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(users)]
     content_ids = [f"bench-{n}" for n in range(content)]
-    os.environ["PERSONALIZATION_EMBEDDING_DIM"] = str(dim)  # the server subprocess and ServingSettings
+    # The dimension reaches ServingSettings here and in the server subprocess through the environment.
+    saved_dim = os.environ.get("PERSONALIZATION_EMBEDDING_DIM")
+    os.environ["PERSONALIZATION_EMBEDDING_DIM"] = str(dim)
+    try:
+        return _run_in_scratch(
+            settings,
+            user_ids,
+            content_ids,
+            users=users,
+            content=content,
+            dim=dim,
+            requests=requests,
+            concurrency=concurrency,
+            duration_s=duration_s,
+            seed=seed,
+        )
+    finally:
+        if saved_dim is None:
+            os.environ.pop("PERSONALIZATION_EMBEDDING_DIM", None)
+        else:
+            os.environ["PERSONALIZATION_EMBEDDING_DIM"] = saved_dim
+
+
+def _run_in_scratch(
+    settings: Settings,
+    user_ids: list[uuid.UUID],
+    content_ids: list[str],
+    *,
+    users: int,
+    content: int,
+    dim: int,
+    requests: int,
+    concurrency: int,
+    duration_s: float,
+    seed: int,
+) -> dict[str, Any]:
     with scratch_database(settings, "serve") as url:
         vecs = _populate(url, user_ids, content_ids, dim, seed)
         _align_flag_version(settings, url)
