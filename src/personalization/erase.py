@@ -73,6 +73,7 @@ class EraseReport:
     errors: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
     audit_id: int | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def outcome(self) -> str:
@@ -92,6 +93,7 @@ class EraseReport:
             "rollups_refreshed": self.rollups_refreshed,
             "errors": dict(self.errors),
             "duration_s": round(self.duration_s, 4),
+            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
             "audit_id": self.audit_id,
         }
 
@@ -134,6 +136,12 @@ class KafkaTombstones:
                 "client.id": "personalization-erase",
             }
         )
+
+    def connect(self) -> None:
+        """Open the producer's connection now (a long-lived API process has it open already)."""
+        if self._producer is None:
+            self._producer = self._make()
+        self._producer.list_topics(timeout=self.settings.kafka_timeout_s)
 
     def publish(self, user_id: uuid.UUID) -> int:
         """Send and flush the tombstones (blocking, bounded by ``kafka_timeout_s``); returns how many."""
@@ -295,7 +303,10 @@ class Eraser:
                 report.audit_id = await audit.record_in(conn, actor=actor, action="user.erase", subject=user_id,
                                                         outcome="pending", details={"removed": report.removed})
             # Still inside the transaction: a Redis failure rolls the PostgreSQL part back.
+            mark = time.perf_counter()
             report.redis_keys = await delete_user_keys(self.redis, user_id, sessions)
+            report.timings_s["redis"] = time.perf_counter() - mark
+        report.timings_s["postgres"] = time.perf_counter() - started - report.timings_s["redis"]
         await self._after_commit(user_id, sessions, report)
         report.duration_s = time.perf_counter() - started
         await audit.finish(self.db, report.audit_id, actor=actor, action="user.erase", subject=user_id, target=None,
@@ -305,19 +316,25 @@ class Eraser:
         return report
 
     async def _after_commit(self, user_id: uuid.UUID, sessions: list[uuid.UUID], report: EraseReport) -> None:
+        mark = time.perf_counter()
         try:
             report.redis_keys += await delete_user_keys(self.redis, user_id, sessions)
         except CacheUnavailable as exc:
             report.errors["redis"] = str(exc)
+        report.timings_s["redis"] += time.perf_counter() - mark
         if self.tombstones is not None:
+            mark = time.perf_counter()
             try:
                 report.kafka_tombstones = await asyncio.to_thread(self.tombstones.publish, user_id)
             except Exception as exc:  # any Kafka failure leaves the erase to be re-run
                 report.errors["kafka"] = str(exc) or type(exc).__name__
+            report.timings_s["kafka"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         try:
             report.rollups_refreshed = await self._refresh_rollups(user_id)
         except PersonalizationError as exc:
             report.errors["rollups"] = str(exc)
+        report.timings_s["rollups"] = time.perf_counter() - mark
 
     async def _refresh_rollups(self, user_id: uuid.UUID) -> bool:
         row = await self.db.fetch_one(q("user_in_rollups", _SQL), {"user_id": user_id})

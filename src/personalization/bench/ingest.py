@@ -25,6 +25,7 @@ from rich.progress import Progress
 from personalization.bench.synth import make_events, make_population
 from personalization.composition import open_platform
 from personalization.config import Settings
+from personalization.security.keys import create_key_sync
 from personalization.store import migrate
 from personalization.store.events import COPY_TYPES
 from personalization.store.urls import dbname_of, with_dbname
@@ -143,7 +144,7 @@ async def _library_pass(settings: Settings, events: list[dict[str, Any]], batch:
 
 
 async def _http_pass(base_url: str, events: list[dict[str, Any]], batch: int, concurrency: int,
-                     progress: Progress | None) -> tuple[float, list[float], int]:
+                     progress: Progress | None, auth: dict[str, str] | None = None) -> tuple[float, list[float], int]:
     bodies = [orjson.dumps({"events": events[i : i + batch]}) for i in range(0, len(events), batch)]
     sizes = [min(batch, len(events) - i) for i in range(0, len(events), batch)]
     task = progress.add_task("HTTP ingest", total=len(events)) if progress else None
@@ -160,7 +161,8 @@ async def _http_pass(base_url: str, events: list[dict[str, Any]], batch: int, co
             while not queue.empty():
                 i = queue.get_nowait()
                 t = time.perf_counter()
-                r = await client.post("/v1/events", content=bodies[i], headers={"content-type": "application/json"})
+                r = await client.post("/v1/events", content=bodies[i],
+                                      headers={"content-type": "application/json"} | (auth or {}))
                 lat.append((time.perf_counter() - t) * 1000)
                 if r.status_code != 200:
                     raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
@@ -173,12 +175,14 @@ async def _http_pass(base_url: str, events: list[dict[str, Any]], batch: int, co
         return time.perf_counter() - t0, lat, accepted
 
 
-def _start_server(settings: Settings, url: str) -> tuple[subprocess.Popen[bytes], str]:
+def _start_server(settings: Settings, url: str, dev_mode: bool = False) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     env = os.environ | {
         "PERSONALIZATION_DATABASE_URL": url,
         "PERSONALIZATION_REDIS_URL": settings.redis_url,
         "PERSONALIZATION_HTTP_PORT": str(port),
+        # API keys are checked unless dev_mode (the no-auth pass of auth_overhead_p99_pct).
+        "PERSONALIZATION_AUTH_DEV_MODE": "true" if dev_mode else "false",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "personalization.api.app:create_app", "--factory",
@@ -211,11 +215,23 @@ def run_ingest_bench(settings: Settings, *, events: int, users: int, concurrency
         lib_s, lib_acc, lib_dups = asyncio.run(
             _library_pass(bench_settings, lib_events, batch, concurrency, prog if progress else None)
         )
+        # Same pass without API keys first (on the smaller table: errs against auth), for auth_overhead_p99_pct.
+        proc, base = _start_server(bench_settings, url, dev_mode=True)
+        try:
+            _, noauth_lat, noauth_acc = asyncio.run(
+                _http_pass(base, _fresh_ids(base_events), batch, concurrency, prog if progress else None)
+            )
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        with psycopg.connect(url) as conn:
+            key = create_key_sync(conn, bench_settings, "bench-ingest", ["ingest"], "bench")
         proc, base = _start_server(bench_settings, url)
         try:
             http_events = _fresh_ids(base_events)
             http_s, lat, http_acc = asyncio.run(
-                _http_pass(base, http_events, batch, concurrency, prog if progress else None)
+                _http_pass(base, http_events, batch, concurrency, prog if progress else None,
+                           {"Authorization": f"Bearer {key}"})
             )
         finally:
             proc.terminate()
@@ -238,9 +254,11 @@ def run_ingest_bench(settings: Settings, *, events: int, users: int, concurrency
         "http_ratio": round(http_rate / copy_rate, 3),
         "http_p50_ms": round(statistics.median(lat), 2),
         "http_p99_ms": round(_pct(lat, 99), 2),
+        "http_noauth_p99_ms": round(_pct(noauth_lat, 99), 2),
+        "auth_overhead_p99_pct": round((_pct(lat, 99) / _pct(noauth_lat, 99) - 1) * 100, 2),
         "library_duplicates": lib_dups,
         "stored_rows": int(stored[0]) if stored else 0,
-        "accepted": lib_acc + http_acc,
+        "accepted": lib_acc + http_acc + noauth_acc,
     }
 
 

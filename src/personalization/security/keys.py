@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+import psycopg
 from psycopg.rows import dict_row
 
 from personalization.config import Settings
@@ -163,6 +164,20 @@ def needs_slow_verify(stored: StoredKey) -> bool:
 def server_secret_of(settings: Settings) -> str | None:
     """The configured server secret, if any."""
     return settings.api_key_secret.get_secret_value() if settings.api_key_secret else None
+
+
+def create_key_sync(conn: psycopg.Connection[Any], settings: Settings, name: str, scopes: list[str],
+                    created_by: str) -> str:
+    """Create a key on a synchronous connection (benchmarks, tools); commits; returns the full key."""
+    name = validate_name(name)
+    canonical = validate_scopes(scopes)
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    scheme, digest, salt = hash_secret(secret, server_secret_of(settings))
+    conn.execute(q("insert_api_key", _SQL), {"key_id": key_id, "name": name, "scopes": list(canonical),
+                                            "hash_scheme": scheme, "key_hash": digest, "salt": salt,
+                                            "created_by": created_by})
+    conn.commit()
+    return f"{KEY_PREFIX}_{key_id}_{secret}"
 
 
 def _info(row: dict[str, Any]) -> KeyInfo:
