@@ -164,6 +164,7 @@ def _register_optional() -> None:
     for module, name in (
         ("personalization.cli.cdc", "cdc"),
         ("personalization.cli.stack", "stack"),
+        ("personalization.cli.learner", "learner"),
         ("personalization.cli.keys", "keys"),
         ("personalization.cli.users", "users"),
         ("personalization.cli.content", "content"),

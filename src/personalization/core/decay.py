@@ -14,6 +14,16 @@ recomputation from ``personalization_events``.
 
 A running sum is stored as ``(value, reference_time)``; moving it to another
 reference time multiplies by ``2 ** (-(t_new - t_ref) / half_life)``.
+
+User embeddings (the online learner) use the same weights with one half-life of their
+own, ``DecayConfig.embedding_half_life_s``, so that a single running vector sum can be
+rebased by one factor::
+
+    sum(t) = sum_i  scale(s_i) * |w_i| * 2 ** (-(t - t_i) / embedding_half_life) * unit(e_i)
+
+where ``unit(e_i)`` is the L2-normalised embedding of the event's content (negative
+signals subtract).  Keeping the reference time at the latest ``t_i`` counted (a max,
+hence order-independent) keeps every factor at most 1.
 """
 
 from __future__ import annotations
@@ -56,6 +66,12 @@ class DecayConfig:
 
     signals: Mapping[str, SignalDecay] = field(default_factory=lambda: dict(DEFAULT_SIGNALS))
     default: SignalDecay = SignalDecay(1.0, 14 * DAY_S)
+    # One half-life for the whole user embedding (see the module docstring).
+    embedding_half_life_s: float = 30 * DAY_S
+
+    def __post_init__(self) -> None:
+        if not (self.embedding_half_life_s > 0 and math.isfinite(self.embedding_half_life_s)):
+            raise ValueError("embedding_half_life_s must be a positive number")
 
     def for_signal(self, signal_type: str) -> SignalDecay:
         """The decay parameters of ``signal_type``."""

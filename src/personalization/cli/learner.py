@@ -1,0 +1,106 @@
+"""``personalization learner ...``: the online learner (run) and its rebuild (recompute).
+
+Exit codes: 0 success, 1 a service failed, 2 bad input (one-line message).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import uuid
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from personalization.learner.settings import LearnerSettings
+
+app = typer.Typer(
+    help="Online learner: time-decayed user scores and embeddings from the CDC stream.", no_args_is_help=True
+)
+
+
+def _fail(msg: str, code: int) -> typer.Exit:
+    typer.echo(f"error: {msg}", err=True)
+    return typer.Exit(code)
+
+
+def _settings(**overrides: object) -> LearnerSettings:
+    try:
+        base = LearnerSettings()
+    except ValueError as exc:  # pydantic ValidationError: a PERSONALIZATION_LEARNER_* variable is wrong
+        first = str(exc).splitlines()
+        raise _fail(f"invalid learner settings: {' '.join(first[:3])}", 2) from exc
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return base.model_copy(update=values) if values else base
+
+
+@app.command()
+def run(
+    metrics_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Prometheus port (0 disables; default 9466).")
+    ] = None,
+    group_id: Annotated[str | None, typer.Option(help="Learner group (owner of the stored offsets).")] = None,
+) -> None:
+    """Consume the personalization_events CDC topic and keep user state until SIGTERM/SIGINT."""
+    from personalization.learner.consumer import Learner
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)-5s [%(name)s] %(message)s"
+    )
+    settings = _settings(learner_metrics_port=metrics_port, learner_group_id=group_id)
+    if settings.learner_metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.learner_metrics_port, addr=settings.learner_metrics_host)
+        except OSError as exc:
+            raise _fail(f"metrics port {settings.learner_metrics_port}: {exc.strerror}", 2) from exc
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = Learner(settings, stop=stop).run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    raise typer.Exit(code)
+
+
+@app.command()
+def recompute(
+    user: Annotated[list[str] | None, typer.Option("--user", help="User id (repeatable).")] = None,
+    all_users: Annotated[bool, typer.Option("--all", help="Every user with a profile.")] = False,
+) -> None:
+    """Rebuild user state from personalization_events alone (safe while `learner run` is running)."""
+    from personalization.errors import NotFound, PersonalizationError
+    from personalization.learner.recompute import recompute_users
+
+    if bool(user) == all_users:
+        raise _fail("give --user ID (repeatable) or --all", 2)
+    ids: list[uuid.UUID] | None = None
+    if user:
+        ids = []
+        for text in user:
+            try:
+                ids.append(uuid.UUID(text))
+            except ValueError as exc:
+                raise _fail(f"--user: not a UUID: {text!r}", 2) from exc
+    settings = _settings()
+    try:
+        report = recompute_users(settings, ids)
+    except NotFound as exc:
+        raise _fail(str(exc), 2) from exc
+    except PersonalizationError as exc:
+        raise _fail(str(exc), 1) from exc
+    typer.echo(json.dumps(report.as_dict()))
+
+
+if __name__ == "__main__":  # `python -m personalization.cli.learner` (used by tests and the benchmark)
+    app()

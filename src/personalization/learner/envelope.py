@@ -1,0 +1,256 @@
+"""Reading the CDC relay's messages (pure: no I/O).
+
+The relay (``personalization.stream.cdc``) publishes Debezium's JSON envelope without the
+Connect schema: ``{"before", "after", "source", "op", "ts_ms"}``, NUMERIC as exact decimal
+strings, TIMESTAMPTZ as ISO-8601 strings, key ``{"user_id": "<uuid>" | null}``.  An
+envelope wrapped as ``{"schema": ..., "payload": ...}`` (schemas enabled) is unwrapped, so a
+stock Kafka Connect deployment works too.
+
+Stream position and duplicates
+------------------------------
+The relay is at-least-once: after a crash or a failed delivery it sends records again
+(new offsets, same rows).  ``event_id`` cannot order them: it is a BIGSERIAL taken at
+insert time, so a transaction that took id 10 can commit after one that took id 11, and
+the stream (commit order) then carries 11 before 10.  ``source.lsn`` alone has the same
+flaw (it is the change's own WAL position, not its commit's).  Debezium's
+``source.sequence`` = ``[last commit LSN, change LSN]`` is made for this: the first value
+grows with every commit in stream order and the second orders the changes of one
+transaction, so ``(sequence[0], lsn, event_id)`` increases strictly along the stream and
+a re-sent record repeats its original position.  The learner keeps, per partition, only
+the highest position applied (constant space) and drops anything at or below it.  A
+record without ``sequence[0]`` (the very first transaction a new slot streams) uses its
+own LSN there.  ``event_id`` only breaks ties (snapshot records share one LSN).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import orjson
+
+__all__ = [
+    "EventRecord",
+    "Ignored",
+    "MalformedMessage",
+    "Position",
+    "ProfileChange",
+    "UserErased",
+    "parse_event_message",
+    "parse_profile_message",
+]
+
+# (commit LSN of the previous transaction, change LSN, event_id): see the module docstring.
+Position = tuple[int, int, int]
+
+
+class MalformedMessage(ValueError):
+    """A message that is not a readable Debezium change of the expected table."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One inserted personalization_events row as the stream carries it."""
+
+    event_id: int
+    user_id: UUID
+    content_id: str
+    content_type: str
+    signal_type: str
+    signal_weight: float
+    occurred_at: datetime
+    position: Position
+    # source.ts_ms: commit time of the row's transaction (ms since the epoch).
+    commit_ts_ms: int | None
+    # source.txId: the 32-bit transaction id (recomputation snapshots are checked against it).
+    tx_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class UserErased:
+    """A tombstone (null value) for a user's key: the erase flow removed the user."""
+
+    user_id: UUID
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileChange:
+    """A user_profile change: deleted, or its current privacy level."""
+
+    user_id: UUID
+    deleted: bool
+    privacy_level: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A well-formed change the learner does not apply (counted by ``reason``)."""
+
+    reason: Literal["anonymous", "update", "delete", "truncate", "message", "tombstone"]
+
+
+def _json(raw: bytes | None, what: str) -> Any:
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessage(f"{what} is not JSON: {exc}") from exc
+
+
+def _envelope(value: bytes) -> dict[str, Any]:
+    doc = _json(value, "value")
+    if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+        doc = doc["payload"]
+    if not isinstance(doc, dict) or "op" not in doc or "source" not in doc:
+        raise MalformedMessage("value is not a Debezium change envelope (no op/source)")
+    if doc["op"] not in ("c", "r", "u", "d", "t", "m"):
+        raise MalformedMessage(f"unknown Debezium op {doc['op']!r}")
+    if not isinstance(doc["source"], dict):
+        raise MalformedMessage("source is not an object")
+    return doc
+
+
+def _table(env: dict[str, Any], expected: str) -> None:
+    table = env["source"].get("table")
+    if env["op"] != "m" and table != expected:
+        raise MalformedMessage(f"change of table {table!r}, expected {expected}")
+
+
+def _key_user(key: bytes | None) -> UUID | None:
+    doc = _json(key, "key")
+    if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+        doc = doc["payload"]
+    if not isinstance(doc, dict) or "user_id" not in doc:
+        raise MalformedMessage('key is not {"user_id": ...}')
+    return _uuid(doc["user_id"], "key.user_id") if doc["user_id"] is not None else None
+
+
+def _uuid(value: Any, field: str) -> UUID:
+    try:
+        return UUID(str(value))
+    except ValueError as exc:
+        raise MalformedMessage(f"{field} is not a UUID: {value!r}") from exc
+
+
+def _int(value: Any, field: str) -> int:
+    if isinstance(value, bool):
+        raise MalformedMessage(f"{field} is not an integer: {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as exc:
+        raise MalformedMessage(f"{field} is not an integer: {value!r}") from exc
+
+
+def _text(row: dict[str, Any], field: str) -> str:
+    value = row.get(field)
+    if not isinstance(value, str) or not value:
+        raise MalformedMessage(f"after.{field} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _position(source: dict[str, Any], event_id: int) -> Position:
+    lsn = _int(source.get("lsn"), "source.lsn")
+    commit = None
+    seq = source.get("sequence")
+    if isinstance(seq, str):
+        try:
+            seq = orjson.loads(seq)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessage(f"source.sequence is not JSON: {exc}") from exc
+    if isinstance(seq, list) and len(seq) == 2 and seq[0] is not None:
+        commit = _int(seq[0], "source.sequence[0]")
+    return (lsn if commit is None else commit, lsn, event_id)
+
+
+def _timestamp(value: Any, field: str) -> datetime:
+    if not isinstance(value, str):
+        raise MalformedMessage(f"{field} is not an ISO-8601 string: {value!r}")
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise MalformedMessage(f"{field} is not an ISO-8601 timestamp: {value!r}") from exc
+    if ts.tzinfo is None:
+        raise MalformedMessage(f"{field} has no time zone: {value!r}")
+    return ts
+
+
+def parse_event_message(key: bytes | None, value: bytes | None) -> EventRecord | UserErased | Ignored:
+    """Read one message of ``<prefix>.public.personalization_events``; MalformedMessage if unreadable."""
+    if value is None:
+        user = _key_user(key)
+        return Ignored("tombstone") if user is None else UserErased(user)
+    env = _envelope(value)
+    op = env["op"]
+    if op == "t":
+        return Ignored("truncate")
+    if op == "m":
+        return Ignored("message")
+    _table(env, "personalization_events")
+    # Updates and deletes are not applied: events are append-only in the specification, an
+    # update arrives without its old image (default replica identity) so its old
+    # contribution is unknown, and the user-erase flow removes the user's state itself.
+    # `personalization learner recompute --user` rebuilds a user after such an edit.
+    if op == "u":
+        return Ignored("update")
+    if op == "d":
+        return Ignored("delete")
+    row = env.get("after")
+    if not isinstance(row, dict):
+        raise MalformedMessage("after is missing on an insert")
+    event_id = _int(row.get("event_id"), "after.event_id")
+    if row.get("user_id") is None:
+        return Ignored("anonymous")
+    user_id = _uuid(row["user_id"], "after.user_id")
+    weight_raw = row.get("signal_weight")
+    try:
+        weight = float(weight_raw) if isinstance(weight_raw, str | int | float) else math.nan
+    except ValueError:
+        weight = math.nan
+    if isinstance(weight_raw, bool) or not math.isfinite(weight):
+        raise MalformedMessage(f"after.signal_weight is not a decimal: {weight_raw!r}")
+    source = env["source"]
+    ts_ms = source.get("ts_ms")
+    tx = source.get("txId")
+    return EventRecord(
+        event_id=event_id,
+        user_id=user_id,
+        content_id=_text(row, "content_id"),
+        content_type=_text(row, "content_type"),
+        signal_type=_text(row, "signal_type"),
+        signal_weight=weight,
+        occurred_at=_timestamp(row.get("occurred_at"), "after.occurred_at"),
+        position=_position(source, event_id),
+        commit_ts_ms=ts_ms if isinstance(ts_ms, int) and not isinstance(ts_ms, bool) else None,
+        tx_id=tx if isinstance(tx, int) and not isinstance(tx, bool) else None,
+    )
+
+
+def parse_profile_message(key: bytes | None, value: bytes | None) -> ProfileChange | Ignored:
+    """Read one message of ``<prefix>.public.user_profile``; MalformedMessage if unreadable."""
+    if value is None:
+        user = _key_user(key)
+        return Ignored("tombstone") if user is None else ProfileChange(user, deleted=True, privacy_level=None)
+    env = _envelope(value)
+    op = env["op"]
+    if op == "t":
+        return Ignored("truncate")
+    if op == "m":
+        return Ignored("message")
+    _table(env, "user_profile")
+    if op == "d":
+        # Under the default replica identity only the key columns of ``before`` are real.
+        before = env.get("before")
+        if not isinstance(before, dict) or before.get("user_id") is None:
+            raise MalformedMessage("before.user_id is missing on a delete")
+        return ProfileChange(_uuid(before["user_id"], "before.user_id"), deleted=True, privacy_level=None)
+    after = env.get("after")
+    if not isinstance(after, dict) or after.get("user_id") is None:
+        raise MalformedMessage("after.user_id is missing")
+    level = after.get("privacy_level")
+    if level is not None and not isinstance(level, str):
+        raise MalformedMessage(f"after.privacy_level is not text: {level!r}")
+    return ProfileChange(_uuid(after["user_id"], "after.user_id"), deleted=False, privacy_level=level)

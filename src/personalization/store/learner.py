@@ -1,0 +1,309 @@
+"""PostgreSQL side of the online learner (synchronous psycopg: the consumer loop is one thread).
+
+Every method of :class:`LearnerTx` runs inside the transaction opened by
+:meth:`LearnerStore.transaction`; driver errors leave as the library's own errors
+(``StoreUnavailable`` when PostgreSQL is unreachable), so the learner never imports psycopg.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from psycopg.rows import dict_row
+
+from personalization.store.db import wrap_exceptions
+from personalization.store.queries import q
+
+_SQL = "learner.sql"
+
+
+def _q(name: str) -> str:
+    return q(name, _SQL)
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRow:
+    """Stored position of one partition."""
+
+    partition: int
+    next_offset: int
+    high_water: tuple[int, int, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRow:
+    """One stored score cell."""
+
+    user_id: UUID
+    content_type: str
+    signal_type: str
+    score: float
+    ref_time: datetime
+    event_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRow:
+    """One stored user embedding (``embedding`` = normalised float32 bytes or None)."""
+
+    user_id: UUID
+    model: str | None
+    dim: int
+    raw_sum: bytes
+    ref_time: datetime
+    event_count: int
+    embedded_count: int
+    embedding: bytes | None
+
+
+class LearnerTx:
+    """The statements of one learner transaction."""
+
+    def __init__(self, cur: psycopg.Cursor[dict[str, Any]]) -> None:
+        self._cur = cur
+
+    def _all(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        self._cur.execute(_q(name), params)
+        return self._cur.fetchall()
+
+    def _run(self, name: str, params: dict[str, Any]) -> int:
+        self._cur.execute(_q(name), params)
+        return max(self._cur.rowcount, 0)
+
+    def stored_offsets(self, group_id: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
+        """Stored next offsets of ``partitions`` (absent for partitions never committed)."""
+        rows = self._all("stored_offsets", {"group_id": group_id, "topic": topic, "partitions": list(partitions)})
+        return {int(r["partition"]): int(r["next_offset"]) for r in rows}
+
+    def lock_offsets(self, group_id: str, topic: str, partitions: Sequence[int]) -> dict[int, OffsetRow]:
+        """Lock (creating if needed) the offset rows of ``partitions``."""
+        params = {"group_id": group_id, "topic": topic, "partitions": list(partitions)}
+        self._run("ensure_offsets", params)
+        out: dict[int, OffsetRow] = {}
+        for r in self._all("lock_offsets", params):
+            hw = None
+            if r["hw_lsn"] is not None:
+                hw = (int(r["hw_commit_lsn"]), int(r["hw_lsn"]), int(r["hw_event_id"]))
+            out[int(r["partition"])] = OffsetRow(int(r["partition"]), int(r["next_offset"]), hw)
+        return out
+
+    def save_offsets(self, group_id: str, topic: str, rows: Sequence[OffsetRow]) -> None:
+        """Store the new positions (rows must have been locked in this transaction)."""
+        if not rows:
+            return
+        self._run(
+            "save_offsets",
+            {
+                "group_id": group_id,
+                "topic": topic,
+                "partitions": [r.partition for r in rows],
+                "next_offsets": [r.next_offset for r in rows],
+                "hw_commit_lsns": [None if r.high_water is None else r.high_water[0] for r in rows],
+                "hw_lsns": [None if r.high_water is None else r.high_water[1] for r in rows],
+                "hw_event_ids": [None if r.high_water is None else r.high_water[2] for r in rows],
+            },
+        )
+
+    def lock_users(self, user_ids: Sequence[UUID]) -> dict[UUID, str | None]:
+        """Privacy level of each user that still exists, locked against deletion until commit."""
+        if not user_ids:
+            return {}
+        return {r["user_id"]: r["privacy_level"] for r in self._all("lock_users", {"user_ids": list(user_ids)})}
+
+    def rebuild_snapshots(self, user_ids: Sequence[UUID]) -> dict[UUID, str]:
+        """The snapshot of the last recomputation of each user that has one."""
+        if not user_ids:
+            return {}
+        return {r["user_id"]: r["snapshot"] for r in self._all("rebuild_snapshots", {"user_ids": list(user_ids)})}
+
+    def content_vectors(self, content_ids: Sequence[str]) -> dict[str, tuple[str, int, bytes]]:
+        """(model, dim, float32 bytes) of each content id that has an embedding."""
+        if not content_ids:
+            return {}
+        rows = self._all("content_vectors", {"content_ids": list(content_ids)})
+        return {r["content_id"]: (r["model"], int(r["dim"]), bytes(r["embedding"])) for r in rows}
+
+    def load_scores(self, user_ids: Sequence[UUID]) -> list[ScoreRow]:
+        """Every score cell of ``user_ids``."""
+        if not user_ids:
+            return []
+        return [
+            ScoreRow(
+                r["user_id"],
+                r["content_type"],
+                r["signal_type"],
+                float(r["score"]),
+                r["ref_time"],
+                int(r["event_count"]),
+            )
+            for r in self._all("load_scores", {"user_ids": list(user_ids)})
+        ]
+
+    def load_embeddings(self, user_ids: Sequence[UUID]) -> dict[UUID, EmbeddingRow]:
+        """The embedding rows of ``user_ids`` (without the normalised bytes)."""
+        if not user_ids:
+            return {}
+        return {
+            r["user_id"]: EmbeddingRow(
+                r["user_id"],
+                r["model"],
+                int(r["dim"]),
+                bytes(r["raw_sum"]),
+                r["ref_time"],
+                int(r["event_count"]),
+                int(r["embedded_count"]),
+                None,
+            )
+            for r in self._all("load_embeddings", {"user_ids": list(user_ids)})
+        }
+
+    def upsert_scores(self, rows: Sequence[ScoreRow]) -> None:
+        """Insert or replace score cells."""
+        if not rows:
+            return
+        self._run(
+            "upsert_scores",
+            {
+                "user_ids": [r.user_id for r in rows],
+                "content_types": [r.content_type for r in rows],
+                "signal_types": [r.signal_type for r in rows],
+                "scores": [r.score for r in rows],
+                "ref_times": [r.ref_time for r in rows],
+                "counts": [r.event_count for r in rows],
+            },
+        )
+
+    def upsert_embeddings(self, rows: Sequence[EmbeddingRow]) -> None:
+        """Insert or replace embedding rows."""
+        if not rows:
+            return
+        self._run(
+            "upsert_embeddings",
+            {
+                "user_ids": [r.user_id for r in rows],
+                "models": [r.model for r in rows],
+                "dims": [r.dim for r in rows],
+                "raw_sums": [r.raw_sum for r in rows],
+                "ref_times": [r.ref_time for r in rows],
+                "counts": [r.event_count for r in rows],
+                "embedded_counts": [r.embedded_count for r in rows],
+                "embeddings": [r.embedding for r in rows],
+            },
+        )
+
+    def delete_embeddings(self, user_ids: Sequence[UUID]) -> int:
+        """Drop the embedding rows of ``user_ids``."""
+        return self._run("delete_embeddings", {"user_ids": list(user_ids)}) if user_ids else 0
+
+    def delete_scores(self, user_ids: Sequence[UUID]) -> int:
+        """Drop the score cells of ``user_ids``."""
+        return self._run("delete_scores", {"user_ids": list(user_ids)}) if user_ids else 0
+
+    def delete_rebuilds(self, user_ids: Sequence[UUID]) -> int:
+        """Forget the recomputation snapshots of ``user_ids``."""
+        return self._run("delete_rebuilds", {"user_ids": list(user_ids)}) if user_ids else 0
+
+    def lock_user_for_rebuild(self, user_id: UUID) -> tuple[bool, str | None]:
+        """(exists, privacy_level) with the profile row locked FOR UPDATE."""
+        rows = self._all("lock_user_for_rebuild", {"user_id": user_id})
+        return (True, rows[0]["privacy_level"]) if rows else (False, None)
+
+    def user_events_with_snapshot(self, user_id: UUID) -> tuple[str, list[dict[str, Any]]]:
+        """The snapshot and the user's events visible in it (one statement)."""
+        rows = self._all("user_events_with_snapshot", {"user_id": user_id})
+        snapshot = str(rows[0]["snapshot"])
+        return snapshot, [r for r in rows if r["content_id"] is not None]
+
+    def save_rebuild(self, user_id: UUID, snapshot: str) -> None:
+        """Record the snapshot a recomputation of ``user_id`` read."""
+        self._run("save_rebuild", {"user_id": user_id, "snapshot": snapshot})
+
+    def existing_users(self, user_ids: Sequence[UUID]) -> set[UUID]:
+        """Those of ``user_ids`` that still have a profile."""
+        if not user_ids:
+            return set()
+        return {r["user_id"] for r in self._all("existing_users", {"user_ids": list(user_ids)})}
+
+    def recent_embeddings(self, seconds: float) -> list[tuple[UUID, bytes]]:
+        """(user_id, normalised bytes) of embeddings changed in the last ``seconds``."""
+        return [(r["user_id"], bytes(r["embedding"])) for r in self._all("recent_embeddings", {"seconds": seconds})]
+
+    def all_user_ids(self) -> list[UUID]:
+        """Every user with a profile."""
+        return [r["user_id"] for r in self._all("all_user_ids", {})]
+
+    def read_scores(self, user_id: UUID) -> list[ScoreRow]:
+        """The score cells of one user."""
+        return [
+            ScoreRow(
+                user_id, r["content_type"], r["signal_type"], float(r["score"]), r["ref_time"], int(r["event_count"])
+            )
+            for r in self._all("read_scores", {"user_id": user_id})
+        ]
+
+    def read_embedding(self, user_id: UUID) -> EmbeddingRow | None:
+        """The embedding row of one user, normalised bytes included."""
+        rows = self._all("read_embedding", {"user_id": user_id})
+        if not rows:
+            return None
+        r = rows[0]
+        return EmbeddingRow(
+            user_id,
+            r["model"],
+            int(r["dim"]),
+            bytes(r["raw_sum"]),
+            r["ref_time"],
+            int(r["event_count"]),
+            int(r["embedded_count"]),
+            None if r["embedding"] is None else bytes(r["embedding"]),
+        )
+
+
+class LearnerStore:
+    """One connection, reopened after a failure (the learner is single-threaded)."""
+
+    def __init__(self, database_url: str, *, connect_timeout_s: float = 5.0, statement_timeout_ms: int = 60_000):
+        """Remember how to connect; the connection is opened on first use."""
+        self._url = database_url
+        self._connect_timeout_s = connect_timeout_s
+        self._statement_timeout_ms = statement_timeout_ms
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+
+    def _connection(self) -> psycopg.Connection[dict[str, Any]]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            self._conn = psycopg.connect(
+                self._url,
+                row_factory=dict_row,
+                autocommit=True,
+                connect_timeout=max(1, int(self._connect_timeout_s)),
+                options=f"-c statement_timeout={self._statement_timeout_ms}",
+                application_name="personalization-learner",
+            )
+        return self._conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[LearnerTx]:
+        """One transaction: committed when the block exits normally, rolled back otherwise."""
+        with wrap_exceptions():
+            try:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cur:
+                    yield LearnerTx(cur)
+            except psycopg.OperationalError:
+                # A dead connection is replaced on the next call.
+                self.close()
+                raise
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None

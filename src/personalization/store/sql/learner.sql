@@ -1,0 +1,127 @@
+-- Online learner (issue 4): state tables of migration 0300_learner.
+
+-- name: stored_offsets
+-- Where each assigned partition resumes (no lock: only a hint for the seek; the batch
+-- transaction re-checks under lock).
+SELECT partition, next_offset
+FROM learner_offsets
+WHERE group_id = %(group_id)s AND topic = %(topic)s AND partition = ANY(%(partitions)s);
+
+-- name: ensure_offsets
+-- Rows for partitions seen for the first time, so that the lock below always finds them.
+INSERT INTO learner_offsets (group_id, topic, partition, next_offset)
+SELECT %(group_id)s, %(topic)s, p, 0 FROM unnest(%(partitions)s::int[]) AS p
+ON CONFLICT (group_id, topic, partition) DO NOTHING;
+
+-- name: lock_offsets
+-- Serialises every writer of one partition (a member that lost the partition in a
+-- rebalance but still finishes a batch waits here, then sees the newer offset).
+SELECT partition, next_offset, hw_commit_lsn, hw_lsn, hw_event_id
+FROM learner_offsets
+WHERE group_id = %(group_id)s AND topic = %(topic)s AND partition = ANY(%(partitions)s)
+ORDER BY partition
+FOR UPDATE;
+
+-- name: save_offsets
+UPDATE learner_offsets o
+SET next_offset = v.next_offset,
+    hw_commit_lsn = v.hw_commit_lsn,
+    hw_lsn = v.hw_lsn,
+    hw_event_id = v.hw_event_id,
+    updated_at = now()
+FROM unnest(%(partitions)s::int[], %(next_offsets)s::bigint[], %(hw_commit_lsns)s::bigint[],
+            %(hw_lsns)s::bigint[], %(hw_event_ids)s::bigint[])
+     AS v(partition, next_offset, hw_commit_lsn, hw_lsn, hw_event_id)
+WHERE o.group_id = %(group_id)s AND o.topic = %(topic)s AND o.partition = v.partition;
+
+-- name: lock_users
+-- The users of a batch that still exist, with their privacy level.  KEY SHARE keeps them
+-- from being deleted until the batch commits (the state rows reference them), without
+-- blocking ingest, which takes the same lock.
+SELECT user_id, privacy_level
+FROM user_profile
+WHERE user_id = ANY(%(user_ids)s)
+ORDER BY user_id
+FOR KEY SHARE;
+
+-- name: existing_users
+SELECT user_id FROM user_profile WHERE user_id = ANY(%(user_ids)s);
+
+-- name: rebuild_snapshots
+SELECT user_id, snapshot::text AS snapshot FROM learner_rebuilds WHERE user_id = ANY(%(user_ids)s);
+
+-- name: content_vectors
+SELECT content_id, model, dim, embedding FROM content_embeddings WHERE content_id = ANY(%(content_ids)s);
+
+-- name: load_scores
+SELECT user_id, content_type, signal_type, score, ref_time, event_count
+FROM user_signal_scores
+WHERE user_id = ANY(%(user_ids)s);
+
+-- name: load_embeddings
+SELECT user_id, model, dim, raw_sum, ref_time, event_count, embedded_count
+FROM user_embeddings
+WHERE user_id = ANY(%(user_ids)s);
+
+-- name: upsert_scores
+INSERT INTO user_signal_scores (user_id, content_type, signal_type, score, ref_time, event_count, updated_at)
+SELECT u, ct, st, s, r, n, now()
+FROM unnest(%(user_ids)s::uuid[], %(content_types)s::text[], %(signal_types)s::text[],
+            %(scores)s::float8[], %(ref_times)s::timestamptz[], %(counts)s::bigint[]) AS v(u, ct, st, s, r, n)
+ON CONFLICT (user_id, content_type, signal_type) DO UPDATE
+SET score = EXCLUDED.score, ref_time = EXCLUDED.ref_time, event_count = EXCLUDED.event_count,
+    updated_at = EXCLUDED.updated_at;
+
+-- name: upsert_embeddings
+INSERT INTO user_embeddings (user_id, model, dim, raw_sum, ref_time, event_count, embedded_count, embedding,
+                             updated_at)
+SELECT u, m, d, raw, r, n, ne, e, now()
+FROM unnest(%(user_ids)s::uuid[], %(models)s::text[], %(dims)s::int[], %(raw_sums)s::bytea[],
+            %(ref_times)s::timestamptz[], %(counts)s::bigint[], %(embedded_counts)s::bigint[],
+            %(embeddings)s::bytea[]) AS v(u, m, d, raw, r, n, ne, e)
+ON CONFLICT (user_id) DO UPDATE
+SET model = EXCLUDED.model, dim = EXCLUDED.dim, raw_sum = EXCLUDED.raw_sum, ref_time = EXCLUDED.ref_time,
+    event_count = EXCLUDED.event_count, embedded_count = EXCLUDED.embedded_count,
+    embedding = EXCLUDED.embedding, updated_at = EXCLUDED.updated_at;
+
+-- name: delete_embeddings
+DELETE FROM user_embeddings WHERE user_id = ANY(%(user_ids)s);
+
+-- name: delete_scores
+DELETE FROM user_signal_scores WHERE user_id = ANY(%(user_ids)s);
+
+-- name: delete_rebuilds
+DELETE FROM learner_rebuilds WHERE user_id = ANY(%(user_ids)s);
+
+-- name: recent_embeddings
+-- Redis resync after a restart: embeddings that changed recently.
+SELECT user_id, embedding FROM user_embeddings
+WHERE updated_at >= now() - make_interval(secs => %(seconds)s) AND embedding IS NOT NULL;
+
+-- name: lock_user_for_rebuild
+-- A recomputation waits for in-flight learner batches of the user (they hold KEY SHARE).
+SELECT user_id, privacy_level FROM user_profile WHERE user_id = %(user_id)s FOR UPDATE;
+
+-- name: user_events_with_snapshot
+-- One statement, one snapshot: the events it returns are exactly those visible in it.
+SELECT s.snap::text AS snapshot, e.content_id, e.content_type, e.signal_type,
+       e.signal_weight::float8 AS signal_weight, e.occurred_at
+FROM (SELECT pg_current_snapshot() AS snap) s
+LEFT JOIN personalization_events e ON e.user_id = %(user_id)s
+ORDER BY e.event_id;
+
+-- name: save_rebuild
+INSERT INTO learner_rebuilds (user_id, snapshot, rebuilt_at)
+VALUES (%(user_id)s, %(snapshot)s::pg_snapshot, now())
+ON CONFLICT (user_id) DO UPDATE SET snapshot = EXCLUDED.snapshot, rebuilt_at = EXCLUDED.rebuilt_at;
+
+-- name: all_user_ids
+SELECT user_id FROM user_profile ORDER BY user_id;
+
+-- name: read_scores
+SELECT content_type, signal_type, score, ref_time, event_count
+FROM user_signal_scores WHERE user_id = %(user_id)s ORDER BY content_type, signal_type;
+
+-- name: read_embedding
+SELECT model, dim, raw_sum, ref_time, event_count, embedded_count, embedding
+FROM user_embeddings WHERE user_id = %(user_id)s;

@@ -1,0 +1,5 @@
+"""Fixtures of the online learner tests (the broker fixture comes from stream.testing)."""
+
+from __future__ import annotations
+
+pytest_plugins = ["personalization.stream.testing"]
