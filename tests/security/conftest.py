@@ -19,7 +19,6 @@ from personalization.config import Settings
 from personalization.security.keys import KeyStore
 
 # kafka_bootstrap (one Tansu broker per session, shared with the stream tests).
-pytest_plugins = ["personalization.stream.testing"]
 
 
 @pytest.fixture

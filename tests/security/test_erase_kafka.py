@@ -7,6 +7,7 @@ import uuid
 import httpx
 import orjson
 import psycopg
+import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from security_helpers import MakeKey, rows_per_table
@@ -89,3 +90,9 @@ async def test_kafka_down_is_503_partial_and_audited(
         row = conn.execute("SELECT outcome, details->'errors' ? 'kafka' FROM audit_log "
                            "WHERE action = 'user.erase'").fetchone()
     assert row == ("partial", True)
+
+
+def test_the_learner_reads_the_tombstone_as_an_erase() -> None:
+    envelope = pytest.importorskip("personalization.learner.envelope")
+    uid = uuid.uuid4()
+    assert envelope.parse_event_message(cdc_key(uid), None) == envelope.UserErased(uid)
