@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
 from personalization.api.auth import require
 from personalization.api.responses import JSONBody
@@ -64,9 +66,24 @@ async def get_recent(session_id: uuid.UUID, request: Request) -> JSONBody:
     return JSONBody(result.as_dict())
 
 
-@router.post("/v1/users/{user_id}/rerank", dependencies=_read)
-async def rerank(user_id: uuid.UUID, body: RerankIn, request: Request) -> JSONBody:
+# The rerank body is parsed by pydantic-core straight from the bytes (one pass, no
+# intermediate dicts), so its schema is declared for OpenAPI by hand from the model.
+_RERANK_SCHEMA = RerankIn.model_json_schema(ref_template="#/components/schemas/{model}")
+
+
+@router.post(
+    "/v1/users/{user_id}/rerank",
+    dependencies=_read,
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": _RERANK_SCHEMA}}}},
+)
+async def rerank(user_id: uuid.UUID, request: Request) -> JSONBody:
     """Candidates in the user's order, the session's recent content removed; says which variant served."""
+    try:
+        body = RerankIn.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", *e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        ) from None
     result = await _svc(request).rerank(user_id, body)
     return JSONBody(result.as_dict())
 

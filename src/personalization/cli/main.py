@@ -111,7 +111,7 @@ def bench_serve(
     content: int = typer.Option(5000, min=200, help="content items with embeddings"),
     dim: int = typer.Option(384, min=1, help="embedding dimension"),
     requests: int = typer.Option(5000, min=100, help="calls per in-process measurement"),
-    concurrency: int = typer.Option(4, min=1, help="concurrent HTTP clients"),
+    concurrency: int = typer.Option(2, min=1, help="concurrent closed-loop HTTP clients"),
     duration: float = typer.Option(5.0, min=0.5, help="seconds per HTTP measurement"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
 ) -> None:

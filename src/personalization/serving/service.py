@@ -97,10 +97,8 @@ class RerankResult:
             "variant": self.variant,
             "reason": self.reason,
             "flag": {"enabled": self.flag.on, "reason": self.flag.reason, "version": self.flag.version},
-            "items": [
-                {"content_id": i.content_id, "score": i.score, "prior": i.prior, "similarity": i.similarity}
-                for i in self.items
-            ],
+            # orjson renders the dataclasses natively (much faster than building dicts).
+            "items": self.items,
             "excluded": self.excluded,
         }
 
