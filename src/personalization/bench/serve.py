@@ -278,7 +278,7 @@ def run_serve_bench(
     content: int = 5000,
     dim: int = 384,
     requests: int = 5000,
-    concurrency: int = 4,
+    concurrency: int = 2,
     duration_s: float = 5.0,
     seed: int = 7,
 ) -> dict[str, Any]:
