@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import httpx
 import psycopg
+import pytest
 import redis
 from serving_helpers import make_user
 
@@ -33,10 +36,23 @@ async def test_raced_fill_is_rejected(platform: Platform, client: httpx.AsyncCli
     assert (await svc.preferences(uid)).profile["denomination"] == "methodist"
 
 
-async def test_concurrent_writers_and_readers(platform: Platform, client: httpx.AsyncClient) -> None:
+async def test_concurrent_writers_and_readers(
+    platform: Platform, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Many readers and writers interleave; once writes stop, every read returns the last write."""
     users = [await make_user(client) for _ in range(4)]
     svc = platform.serving
+    # Widen the race window: a reader's database read returns, then it dawdles before
+    # filling the cache (as a busy process would).  The real query still runs.
+    real_snapshot = svc.store.preferences_snapshot
+    rng = random.Random(5)
+
+    async def slow_snapshot(user_id: uuid.UUID, min_confidence: Decimal) -> dict[str, Any] | None:
+        row = await real_snapshot(user_id, min_confidence)
+        await asyncio.sleep(rng.uniform(0, 0.004))
+        return row
+
+    monkeypatch.setattr(svc.store, "preferences_snapshot", slow_snapshot)
     last: dict[uuid.UUID, int] = {}
     stop = asyncio.Event()
     stale_after_write: list[tuple[uuid.UUID, int, int]] = []
