@@ -132,6 +132,31 @@ def bench_serve(
             typer.echo(f"{k:40} {v}")
 
 
+@bench_app.command("nightly")
+def bench_nightly(
+    events: int = typer.Option(1_000_000, "--events", min=1000, help="events to load"),
+    users: int = typer.Option(50_000, min=1),
+    entities: int = typer.Option(100_000, min=1, help="entity rows of the point-in-time export"),
+    repeat: int = typer.Option(3, min=1, help="timed runs of job and baseline (medians reported)"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Nightly job (refresh + copy) against the bare GROUP BY aggregate; point-in-time export rate."""
+    from personalization.bench.nightly import run_nightly_bench
+
+    try:
+        result = run_nightly_bench(get_settings(), events=events, users=users, entities=entities, repeat=repeat,
+                                   progress=not json_out)
+    except PersonalizationError as exc:
+        fail(str(exc))
+    import orjson
+
+    if json_out:
+        typer.echo(orjson.dumps(result).decode())
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k:28} {v}")
+
+
 @bench_app.command("erase")
 def bench_erase(
     events: int = typer.Option(1_000_000, "--events", min=10_000, help="events in the database"),
@@ -157,6 +182,69 @@ def bench_erase(
             typer.echo(f"{k:34} {v}")
 
 
+@app.command("demo")
+def demo(
+    users: int = typer.Option(1000, min=10, envvar="PERSONALIZATION_DEMO_USERS", help="simulated readers"),
+    days: int = typer.Option(28, min=7, envvar="PERSONALIZATION_DEMO_DAYS", help="simulated days of behaviour"),
+    seed: int = typer.Option(42, help="random seed of the simulation"),
+    eval_users: int = typer.Option(300, min=1, help="readers whose recommendations are evaluated"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line with the report's figures"),
+) -> None:
+    """Run the whole system end to end on the KJV and a simulated population, then report."""
+    from personalization import logging_setup
+    from personalization.demo.report import print_report
+    from personalization.demo.runner import DemoError, DemoOptions, run_demo
+
+    logging_setup.configure("WARNING")
+    console = Console(stderr=True)
+    opts = DemoOptions(users=users, days=days, seed=seed, eval_users=eval_users)
+    try:
+        figures = run_demo(opts, console, quiet=False)
+    except (DemoError, PersonalizationError) as exc:
+        fail(f"demo failed: {exc}")
+    except RuntimeError as exc:  # the local stack explains missing packages, ports, disk
+        fail(str(exc))
+    if json_out:
+        import orjson
+
+        typer.echo(orjson.dumps(figures).decode())
+    else:
+        print_report(figures, Console())
+    if figures["personalized_hit_rate"] <= figures["popularity_hit_rate"]:
+        fail(
+            f"check failed: personalized hit rate {figures['personalized_hit_rate']} is not above popularity's "
+            f"{figures['popularity_hit_rate']}"
+        )
+
+
+@bench_app.command("learner")
+def bench_learner(
+    events: int = typer.Option(200_000, "--events", min=1000, help="events on the throughput topic"),
+    users: int = typer.Option(5000, min=1),
+    contents: int = typer.Option(2000, min=1, help="content items with embeddings"),
+    dim: int = typer.Option(384, min=1, help="embedding dimension"),
+    rate: int = typer.Option(1000, min=10, help="insert rate of the freshness part (events/s)"),
+    duration: float = typer.Option(15.0, min=3.0, help="seconds of the freshness part"),
+    repeat: int = typer.Option(1, min=1, help="throughput runs (medians reported)"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Online learner: one and two consumers against a bare consume loop; freshness through the relay."""
+    from personalization.bench.learner import run_learner_bench
+
+    try:
+        result = run_learner_bench(get_settings(), events=events, users=users, contents=contents, dim=dim,
+                                   rate=rate, duration_s=duration, repeat=repeat)
+    except PersonalizationError as exc:
+        fail(str(exc))
+    import orjson
+
+    if json_out:
+        typer.echo(orjson.dumps(result).decode())
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k:28} {v}")
+
+
 def _register_optional() -> None:
     # Sub-apps of other packages; each is optional so a partial install still runs.
     import importlib
@@ -165,6 +253,7 @@ def _register_optional() -> None:
         ("personalization.cli.cdc", "cdc"),
         ("personalization.cli.stack", "stack"),
         ("personalization.cli.learner", "learner"),
+        ("personalization.cli.jobs", "jobs"),
         ("personalization.cli.keys", "keys"),
         ("personalization.cli.users", "users"),
         ("personalization.cli.content", "content"),
@@ -176,6 +265,9 @@ def _register_optional() -> None:
                 continue
             raise
         app.add_typer(mod.app, name=name)
+        # A module may bring further top-level sub-apps (cli.jobs also has `features`).
+        for extra_name, extra_app in getattr(mod, "EXTRA_APPS", {}).items():
+            app.add_typer(extra_app, name=extra_name)
 
 
 _register_optional()

@@ -158,7 +158,8 @@ def _session(world: World, r: Reader, aff: np.ndarray, t0: datetime, rng: np.ran
                 "occurred_at": t.isoformat(),
             }
             if sig in ("read", "complete"):
-                ev["metadata"] = {"seconds": int(rng.integers(30, 900)), "translation": r.profile["preferred_translation"]}
+                seconds = int(rng.integers(30, 900))
+                ev["metadata"] = {"seconds": seconds, "translation": r.profile["preferred_translation"]}
             out.append(ev)
     return out
 

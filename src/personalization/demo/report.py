@@ -1,0 +1,44 @@
+"""The demo's closing report (Rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_report(f: dict[str, Any], console: Console) -> None:
+    """Print the figures, three sample readers and the evaluation."""
+    t = Table(title="personalization demo", show_header=False)
+    rows = [
+        ("readers / days", f"{f['users']} / {f['days']}"),
+        (
+            "events simulated / stored",
+            f"{f['events']} / {f['events_stored']} ({f['events_suppressed']} suppressed by privacy level)",
+        ),
+        ("HTTP ingest", f"{f['ingest_events_per_s']} events/s"),
+        ("CDC relay start-up", f"{f['cdc_startup_s']} s"),
+        ("CDC freshness (commit → consume)", f"p50 {f['cdc_p50_ms']} ms, p99 {f['cdc_p99_ms']} ms"),
+        ("nightly job", f"{f['nightly_s']} s"),
+        ("rollout variants", ", ".join(f"{k}: {v}" for k, v in f["variants"].items())),
+        (
+            "hit rate@10 personalized / popularity",
+            f"{f['personalized_hit_rate']} / {f['popularity_hit_rate']} (lift {f['lift']})",
+        ),
+        ("total", f"{f['total_s']} s"),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    console.print(t)
+    for s in f.get("samples", []):
+        st = Table(title=f"reader {s['user_id']} (favours {', '.join(s['favoured_topics'])})")
+        st.add_column("recommended")
+        st.add_column("topic")
+        st.add_column("opening")
+        for r in s["recommendations"]:
+            st.add_row(r["content_id"], str(r["topic"]), r["opening"])
+        console.print(st)
+        sig = ", ".join(f"{x['signal_type']}:{x['content_type']}={x['score']}" for x in s["top_signals"])
+        console.print(f"  top signals: {sig}")
+        console.print(f"  excluded (seen in the latest session): {', '.join(s['session_recent_excluded']) or '-'}")

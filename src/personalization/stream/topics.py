@@ -1,0 +1,28 @@
+"""Create the project's Kafka topics up front (clusters often disable auto-creation)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 4, timeout_s: float = 30.0) -> list[str]:
+    """Create the missing ones among ``topics``; returns the names created now."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics([NewTopic(t, num_partitions=partitions, replication_factor=1) for t in missing])
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout_s)
+            created.append(name)
+        except KafkaException as exc:
+            # Another process may have created it between list and create.
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return created
