@@ -77,6 +77,8 @@ async def test_down_then_back(proxied: tuple[RedisProxy, Platform, httpx.AsyncCl
     )
     assert out.status_code == 200 and out.json()["variant"] == "non_personalized"
     assert (await client.get(f"/v1/sessions/{uuid.uuid4()}/recent")).json()["source"] == "database"
+    login = (await client.post(f"/v1/users/{uid}/login")).json()
+    assert login["cache_warmed"] is False and login["preferences"]["profile"]["denomination"] == "methodist"
     assert time.monotonic() - t0 < 3.0  # one bounded timeout at most, then no waiting
     health = (await client.get("/healthz/serving")).json()
     assert health["status"] == "degraded" and health["pending_invalidations"] >= 1

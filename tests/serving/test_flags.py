@@ -11,6 +11,8 @@ import redis
 from serving_helpers import add_trait, make_user
 
 from personalization.cache import keys
+from personalization.composition import open_platform
+from personalization.config import Settings
 from personalization.core.flags import BUCKETS, FlagRulesIn, bucket, evaluate
 
 
@@ -143,3 +145,22 @@ async def test_spec_flag_exists_and_bad_input(client: httpx.AsyncClient, sync_re
     # snapshot, read while looking up the unknown flag, is legitimately there).
     assert sync_redis.keys() == [keys.user_preferences(uid)]
     assert not any(str(stranger) in k or "x-test" in k for k in sync_redis.scan_iter())
+
+
+async def test_rule_change_reaches_another_process_at_once(
+    client: httpx.AsyncClient, settings: Settings, sync_redis: redis.Redis
+) -> None:
+    """A second serving process (own in-process rules cache) sees a rule change on its next read."""
+    users = [await make_user(client) for _ in range(20)]
+    async with open_platform(settings) as other:
+        before = [(await other.serving.flags.get("personalization", u)).on for u in users]
+        assert all(before)
+        again = [await other.serving.flags.get("personalization", u) for u in users]
+        assert {a.source for a in again} == {"cache"}
+        r = await client.put("/v1/flags/personalization", json={"enabled": False, "rollout_percent": 100})
+        assert r.status_code == 200
+        after = [await other.serving.flags.get("personalization", u) for u in users]
+        assert [a.on for a in after] == [False] * len(users)
+        assert {a.reason for a in after} == {"disabled"} and {a.version for a in after} == {2}
+    # The spec key now says off for every one of them.
+    assert all(sync_redis.get(keys.feature_flag("personalization", u)).startswith("0:") for u in users)
