@@ -120,6 +120,18 @@ async def test_recent_content_and_rerank(client: httpx.AsyncClient, db_url: str,
     sync.set(keys.user_embedding(uid), emb.encode(unit(1, 16)))
     out = (await client.post(f"/v1/users/{uid}/rerank", json=body)).json()
     assert out["variant"] == "non_personalized" and out["reason"] == "embedding_dimension_mismatch"
+    # ... and so is one with NaN in it.
+    broken = user_vec.copy()
+    broken[5] = np.nan
+    sync.set(keys.user_embedding(uid), emb.encode(broken))
+    out = (await client.post(f"/v1/users/{uid}/rerank", json=body)).json()
+    assert out["variant"] == "non_personalized" and out["reason"] == "invalid_embedding"
+    # A damaged cached snapshot is rebuilt from PostgreSQL rather than failing the call.
+    sync.delete(keys.user_preferences(uid))
+    sync.hset(keys.user_preferences(uid), "denomination", "x")
+    assert (await client.post(f"/v1/users/{uid}/rerank", json=body)).status_code == 200
+    prefs = (await client.get(f"/v1/users/{uid}/preferences")).json()
+    assert prefs["profile"]["denomination"] == "baptist"
     sync.close()
 
 

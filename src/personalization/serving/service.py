@@ -77,7 +77,9 @@ class RankedItem:
 
 
 Variant = Literal["personalized", "non_personalized"]
-Reason = Literal["personalized", "privacy", "flag_off", "no_embedding", "embedding_dimension_mismatch"]
+Reason = Literal[
+    "personalized", "privacy", "flag_off", "no_embedding", "embedding_dimension_mismatch", "invalid_embedding"
+]
 
 
 @dataclass(frozen=True)
@@ -199,7 +201,10 @@ class ServingService:
                 self.guard.trip("preferences", exc)
             else:
                 if raw:
-                    return from_hash(raw)
+                    try:
+                        return from_hash(raw)
+                    except ValueError:  # not written by us (or damaged): rebuild it
+                        log.warning("unreadable cached preferences of %s, reloading", user_id)
                 return await self._load_preferences(user_id)
         else:
             self.guard.fallback("preferences")
@@ -331,7 +336,7 @@ class ServingService:
             self.guard.fallback("rerank")
         if state is not None:
             self._content.sync(state.content_version)
-            prefs = from_hash(state.preferences) if state.preferences else await self._load_preferences(user_id)
+            prefs = self._cached_prefs(state.preferences) or await self._load_preferences(user_id)
             recent = state.recent
         else:
             self._content.sync(None)
@@ -360,6 +365,15 @@ class ServingService:
             variant = "non_personalized"
         return RerankResult(user_id, body.session_id, variant, reason, flag, items, excluded)
 
+    @staticmethod
+    def _cached_prefs(raw: dict[bytes, bytes]) -> Preferences | None:
+        if not raw:
+            return None
+        try:
+            return from_hash(raw)
+        except ValueError:
+            return None
+
     async def _user_vector(self, user_id: uuid.UUID, state: RerankState | None) -> tuple[emb.Vector | None, Reason]:
         dim = self.settings.embedding_dim
         if state is None:
@@ -368,11 +382,16 @@ class ServingService:
             return vec, "personalized" if vec is not None else "no_embedding"
         if state.embedding is None:
             return None, "no_embedding"
-        try:
-            return emb.normalize(emb.decode(state.embedding, dim)), "personalized"
-        except emb.EmbeddingError as exc:
-            log.warning("cached embedding of user %s ignored: %s", user_id, exc)
+        if len(state.embedding) != 4 * dim:
+            log.warning(
+                "cached embedding of user %s ignored: %d bytes, expected %d", user_id, len(state.embedding), 4 * dim
+            )
             return None, "embedding_dimension_mismatch"
+        try:
+            return emb.normalize(emb.check(emb.decode(state.embedding, dim), dim)), "personalized"
+        except emb.EmbeddingError as exc:  # NaN, infinity or all zeros
+            log.warning("cached embedding of user %s ignored: %s", user_id, exc)
+            return None, "invalid_embedding"
 
     async def _content_vectors(self, ids: list[str]) -> list[tuple[emb.Vector | None, str | None]]:
         out: list[tuple[emb.Vector | None, str | None] | None] = [self._content.get(c) for c in ids]
@@ -384,7 +403,7 @@ class ServingService:
                 vec = None
                 if row["embedding"] is not None:
                     try:
-                        vec = emb.normalize(emb.decode(bytes(row["embedding"]), dim))
+                        vec = emb.normalize(emb.check(emb.decode(bytes(row["embedding"]), dim), dim))
                     except emb.EmbeddingError as exc:  # written by something other than the importer
                         log.warning("content %s embedding ignored: %s", row["content_id"], exc)
                 fetched[row["content_id"]] = (vec, row["content_type"])
