@@ -73,8 +73,10 @@ def feature_flag(flag: str, user_id: UUID | str) -> str:
 # ---- read path (beside the specification's keys; not in ALL_KEYS) -----------------
 # A random token replaced on every profile/trait change of the user: a cache fill
 # only lands if the token is still the one read before the database read, and
-# cached flag values carry it, so a stale value can never be written back.
-USER_PREFERENCES_GEN: Final = KeySpec("user:{{{user_id}}}:preferences_gen", "string", 8 * DAY)
+# cached flag values carry it, so a stale value can never be written back.  It only
+# has to outlive a read in flight (bounded by the statement timeout), so one hour is
+# ample and a deleted user's token is gone soon.
+USER_PREFERENCES_GEN: Final = KeySpec("user:{{{user_id}}}:preferences_gen", "string", HOUR)
 # The current rules version of one flag (monotonic, from feature_flags.version).
 FEATURE_FLAG_VERSION: Final = KeySpec("feature_flag_version:{flag}", "string", 30 * DAY)
 # Bumped by ``personalization content import`` so serving processes drop their
