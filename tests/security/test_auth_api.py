@@ -272,3 +272,37 @@ async def test_scrypt_keys_without_server_secret(platform: Platform, auth_settin
         bad = key[:-1] + ("A" if key[-1] != "A" else "B")
         r = await c.get(f"/v1/users/{uuid.uuid4()}", headers={"Authorization": f"Bearer {bad}"})
         assert r.status_code == 401
+
+
+async def test_unexpected_errors_are_json_without_internals(platform: Platform, auth_settings: Settings,
+                                                             make_key: MakeKey) -> None:
+    from personalization.api.auth import require
+
+    app = create_app(auth_settings, platform=platform)
+
+    @app.get("/v1/test-boom", dependencies=[require("read")])
+    async def boom() -> None:
+        raise RuntimeError("secret internals: password=hunter2")
+
+    key = await make_key("read")
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        r = await c.get("/v1/test-boom", headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 500 and r.json()["detail"][0]["type"] == "internal"
+    assert "hunter2" not in r.text and "Traceback" not in r.text
+
+
+async def test_audit_writes_a_structured_log_line(auth_client: httpx.AsyncClient, admin_headers: dict[str, str],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="personalization.audit")
+    r = await auth_client.post("/v1/keys", json={"name": "logged", "scopes": ["read"]}, headers=admin_headers)
+    assert r.status_code == 201
+    lines = [rec for rec in caplog.records if rec.name == "personalization.audit"]
+    assert len(lines) == 1
+    rec = lines[0]
+    assert rec.__dict__["audit_action"] == "key.create" and rec.__dict__["target"] == r.json()["key_id"]
+    assert rec.__dict__["actor"].startswith("key:") and r.json()["key"] not in rec.getMessage()
+    from personalization.logging_setup import JsonFormatter
+
+    line = JsonFormatter().format(rec)
+    assert '"audit_action":"key.create"' in line and r.json()["key"].rsplit("_", 1)[-1] not in line

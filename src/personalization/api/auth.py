@@ -149,6 +149,13 @@ def install_security(app: FastAPI, settings: Settings) -> None:
         item = {"loc": ["header", "authorization"], "msg": str(exc), "type": exc.type, "field": "authorization"}
         return JSONBody({"detail": [item]}, status_code=exc.status, headers=exc.headers)
 
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONBody:
+        # Last resort: logged with its traceback here, never sent to the client.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONBody({"detail": [{"loc": [], "msg": "internal error", "type": "internal", "field": ""}]},
+                        status_code=500)
+
     app.add_middleware(SecurityMiddleware, max_header_bytes=settings.max_header_bytes)
     if settings.auth_dev_mode:
         msg = ("DEVELOPMENT MODE: API keys are NOT checked; every /v1 route is open "
