@@ -2,4 +2,3 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["personalization.stream.testing"]
