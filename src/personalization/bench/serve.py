@@ -286,9 +286,16 @@ def run_serve_bench(
     rng = random.Random(seed)
     user_ids = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(users)]
     content_ids = [f"bench-{n}" for n in range(content)]
-    # The dimension reaches ServingSettings here and in the server subprocess through the environment.
-    saved_dim = os.environ.get("PERSONALIZATION_EMBEDDING_DIM")
-    os.environ["PERSONALIZATION_EMBEDDING_DIM"] = str(dim)
+    # Settings reach ServingSettings here and the server subprocess through the environment:
+    # the dimension, and a per-key rate limit far above what one key sends here (the
+    # limiter still runs on every request, it just never refuses one).
+    overrides = {
+        "PERSONALIZATION_EMBEDDING_DIM": str(dim),
+        "PERSONALIZATION_RATE_LIMIT_PER_S": "1000000",
+        "PERSONALIZATION_RATE_LIMIT_BURST": "1000000",
+    }
+    saved = {k: os.environ.get(k) for k in overrides}
+    os.environ.update(overrides)
     try:
         return _run_in_scratch(
             settings,
@@ -303,10 +310,11 @@ def run_serve_bench(
             seed=seed,
         )
     finally:
-        if saved_dim is None:
-            os.environ.pop("PERSONALIZATION_EMBEDDING_DIM", None)
-        else:
-            os.environ["PERSONALIZATION_EMBEDDING_DIM"] = saved_dim
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _run_in_scratch(
