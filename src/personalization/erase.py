@@ -12,7 +12,8 @@ re-appears:
    user's Redis keys are deleted before the commit: when Redis is unreachable the whole
    transaction rolls back and the erase fails with nothing changed, because afterwards the
    session ids (known only from the events) would be lost.
-2. After the commit: the Redis keys again (a reader may have re-cached in between), a
+2. After the commit: the Redis keys again, now with a SCAN for every key carrying the
+   user's hash tag (a reader may have re-cached in between; flags have names), a
    Kafka tombstone for the user's key on each CDC topic (compacted consumers drop the
    key), and a concurrent refresh of ``user_signal_rollups`` when it still holds the user.
 3. The audit row (written ``pending`` inside the transaction) gets the outcome and counts.
@@ -190,17 +191,21 @@ def user_key_names(user_id: uuid.UUID, sessions: Iterable[uuid.UUID]) -> list[st
     return names
 
 
-async def delete_user_keys(redis: aioredis.Redis, user_id: uuid.UUID, sessions: list[uuid.UUID]) -> int:
+async def delete_user_keys(redis: aioredis.Redis, user_id: uuid.UUID, sessions: list[uuid.UUID],
+                           *, scan: bool = True) -> int:
     """Delete the user's and the sessions' keys; returns how many existed.
 
-    Named keys go first; then one SCAN for the user's hash tag catches the families that
-    carry a name in the key (every feature flag) and any family added later.
+    Named keys go first; then (``scan``) one SCAN for the user's hash tag catches the
+    families that carry a name in the key (every feature flag) and any family added later.
+    The SCAN walks the whole keyspace, so the erase runs it once, after the commit.
     """
     count = 0
     with redis_errors():
         names = user_key_names(user_id, sessions)
         for i in range(0, len(names), 500):
             count += int(await redis.unlink(*names[i : i + 500]))
+        if not scan:
+            return count
         batch: list[bytes] = []
         async for k in redis.scan_iter(match=keys.user_tag_pattern(user_id), count=_SCAN_COUNT):
             batch.append(k)
@@ -304,7 +309,7 @@ class Eraser:
                                                         outcome="pending", details={"removed": report.removed})
             # Still inside the transaction: a Redis failure rolls the PostgreSQL part back.
             mark = time.perf_counter()
-            report.redis_keys = await delete_user_keys(self.redis, user_id, sessions)
+            report.redis_keys = await delete_user_keys(self.redis, user_id, sessions, scan=False)
             report.timings_s["redis"] = time.perf_counter() - mark
         report.timings_s["postgres"] = time.perf_counter() - started - report.timings_s["redis"]
         await self._after_commit(user_id, sessions, report)
