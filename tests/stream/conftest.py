@@ -11,7 +11,6 @@ from collections.abc import Iterator
 
 import pytest
 
-
 ADMIN_URL = os.environ.get("PERSONALIZATION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

