@@ -92,6 +92,10 @@ class CacheGuard:
             except CacheUnavailable as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 continue
+            except Exception as exc:  # e.g. a Redis error reply: keep probing, never die silently
+                log.exception("Redis recovery attempt failed")
+                self.last_error = str(exc) or type(exc).__name__
+                continue
             self.up = True
             self.down_since = None
             DEGRADED.set(0)
