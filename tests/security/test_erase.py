@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from pathlib import Path
 
 import httpx
+import orjson
 import psycopg
 import pytest
 import redis
@@ -183,3 +185,23 @@ def test_cli_users_erase(db_url: str, redis_url: str, sync_redis: redis.Redis, m
     with psycopg.connect(db_url) as conn:
         row = conn.execute("SELECT actor FROM audit_log WHERE action = 'user.erase'").fetchone()
     assert row is not None and row[0].startswith("cli:")
+
+
+def test_cli_users_export(db_url: str, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uid = _insert_user(db_url, 4)
+    monkeypatch.setenv("PERSONALIZATION_DATABASE_URL", db_url)
+    monkeypatch.setenv("PERSONALIZATION_REDIS_URL", redis_url)
+    from personalization.config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        out = tmp_path / "user.json"
+        res = runner.invoke(cli_app, ["users", "export", str(uid), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        doc = orjson.loads(out.read_bytes())
+        assert doc["user_id"] == str(uid) and doc["events_count"] == 4 and len(doc["traits"]) == 1
+        res = runner.invoke(cli_app, ["users", "export", str(uuid.uuid4())])
+        assert res.exit_code == 1 and "user not found" in res.output
+    finally:
+        get_settings.cache_clear()
