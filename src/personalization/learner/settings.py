@@ -36,8 +36,10 @@ class LearnerSettings(BaseSettings):
     # Tests against the Tansu broker use a fresh one per run (see stream.broker).
     learner_kafka_group_id: str | None = None
     learner_session_timeout_ms: int = Field(default=6000, ge=1000)
-    # Messages per poll batch (one PostgreSQL transaction each).
-    learner_batch_max: int = Field(default=5000, ge=1, le=100_000)
+    # Messages per poll batch (one PostgreSQL transaction each), and how long a batch may keep
+    # collecting already-fetched messages after the first one (a backlog makes big batches).
+    learner_batch_max: int = Field(default=50_000, ge=1, le=200_000)
+    learner_batch_wait_s: float = Field(default=0.05, ge=0)
     learner_poll_timeout_s: float = Field(default=0.1, gt=0)
     # Also consume <prefix>.public.user_profile: deletes and privacy changes drop state.
     learner_follow_profiles: bool = True

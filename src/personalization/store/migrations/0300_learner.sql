@@ -39,6 +39,10 @@ CREATE TABLE user_embeddings (
     CONSTRAINT user_embeddings_length CHECK (embedding IS NULL OR octet_length(embedding) = 4 * dim)
 );
 
+-- Random floats do not compress: skip pglz's attempt (both values are stored out of line).
+ALTER TABLE user_embeddings ALTER COLUMN raw_sum SET STORAGE EXTERNAL;
+ALTER TABLE user_embeddings ALTER COLUMN embedding SET STORAGE EXTERNAL;
+
 -- Redis resync after a restart looks at recently changed rows.
 CREATE INDEX user_embeddings_updated_idx ON user_embeddings (updated_at);
 

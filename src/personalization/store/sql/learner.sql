@@ -29,8 +29,8 @@ SET next_offset = v.next_offset,
     hw_lsn = v.hw_lsn,
     hw_event_id = v.hw_event_id,
     updated_at = now()
-FROM unnest(%(partitions)s::int[], %(next_offsets)s::bigint[], %(hw_commit_lsns)s::bigint[],
-            %(hw_lsns)s::bigint[], %(hw_event_ids)s::bigint[])
+FROM unnest(%(partitions)b::int[], %(next_offsets)b::bigint[], %(hw_commit_lsns)b::bigint[],
+            %(hw_lsns)b::bigint[], %(hw_event_ids)b::bigint[])
      AS v(partition, next_offset, hw_commit_lsn, hw_lsn, hw_event_id)
 WHERE o.group_id = %(group_id)s AND o.topic = %(topic)s AND o.partition = v.partition;
 
@@ -66,8 +66,8 @@ WHERE user_id = ANY(%(user_ids)s);
 -- name: upsert_scores
 INSERT INTO user_signal_scores (user_id, content_type, signal_type, score, ref_time, event_count, updated_at)
 SELECT u, ct, st, s, r, n, now()
-FROM unnest(%(user_ids)s::uuid[], %(content_types)s::text[], %(signal_types)s::text[],
-            %(scores)s::float8[], %(ref_times)s::timestamptz[], %(counts)s::bigint[]) AS v(u, ct, st, s, r, n)
+FROM unnest(%(user_ids)b::uuid[], %(content_types)b::text[], %(signal_types)b::text[],
+            %(scores)b::float8[], %(ref_times)b::timestamptz[], %(counts)b::bigint[]) AS v(u, ct, st, s, r, n)
 ON CONFLICT (user_id, content_type, signal_type) DO UPDATE
 SET score = EXCLUDED.score, ref_time = EXCLUDED.ref_time, event_count = EXCLUDED.event_count,
     updated_at = EXCLUDED.updated_at;
@@ -76,9 +76,9 @@ SET score = EXCLUDED.score, ref_time = EXCLUDED.ref_time, event_count = EXCLUDED
 INSERT INTO user_embeddings (user_id, model, dim, raw_sum, ref_time, event_count, embedded_count, embedding,
                              updated_at)
 SELECT u, m, d, raw, r, n, ne, e, now()
-FROM unnest(%(user_ids)s::uuid[], %(models)s::text[], %(dims)s::int[], %(raw_sums)s::bytea[],
-            %(ref_times)s::timestamptz[], %(counts)s::bigint[], %(embedded_counts)s::bigint[],
-            %(embeddings)s::bytea[]) AS v(u, m, d, raw, r, n, ne, e)
+FROM unnest(%(user_ids)b::uuid[], %(models)b::text[], %(dims)b::int[], %(raw_sums)b::bytea[],
+            %(ref_times)b::timestamptz[], %(counts)b::bigint[], %(embedded_counts)b::bigint[],
+            %(embeddings)b::bytea[]) AS v(u, m, d, raw, r, n, ne, e)
 ON CONFLICT (user_id) DO UPDATE
 SET model = EXCLUDED.model, dim = EXCLUDED.dim, raw_sum = EXCLUDED.raw_sum, ref_time = EXCLUDED.ref_time,
     event_count = EXCLUDED.event_count, embedded_count = EXCLUDED.embedded_count,
