@@ -38,8 +38,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 from psycopg import sql
 
 from personalization.cache.learner import EmbeddingCache
@@ -123,11 +124,10 @@ def _bare_consume(bootstrap: str, topic: str, count: int, timeout_s: float) -> f
     try:
         while seen < count and time.monotonic() < deadline:
             for m in consumer.consume(num_messages=5000, timeout=0.5):
-                if m.error() is None or m.error().code() == KafkaError._PARTITION_EOF:
-                    if m.error() is None:
-                        if seen == 0:
-                            first = time.perf_counter()
-                        seen += 1
+                if m.error() is None:
+                    if seen == 0:
+                        first = time.perf_counter()
+                    seen += 1
         elapsed = time.perf_counter() - first
     finally:
         consumer.close()
