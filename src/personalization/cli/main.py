@@ -85,6 +85,7 @@ def bench_ingest(
     users: int = typer.Option(3000, min=1),
     concurrency: int = typer.Option(8, min=1, help="concurrent HTTP clients"),
     batch: int = typer.Option(500, min=1, help="events per request / library call"),
+    http_workers: int = typer.Option(2, min=1, help="uvicorn worker processes of the HTTP pass"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
 ) -> None:
     """Ingest throughput: library and HTTP against a bare COPY baseline."""
@@ -93,7 +94,7 @@ def bench_ingest(
     settings = get_settings()
     try:
         result = run_ingest_bench(settings, events=events, users=users, concurrency=concurrency, batch=batch,
-                                  progress=not json_out)
+                                  progress=not json_out, http_workers=http_workers)
     except PersonalizationError as exc:
         fail(str(exc))
     import orjson
