@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from pathlib import Path
@@ -205,3 +206,32 @@ def test_cli_users_export(db_url: str, redis_url: str, tmp_path: Path, monkeypat
         assert res.exit_code == 1 and "user not found" in res.output
     finally:
         get_settings.cache_clear()
+
+
+async def test_erase_racing_ingest_leaves_nothing(platform: Platform, auth_settings: Settings, db_url: str,
+                                                  sync_redis: redis.Redis) -> None:
+    from security_helpers import event
+
+    uid = _insert_user(db_url, 0)
+    session = uuid.uuid4()
+    stop = asyncio.Event()
+    accepted = 0
+
+    async def writer() -> None:
+        nonlocal accepted
+        while not stop.is_set():
+            r = await platform.ingestor.ingest([event(uid, session, f"PSA.{i}") for i in range(50)])
+            accepted += r.accepted
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(writer())
+    await asyncio.sleep(0.3)
+    report = await Eraser(platform.db, platform.redis, auth_settings).erase(uid, "test")
+    await asyncio.sleep(0.2)
+    stop.set()
+    await task
+    assert report.removed["personalization_events"] == accepted > 0  # every committed event, none after
+    assert set(rows_per_table(db_url, uid).values()) == {0}
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM personalization_events").fetchone() == (0,)
+    assert _user_keys(sync_redis, uid, [session]) == []
