@@ -202,3 +202,19 @@ def test_kafka_outage_delays_but_loses_nothing(cdc_db_url: str, tmp_path: Path) 
     finally:
         relay.close()
         broker.stop()
+
+
+def test_connector_failure_exits_non_zero(cdc_db_url: str, kafka_bootstrap: str) -> None:
+    """Debezium's run() returns normally on a failed connector; the relay must not exit 0."""
+    env = relay_env(
+        cdc_db_url,
+        kafka_bootstrap,
+        "bad prefix!",  # rejected by Debezium's own validation of topic.prefix
+        PERSONALIZATION_CDC_SLOT_NAME=f"cdc_bad_{uuid.uuid4().hex[:8]}",
+    )
+    with RelayProcess(env) as relay:
+        relay.spawn()
+        code = relay.wait(180)
+        output = relay.output()
+    assert code == 1, output[-3000:]
+    assert "Debezium stopped unexpectedly" in output

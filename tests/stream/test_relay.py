@@ -267,3 +267,18 @@ def test_status_and_drop_slot_refused_while_streaming(relay: Relay) -> None:
     assert "in use" in refused.output
     with pgadmin.connect(relay.settings) as conn:
         assert pgadmin.read_slot(conn, relay.settings.cdc_slot_name) is not None
+
+
+def test_walsender_loss_reconnects(relay: Relay) -> None:
+    """A dropped replication connection (as in a PostgreSQL restart) is re-established."""
+    with psycopg.connect(relay.settings.database_url, autocommit=True) as conn:
+        terminated = conn.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+            "WHERE slot_name = %s AND active_pid IS NOT NULL",
+            (relay.settings.cdc_slot_name,),
+        ).fetchall()
+        assert terminated == [(True,)]
+        marker = f"reconnect-{uuid.uuid4().hex[:8]}"
+        _insert_event(conn, None, f"{marker}-x", "0.300")
+    assert len(_events_for(relay, marker, 1)) == 1
+    assert relay.process.wait_or_none() is None
