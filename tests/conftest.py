@@ -131,8 +131,11 @@ async def platform(settings: Settings) -> AsyncIterator[Platform]:
 
 @pytest.fixture
 async def client(platform: Platform, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to the real app in process (ASGI)."""
-    app = create_app(settings, platform=platform)
+    """An HTTP client talking to the real app in process (ASGI), in development mode (no API keys).
+
+    The tests of authentication itself (tests/security) build their own clients with keys.
+    """
+    app = create_app(settings.model_copy(update={"auth_dev_mode": True}), platform=platform)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         yield c

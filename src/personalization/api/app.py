@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Query, Request, Response
@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from personalization.api import security_routes, serving_routes
 from personalization.api.auth import check_scope, install_security, require
+from personalization.api.middleware import BodyLimitMiddleware
 from personalization.api.responses import JSONBody
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
@@ -59,28 +60,13 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
 
     if platform is not None:
         app.state.platform = platform
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
     # API keys on every /v1 route (issue 6): handlers, header guard, audit, dev-mode notice.
     install_security(app, cfg)
 
     def plat(request: Request) -> Platform:
         p: Platform = request.app.state.platform
         return p
-
-    @app.middleware("http")
-    async def body_limit(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > cfg.max_body_bytes
-            except ValueError:
-                bad = {"loc": ["header", "content-length"], "msg": "not a number", "type": "value_error"}
-                return _error(400, [bad])
-            if too_big:
-                return _error(
-                    413,
-                    [{"loc": ["body"], "msg": f"request body over {cfg.max_body_bytes} bytes", "type": "too_large"}],
-                )
-        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation(_: Request, exc: RequestValidationError) -> JSONBody:
