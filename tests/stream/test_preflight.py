@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +14,7 @@ from typer.testing import CliRunner
 from personalization.cli.cdc import app as cdc_app
 from personalization.stream import pgadmin
 from personalization.stream.settings import CdcSettings
-
-PG_BIN = Path("/usr/lib/postgresql")
+from personalization.stream.testing import postgres_binaries, private_postgres
 
 
 def _settings(db_url: str, **extra: object) -> CdcSettings:
@@ -45,63 +39,13 @@ def slot_cleanup() -> Iterator[list[CdcSettings]]:
             pgadmin.drop_slot_and_publication(conn, settings, keep_offsets=False)
 
 
-def _pg_binaries() -> Path | None:
-    versions = sorted(PG_BIN.glob("*/bin/initdb")) if PG_BIN.exists() else []
-    return versions[-1].parent if versions else None
-
-
 @pytest.fixture(scope="module")
 def replica_only_cluster() -> Iterator[str]:
     """A throw-away PostgreSQL cluster with wal_level=replica (the default)."""
-    bindir = _pg_binaries()
-    if bindir is None:
+    if postgres_binaries() is None:
         pytest.skip("PostgreSQL server binaries (initdb) not installed")
-    # initdb refuses to run as root; use the postgres system account then.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    workdir = tempfile.mkdtemp(prefix="pg-replica-")
-    if as_user:
-        shutil.chown(workdir, "postgres")
-    data = os.path.join(workdir, "data")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    subprocess.run(
-        [*as_user, str(bindir / "initdb"), "-D", data, "-U", "postgres", "--auth=trust"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {workdir} -c wal_level=replica"
-    # The server's output goes to -l: a captured pipe would stay open in the server and
-    # keep subprocess.run waiting for EOF forever.
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "pg_ctl"),
-            "-D",
-            data,
-            "-l",
-            os.path.join(workdir, "server.log"),
-            "-o",
-            options,
-            "-w",
-            "start",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        timeout=60,
-    )
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", data, "-m", "immediate", "stop"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-        shutil.rmtree(workdir, ignore_errors=True)
+    with private_postgres(wal_level="replica") as url:
+        yield url
 
 
 def test_wal_level_not_logical_names_the_fix(replica_only_cluster: str) -> None:
@@ -117,12 +61,12 @@ def test_wal_level_not_logical_names_the_fix(replica_only_cluster: str) -> None:
         pgadmin.preflight(conn, settings)
 
 
-def test_missing_replication_privilege_names_the_fix(db_url: str) -> None:
+def test_missing_replication_privilege_names_the_fix(cdc_fresh_db: str) -> None:
     role = f"norepl_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    with psycopg.connect(cdc_fresh_db, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     try:
-        as_role = db_url.replace("postgres@", f"{role}@", 1)
+        as_role = cdc_fresh_db.replace("postgres@", f"{role}@", 1)
         settings = _settings(as_role)
         with (
             pgadmin.connect(settings) as conn,
@@ -132,7 +76,7 @@ def test_missing_replication_privilege_names_the_fix(db_url: str) -> None:
         result = CliRunner().invoke(cdc_app, ["run"], env=_env(settings))
         assert result.exit_code == 2
     finally:
-        with psycopg.connect(db_url, autocommit=True) as conn:
+        with psycopg.connect(cdc_fresh_db, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
@@ -150,8 +94,8 @@ def _store_offset(conn: psycopg.Connection[tuple[object, ...]], table: str, lsn:
     )
 
 
-def test_offsets_without_slot_are_refused(db_url: str) -> None:
-    settings = _settings(db_url)
+def test_offsets_without_slot_are_refused(cdc_fresh_db: str) -> None:
+    settings = _settings(cdc_fresh_db)
     with pgadmin.connect(settings) as conn:
         _store_offset(conn, settings.offsets_table, 1000)
         with pytest.raises(pgadmin.CdcSetupError) as info:
@@ -160,8 +104,8 @@ def test_offsets_without_slot_are_refused(db_url: str) -> None:
     assert "personalization cdc reset-offsets --yes" in str(info.value)
 
 
-def test_offsets_from_another_database_are_refused(db_url: str, slot_cleanup: list[CdcSettings]) -> None:
-    settings = _settings(db_url)
+def test_offsets_from_another_database_are_refused(cdc_fresh_db: str, slot_cleanup: list[CdcSettings]) -> None:
+    settings = _settings(cdc_fresh_db)
     slot_cleanup.append(settings)
     with pgadmin.connect(settings) as conn:
         pgadmin.ensure_publication_and_slot(conn, settings)
@@ -170,11 +114,11 @@ def test_offsets_from_another_database_are_refused(db_url: str, slot_cleanup: li
             pgadmin.preflight(conn, settings)
 
 
-def test_file_offsets_are_read(db_url: str, tmp_path: Path) -> None:
+def test_file_offsets_are_read(cdc_fresh_db: str, tmp_path: Path) -> None:
     # The file store is a Java-serialized map holding the offset JSON as raw bytes.
     path = tmp_path / "offsets.dat"
     path.write_bytes(b'\xac\xed\x00\x05sr\x00\x11java.util.HashMap...{"lsn":4242,"txId":7}x')
-    settings = _settings(db_url, cdc_offsets_file=str(path))
+    settings = _settings(cdc_fresh_db, cdc_offsets_file=str(path))
     with pgadmin.connect(settings) as conn:
         assert pgadmin.stored_lsn(conn, settings) == 4242
         pgadmin.clear_offsets(conn, settings)
@@ -182,8 +126,8 @@ def test_file_offsets_are_read(db_url: str, tmp_path: Path) -> None:
     assert not path.exists()
 
 
-def test_drop_slot_retires_everything(db_url: str) -> None:
-    settings = _settings(db_url)
+def test_drop_slot_retires_everything(cdc_fresh_db: str) -> None:
+    settings = _settings(cdc_fresh_db)
     with pgadmin.connect(settings) as conn:
         assert pgadmin.ensure_publication_and_slot(conn, settings) is True
         assert pgadmin.ensure_publication_and_slot(conn, settings) is False
@@ -201,9 +145,9 @@ def test_drop_slot_retires_everything(db_url: str) -> None:
         ).fetchone() == (0,)
 
 
-def test_slot_creation_blocked_by_open_transaction_names_it(db_url: str) -> None:
-    settings = _settings(db_url, cdc_slot_create_timeout_s=1.0)
-    with psycopg.connect(db_url) as blocker:
+def test_slot_creation_blocked_by_open_transaction_names_it(cdc_fresh_db: str) -> None:
+    settings = _settings(cdc_fresh_db, cdc_slot_create_timeout_s=1.0)
+    with psycopg.connect(cdc_fresh_db) as blocker:
         # An open transaction holding an xid: logical slot creation must wait for it.
         blocker.execute("INSERT INTO user_profile (user_id) VALUES (%s)", (uuid.uuid4(),))
         pid = blocker.info.backend_pid

@@ -23,7 +23,15 @@ from psycopg import sql
 
 from personalization.stream.broker import LocalBroker
 
-__all__ = ["consume", "kafka_bootstrap", "new_consumer", "relay_env", "scratch_database"]
+__all__ = [
+    "consume",
+    "kafka_bootstrap",
+    "new_consumer",
+    "postgres_binaries",
+    "private_postgres",
+    "relay_env",
+    "scratch_database",
+]
 
 
 @pytest.fixture(scope="session")
@@ -148,3 +156,69 @@ def relay_env(db_url: str, bootstrap: str, prefix: str, **extra: str) -> dict[st
     }
     env.update(extra)
     return env
+
+
+def postgres_binaries() -> Path | None:
+    """The directory of the newest installed PostgreSQL server binaries, if any."""
+    root = Path("/usr/lib/postgresql")
+    found = sorted(root.glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])) if root.exists() else []
+    return found[-1].parent if found else None
+
+
+@contextlib.contextmanager
+def private_postgres(*, wal_level: str = "logical") -> Iterator[str]:
+    """A throw-away PostgreSQL cluster on a free loopback port; yields its admin URL.
+
+    Logical slot creation waits for every transaction open anywhere in the cluster, so a
+    test elsewhere that leaves a session "idle in transaction" on a shared server would
+    stall every relay start; the change-stream tests therefore get a cluster of their own.
+    Durability is off (fsync) because the cluster is deleted afterwards.
+    """
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bindir = postgres_binaries()
+    if bindir is None:
+        raise RuntimeError("PostgreSQL server binaries (initdb) are not installed")
+    # initdb refuses to run as root; the cluster then belongs to the postgres account.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    workdir = tempfile.mkdtemp(prefix="pz-cdc-pg-")
+    if as_user:
+        shutil.chown(workdir, "postgres")
+    data = os.path.join(workdir, "data")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", data, "-U", "postgres", "--auth=trust", "-N"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    options = (
+        f"-p {port} -c listen_addresses=127.0.0.1 -k {workdir} -c wal_level={wal_level} "
+        "-c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off"
+    )
+    pg_ctl = [*as_user, str(bindir / "pg_ctl"), "-D", data]
+    # Output to -l: a captured pipe would be inherited by the server and never reach EOF.
+    subprocess.run(
+        [*pg_ctl, "-l", os.path.join(workdir, "server.log"), "-o", options, "-w", "start"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*pg_ctl, "-m", "immediate", "stop"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
