@@ -18,14 +18,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-pytest_plugins = ["personalization.stream.testing"]
-
 
 @pytest.fixture(scope="session")
 def cdc_pg_admin_url() -> Iterator[str]:
     """Admin URL (database ``postgres``) of the cluster the change-stream tests use."""
-    # Imported here: importing the plugin module before pytest registers it would keep
-    # pytest from rewriting its asserts.
+    # Imported here: importing the plugin module (registered by tests/conftest.py) before
+    # pytest registers it would keep pytest from rewriting its asserts.
     from personalization.stream.testing import postgres_binaries, private_postgres
 
     external = os.environ.get("PERSONALIZATION_TEST_CDC_PG_URL")
