@@ -75,7 +75,9 @@ def db_url(template_db: str) -> Iterator[str]:
     """URL of a fresh, migrated database for this test only."""
     name = f"pz_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db)))
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template_db))
+        )
     try:
         yield with_dbname(PG_URL, name)
     finally:

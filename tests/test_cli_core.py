@@ -50,14 +50,30 @@ def test_db_upgrade_unreachable_is_one_line_error() -> None:
 
 
 def test_bench_ingest_prints_one_json_line(db_url: str, redis_url: str) -> None:
-    r = _cli("bench", "ingest", "--events", "2000", "--users", "50", "--json",
-             env={"PERSONALIZATION_DATABASE_URL": db_url, "PERSONALIZATION_REDIS_URL": redis_url})
+    r = _cli(
+        "bench",
+        "ingest",
+        "--events",
+        "2000",
+        "--users",
+        "50",
+        "--json",
+        env={"PERSONALIZATION_DATABASE_URL": db_url, "PERSONALIZATION_REDIS_URL": redis_url},
+    )
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
     assert len(lines) == 1
     out = json.loads(lines[0])
-    for k in ("events", "library_events_per_s", "http_events_per_s", "baseline_copy_rows_per_s", "library_ratio",
-              "http_ratio", "http_p50_ms", "http_p99_ms"):
+    for k in (
+        "events",
+        "library_events_per_s",
+        "http_events_per_s",
+        "baseline_copy_rows_per_s",
+        "library_ratio",
+        "http_ratio",
+        "http_p50_ms",
+        "http_p99_ms",
+    ):
         assert k in out
     assert out["events"] == 2000
     # Both passes stored every non-replayed event.

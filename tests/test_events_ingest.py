@@ -54,8 +54,10 @@ async def _user(client: httpx.AsyncClient, **fields: Any) -> uuid.UUID:
 async def test_batch_is_stored_with_exact_values(client: httpx.AsyncClient, db_url: str) -> None:
     uid = await _user(client)
     t = datetime(2026, 11, 20, 8, 30, tzinfo=UTC)
-    evs = [_ev(uid, signal_type="bookmark", signal_weight=-9.999, occurred_at=t.isoformat(), metadata={"a": [1]}),
-           _ev(None, content_id="PSA.23", metadata=None)]
+    evs = [
+        _ev(uid, signal_type="bookmark", signal_weight=-9.999, occurred_at=t.isoformat(), metadata={"a": [1]}),
+        _ev(None, content_id="PSA.23", metadata=None),
+    ]
     r = await client.post("/v1/events", json={"events": evs})
     assert r.status_code == 200, r.text
     assert r.json() == {"accepted": 2, "duplicates": [], "suppressed": [], "rejected": [], "dedup": "ok"}
@@ -154,7 +156,9 @@ async def test_bad_event_rejected_with_index_and_field(
     body = r.json()
     assert body["accepted"] == 1
     assert [x["index"] for x in body["rejected"]] == [1]
-    assert field in {e["loc"][-1] if e["loc"][-1] != "__root__" else e["loc"][-2] for e in body["rejected"][0]["errors"]}
+    assert field in {
+        e["loc"][-1] if e["loc"][-1] != "__root__" else e["loc"][-2] for e in body["rejected"][0]["errors"]
+    }
     assert body["rejected"][0]["errors"][0]["loc"][:3] == ["body", "events", 1]
     assert len(_rows(db_url)) == 1
     # atomic=true: nothing is written.
@@ -169,7 +173,7 @@ async def test_bad_event_rejected_with_index_and_field(
     [
         (b'{"events": [', 400),
         (b'{"events": [{"signal_weight": NaN}]}', 400),
-        (b'[]', 422),
+        (b"[]", 422),
         (b'{"events": []}', 422),
         (b'{"events": {}}', 422),
         (b'{"events": [], "extra": 1}', 422),
@@ -201,7 +205,9 @@ async def test_batch_and_body_limits(platform: Platform, settings: Settings, db_
 
         r = await c.post("/v1/events", content=chunks(), headers={"content-type": "application/json"})
         assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body"]
-        r = await c.post("/v1/events", content=b"{}", headers={"content-length": "x2", "content-type": "application/json"})
+        r = await c.post(
+            "/v1/events", content=b"{}", headers={"content-length": "x2", "content-type": "application/json"}
+        )
         assert r.status_code == 400 and r.json()["detail"][0]["field"] == "content-length"
     assert _rows(db_url) == []
 
@@ -212,8 +218,10 @@ async def test_unknown_user(client: httpx.AsyncClient, db_url: str) -> None:
     r = await client.post("/v1/events", json={"events": [_ev(uid), _ev(ghost)]})
     assert r.json()["accepted"] == 1
     assert r.json()["rejected"] == [
-        {"index": 1, "errors": [{"loc": ["body", "events", 1, "user_id"], "msg": "user does not exist",
-                                 "type": "not_found"}]}
+        {
+            "index": 1,
+            "errors": [{"loc": ["body", "events", 1, "user_id"], "msg": "user does not exist", "type": "not_found"}],
+        }
     ]
     r = await client.post("/v1/events?atomic=true", json={"events": [_ev(uid), _ev(ghost)]})
     assert r.status_code == 404
@@ -273,7 +281,9 @@ async def test_failed_commit_releases_claimed_ids(platform: Platform, db_url: st
             "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$"
             " BEGIN RAISE EXCEPTION 'disk full (simulated)'; END $$"
         )
-        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON personalization_events FOR EACH ROW EXECUTE FUNCTION refuse()")
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON personalization_events FOR EACH ROW EXECUTE FUNCTION refuse()"
+        )
     e = _ev(None)
     with pytest.raises(StoreError):
         await platform.ingestor.ingest([e])

@@ -19,8 +19,12 @@ def _count(db_url: str, table: str) -> int:
 
 async def test_profile_lifecycle(client: httpx.AsyncClient, db_url: str) -> None:
     uid = uuid.uuid4()
-    body = {"denomination": "baptist", "spiritual_goal": "consistency", "preferred_translation": "KJV",
-            "timezone": "America/Chicago"}
+    body = {
+        "denomination": "baptist",
+        "spiritual_goal": "consistency",
+        "preferred_translation": "KJV",
+        "timezone": "America/Chicago",
+    }
     r = await client.put(f"/v1/users/{uid}", json=body)
     assert r.status_code == 201, r.text
     created = r.json()
@@ -70,7 +74,9 @@ async def test_malformed_ids_and_json(client: httpx.AsyncClient, db_url: str) ->
     r = await client.get("/v1/users/not-a-uuid")
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["path", "user_id"]
-    r = await client.put(f"/v1/users/{uuid.uuid4()}", content=b"{not json", headers={"content-type": "application/json"})
+    r = await client.put(
+        f"/v1/users/{uuid.uuid4()}", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code in (400, 422)
     assert r.json()["detail"]
     assert _count(db_url, "user_profile") == 0
@@ -144,7 +150,11 @@ async def test_healthz_and_openapi(client: httpx.AsyncClient) -> None:
     r = await client.get("/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok", "postgres": True, "redis": True}
     spec = (await client.get("/openapi.json")).json()
-    for path in ("/v1/users/{user_id}", "/v1/users/{user_id}/traits", "/v1/users/{user_id}/traits/{trait_id}",
-                 "/v1/events"):
+    for path in (
+        "/v1/users/{user_id}",
+        "/v1/users/{user_id}/traits",
+        "/v1/users/{user_id}/traits/{trait_id}",
+        "/v1/events",
+    ):
         assert path in spec["paths"]
     assert "requestBody" in spec["paths"]["/v1/events"]["post"]

@@ -138,7 +138,9 @@ def test_rollups_refresh_concurrently(db_url: str) -> None:
             )
         conn.execute("REFRESH MATERIALIZED VIEW user_signal_rollups")
         conn.execute("REFRESH MATERIALIZED VIEW CONCURRENTLY user_signal_rollups")
-        rows = conn.execute("SELECT user_id, event_count FROM user_signal_rollups ORDER BY user_id NULLS LAST").fetchall()
+        rows = conn.execute(
+            "SELECT user_id, event_count FROM user_signal_rollups ORDER BY user_id NULLS LAST"
+        ).fetchall()
     assert rows == [(uid, 1), (None, 2)]
 
 
