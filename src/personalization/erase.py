@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from prometheus_client import Counter, Histogram
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
@@ -49,6 +50,9 @@ from personalization.store.db import Database, wrap_exceptions
 from personalization.store.queries import q
 
 log = logging.getLogger("personalization.erase")
+ERASES = Counter("personalization_user_erasures_total", "User erasures by outcome", ["outcome"])
+ERASE_SECONDS = Histogram("personalization_user_erase_seconds", "Duration of one user erasure",
+                          buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
 _SQL = "security.sql"
 _SCAN_COUNT = 1000
 
@@ -314,6 +318,8 @@ class Eraser:
         report.timings_s["postgres"] = time.perf_counter() - started - report.timings_s["redis"]
         await self._after_commit(user_id, sessions, report)
         report.duration_s = time.perf_counter() - started
+        ERASES.labels(report.outcome).inc()
+        ERASE_SECONDS.observe(report.duration_s)
         await audit.finish(self.db, report.audit_id, actor=actor, action="user.erase", subject=user_id, target=None,
                            outcome=report.outcome, details=_audit_details(report))
         if report.errors:

@@ -100,8 +100,9 @@ async def test_401_comes_before_validation_and_existence(auth_client: httpx.Asyn
 
 async def test_health_and_metrics_stay_open(auth_client: httpx.AsyncClient) -> None:
     assert (await auth_client.get("/healthz")).status_code == 200
+    assert (await auth_client.get("/v1/keys")).status_code == 401
     r = await auth_client.get("/metrics")
-    assert r.status_code == 200 and "personalization" in r.text
+    assert r.status_code == 200 and 'personalization_auth_refused_total{status="401"}' in r.text
 
 
 @pytest.mark.parametrize(

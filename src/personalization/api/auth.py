@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import Counter
 
 from personalization.api.responses import JSONBody
 from personalization.config import Settings
@@ -30,6 +31,7 @@ from personalization.security.errors import AuthError, Forbidden
 from personalization.security.keys import KeyStore
 
 log = logging.getLogger("personalization.security")
+AUTH_REFUSED = Counter("personalization_auth_refused_total", "Requests refused by the API-key check", ["status"])
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -146,6 +148,7 @@ def install_security(app: FastAPI, settings: Settings) -> None:
 
     @app.exception_handler(AuthError)
     async def on_auth_error(_: Request, exc: AuthError) -> JSONBody:
+        AUTH_REFUSED.labels(str(exc.status)).inc()
         item = {"loc": ["header", "authorization"], "msg": str(exc), "type": exc.type, "field": "authorization"}
         return JSONBody({"detail": [item]}, status_code=exc.status, headers=exc.headers)
 
