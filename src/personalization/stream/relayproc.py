@@ -42,13 +42,19 @@ def _pythonpath() -> str:
 class RelayProcess:
     """A relay child process configured through ``PERSONALIZATION_*`` variables."""
 
-    def __init__(self, env: Mapping[str, str], *, args: tuple[str, ...] = ()) -> None:
+    def __init__(self, env: Mapping[str, str], *, args: tuple[str, ...] = (), cwd: str | None = None) -> None:
         """``env`` overrides the inherited environment; ``args`` go after ``cdc run``."""
         self._env = {**os.environ, **env, "PYTHONPATH": _pythonpath()}
         self._args = args
+        self._cwd = cwd
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.started_after_s: float | None = None
+
+    @property
+    def cwd(self) -> str | None:
+        """The child's working directory (None: inherited)."""
+        return self._cwd
 
     @property
     def pid(self) -> int:
@@ -62,6 +68,7 @@ class RelayProcess:
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "personalization.cli.cdc", "run", *self._args],
             env=self._env,
+            cwd=self._cwd,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
