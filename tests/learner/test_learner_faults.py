@@ -1,0 +1,183 @@
+"""PostgreSQL or Redis down: the learner pauses, commits nothing, and resumes without loss.
+
+The learner reaches both services through a TCP relay of this test that can be cut (every
+connection reset, new ones refused) and restored on the same port, so the real servers
+stay up for everyone else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import psycopg
+import pytest
+import redis
+
+from personalization.cache import keys
+from personalization.learner import metrics
+from personalization.learner.batch import BatchResult
+from personalization.learner.consumer import Learner
+from personalization.learner.recompute import recompute_users
+from personalization.learner.settings import LearnerSettings
+from personalization.learner.synthetic import produce, producer
+from personalization.learner.testing import consumed_offsets, fill_population, stream_order, wait_consumed
+
+DIM = 8
+
+
+class Cuttable:
+    """A loopback TCP forwarder to ``target`` that can refuse and reset connections."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self._listen = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listen.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.up = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listen.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Reset every open connection and refuse new ones."""
+        self.up = False
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.close()
+
+    def restore(self) -> None:
+        """Accept and forward again."""
+        self.up = True
+
+    def close(self) -> None:
+        """Stop listening and drop everything."""
+        self.cut()
+        self._listen.close()
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    host = f"127.0.0.1:{port}"
+    return urlunsplit(
+        (parts.scheme, f"{netloc[0]}@{host}" if len(netloc) == 2 else host, parts.path, parts.query, parts.fragment)
+    )
+
+
+@pytest.mark.parametrize("service", ["postgres", "redis"])
+def test_outage_pauses_without_committing_and_resumes_without_loss(
+    service: str, db_url: str, redis_url: str, kafka_bootstrap: str
+) -> None:
+    pg = urlsplit(db_url)
+    rd = urlsplit(redis_url)
+    proxy = (
+        Cuttable(pg.hostname or "127.0.0.1", pg.port or 5432)
+        if service == "postgres"
+        else Cuttable(rd.hostname or "127.0.0.1", rd.port or 6379)
+    )
+    prefix = f"lf{uuid.uuid4().hex[:8]}"
+    topic = f"{prefix}.public.personalization_events"
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    pop = fill_population(db_url, users=6, contents=10, events=600, dim=DIM, seed=5)
+    stream = stream_order(pop.rows)
+    settings = LearnerSettings(
+        database_url=_via(db_url, proxy.port) if service == "postgres" else db_url,
+        redis_url=_via(redis_url, proxy.port) if service == "redis" else redis_url,
+        kafka_bootstrap_servers=kafka_bootstrap,
+        kafka_topic_prefix=prefix,
+        learner_group_id=group,
+        learner_kafka_group_id=f"k-{uuid.uuid4().hex[:8]}",
+        learner_session_timeout_ms=3000,
+        learner_follow_profiles=False,
+        learner_retry_initial_s=0.1,
+        learner_retry_max_s=0.5,
+        learner_redis_timeout_s=0.5,
+        embedding_dim=DIM,
+    )
+    retries = metrics.RETRIES.labels("postgresql" if service == "postgres" else "redis")
+    retries_before = retries._value.get()
+    committed: list[BatchResult] = []
+    stop = threading.Event()
+    learner = Learner(settings, stop=stop, on_committed=lambda r, _t: committed.append(r))
+    thread = threading.Thread(target=learner.run, daemon=True)
+    thread.start()
+    prod = producer(kafka_bootstrap)
+    try:
+        ends = produce(prod, topic, stream[:200], topic_prefix=prefix)
+        wait_consumed(db_url, group, topic, ends, timeout_s=60)
+
+        proxy.cut()
+        before = consumed_offsets(db_url, group, topic)
+        ends = produce(prod, topic, stream[200:400], topic_prefix=prefix)
+        time.sleep(3.0)
+        # Nothing of the new messages was committed while the service was down.
+        assert consumed_offsets(db_url, group, topic) == before
+        assert thread.is_alive()
+        assert retries._value.get() > retries_before
+
+        proxy.restore()
+        wait_consumed(db_url, group, topic, ends, timeout_s=60)
+        ends = produce(prod, topic, stream[400:], topic_prefix=prefix)
+        wait_consumed(db_url, group, topic, ends, timeout_s=60)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+        proxy.close()
+    assert not thread.is_alive()
+
+    with psycopg.connect(db_url) as conn:
+        online: dict[uuid.UUID, bytes] = dict(conn.execute("SELECT user_id, embedding FROM user_embeddings").fetchall())
+        counted = conn.execute("SELECT sum(event_count) FROM user_signal_scores").fetchone()
+    assert counted is not None and int(counted[0]) == len(pop.rows)
+    cache = redis.Redis.from_url(redis_url)
+    for user_id, vector in online.items():
+        assert cache.get(keys.user_embedding(user_id)) == vector
+    recompute_users(LearnerSettings(database_url=db_url, redis_url=redis_url, embedding_dim=DIM))
+    with psycopg.connect(db_url) as conn:
+        rebuilt: dict[uuid.UUID, bytes] = dict(
+            conn.execute("SELECT user_id, embedding FROM user_embeddings").fetchall()
+        )
+    assert set(rebuilt) == set(online)
+    for user_id, vector in online.items():
+        a = np.frombuffer(vector, dtype="<f4").astype(np.float64)
+        b = np.frombuffer(rebuilt[user_id], dtype="<f4").astype(np.float64)
+        assert float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b))) >= 0.99999
