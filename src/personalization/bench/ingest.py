@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -21,6 +22,7 @@ import httpx
 import orjson
 import psycopg
 from psycopg import sql
+from pydantic import SecretStr
 from rich.progress import Progress
 
 from personalization.bench.auth import measure_auth_check
@@ -228,6 +230,8 @@ def _start_server(
         # API keys are checked unless dev_mode (the no-auth pass of auth_overhead_p99_pct).
         "PERSONALIZATION_AUTH_DEV_MODE": "true" if dev_mode else "false",
     }
+    if settings.api_key_secret is not None:
+        env["PERSONALIZATION_API_KEY_SECRET"] = settings.api_key_secret.get_secret_value()
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "personalization.api.app:create_app", "--factory",
          "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
@@ -258,6 +262,10 @@ def run_ingest_bench(settings: Settings, *, events: int, users: int, concurrency
     with scratch_database(settings, "ingest") as url, Progress(disable=not progress, transient=True) as prog:
         _create_users(url, pop.users)
         bench_settings = settings.model_copy(update={"database_url": url})
+        if bench_settings.api_key_secret is None:
+            # Keyed hashing as recommended for production (scrypt, used without a server
+            # secret, would cost each uvicorn worker one slow hash on its first request).
+            bench_settings = bench_settings.model_copy(update={"api_key_secret": SecretStr(secrets.token_urlsafe(32))})
         copy_s = _baseline_copy(url, base_events)
         lib_events = _fresh_ids(base_events)
         lib_s, lib_acc, lib_dups = asyncio.run(
