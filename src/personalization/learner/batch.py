@@ -239,18 +239,17 @@ def _apply_events(
     emb_users = [u for u in per_user if policy_for(levels[u]).personalize]
     no_emb_users = [u for u in per_user if not policy_for(levels[u]).personalize]
 
-    cells: dict[tuple[UUID, str, str], ScoreCell] = {
-        (r.user_id, r.content_type, r.signal_type): ScoreCell(r.score, r.ref_time, r.event_count)
-        for r in tx.load_scores(score_users)
-    }
     grouped: dict[tuple[UUID, str, str], list[tuple[float, datetime]]] = defaultdict(list)
     for u in score_users:
         for e in per_user[u]:
             grouped[(u, e.content_type, e.signal_type)].append((e.signal_weight, e.occurred_at))
+    # Stored cells as plain tuples keyed like ``grouped``; only touched ones become objects.
+    cells = tx.load_score_tuples(score_users)
     score_rows: list[ScoreRow] = []
-    for (u, ct, st), evs in grouped.items():
-        cell = add_to_score(cells.get((u, ct, st)), decay, st, evs)
-        score_rows.append(ScoreRow(u, ct, st, cell.score, cell.ref_time, cell.event_count))
+    for key, evs in grouped.items():
+        old = cells.get(key)
+        cell = add_to_score(None if old is None else ScoreCell(*old), decay, key[2], evs)
+        score_rows.append(ScoreRow(key[0], key[1], key[2], cell.score, cell.ref_time, cell.event_count))
     tx.upsert_scores(score_rows)
 
     if emb_users:

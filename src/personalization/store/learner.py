@@ -15,7 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from personalization.store.db import wrap_exceptions
 from personalization.store.queries import q
@@ -144,6 +144,14 @@ class LearnerTx:
             )
             for r in self._all("load_scores", {"user_ids": list(user_ids)})
         ]
+
+    def load_score_tuples(self, user_ids: Sequence[UUID]) -> dict[tuple[UUID, str, str], tuple[float, datetime, int]]:
+        """``{(user, content_type, signal_type): (score, ref_time, event_count)}`` (hot path: no row objects)."""
+        if not user_ids:
+            return {}
+        with self._cur.connection.cursor(row_factory=tuple_row) as cur:
+            cur.execute(_q("load_scores"), {"user_ids": list(user_ids)})
+            return {(u, ct, st): (sc, ref, n) for u, ct, st, sc, ref, n in cur.fetchall()}
 
     def load_embeddings(self, user_ids: Sequence[UUID]) -> dict[UUID, EmbeddingRow]:
         """The embedding rows of ``user_ids`` (without the normalised bytes)."""
