@@ -54,20 +54,19 @@ def _state(db_url: str) -> tuple[dict[tuple[Any, str, str], tuple[float, Any, in
     return scores, embs
 
 
-def _in_transaction(db_url: str) -> bool:
-    dbname = db_url.rsplit("/", 1)[1]
+def _in_transaction(db_url: str, pid: int) -> bool:
     with psycopg.connect(db_url) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = "
-            "'personalization-learner' AND state = 'idle in transaction'",
-            (dbname,),
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'idle in transaction'",
+            (f"personalization-learner {pid}",),
         ).fetchone()
     return bool(row and row[0])
 
 
 def _kill_mid_batch(proc: LearnerProcess, db_url: str) -> None:
+    """SIGKILL ``proc`` while it has a batch transaction open (applied, not committed)."""
     deadline = time.monotonic() + 60
-    while not _in_transaction(db_url):
+    while not _in_transaction(db_url, proc.pid):
         assert time.monotonic() < deadline, proc.output()[-3000:]
         time.sleep(0.002)
     proc.kill()
@@ -106,10 +105,11 @@ def test_online_state_equals_recompute_after_replays_reordering_and_kill_9(
         "PERSONALIZATION_EMBEDDING_DIM": str(DIM),
     }
 
-    def learner() -> LearnerProcess:
-        # A fresh Kafka group per child: Tansu can lock up a group whose members all left;
-        # the learner's own positions are in PostgreSQL under PERSONALIZATION_LEARNER_GROUP_ID.
-        return LearnerProcess({**env, "PERSONALIZATION_LEARNER_KAFKA_GROUP_ID": f"k-{uuid.uuid4().hex[:8]}"})
+    def learner(kafka_group: str | None = None) -> LearnerProcess:
+        # A fresh Kafka group per lone child: Tansu can lock up a group whose members all
+        # left; the learner's own positions are in PostgreSQL under its learner group.
+        kafka_group = kafka_group or f"k-{uuid.uuid4().hex[:8]}"
+        return LearnerProcess({**env, "PERSONALIZATION_LEARNER_KAFKA_GROUP_ID": kafka_group})
 
     half = len(stream) // 2
     ends = produce(prod, topic, stream[:half], topic_prefix=prefix, raw=malformed[:2])
@@ -124,13 +124,19 @@ def test_online_state_equals_recompute_after_replays_reordering_and_kill_9(
             replays += stream[start : start + 200]
         ends2 = produce(prod, topic, stream[half:] + replays, topic_prefix=prefix, raw=malformed[2:])
         ends = {p: max(ends.get(p, 0), ends2.get(p, 0)) for p in set(ends) | set(ends2)}
-        procs.append(learner())
+        # Two members of one group split the partitions; one dies mid-batch and the
+        # survivor takes its partitions over in the rebalance.
+        shared = f"k-{uuid.uuid4().hex[:8]}"
+        procs += [learner(shared), learner(shared)]
         procs[1].start()
-        _kill_mid_batch(procs[1], db_url)
-        procs.append(learner())
         procs[2].start()
+        for p in procs[1:]:
+            p.wait_for_output(f"assigned {prefix}")
+        _kill_mid_batch(procs[1], db_url)
         wait_consumed(db_url, group, topic, ends, timeout_s=180)
         assert procs[2].stop() == 0, procs[2].output()[-3000:]
+        # The survivor saw the partitions move (eager rebalancing revokes, then assigns).
+        assert "revoked" in procs[2].output()
     finally:
         for p in procs:
             p.close()

@@ -8,6 +8,7 @@ Every method of :class:`LearnerTx` runs inside the transaction opened by
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -292,7 +293,8 @@ class LearnerStore:
                 autocommit=True,
                 connect_timeout=max(1, int(self._connect_timeout_s)),
                 options=f"-c statement_timeout={self._statement_timeout_ms}",
-                application_name="personalization-learner",
+                # The pid tells members apart in pg_stat_activity (and lets tests kill one mid-batch).
+                application_name=f"personalization-learner {os.getpid()}",
             )
         return self._conn
 
