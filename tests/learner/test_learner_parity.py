@@ -163,7 +163,9 @@ def test_online_state_equals_recompute_after_replays_reordering_and_kill_9(
         b = r_score * 2 ** (-(when - r_ref).total_seconds() / hl)
         assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6), (cell, a, b)
     total = sum(n for _, _, n in online_scores.values())
-    assert total == sum(1 for r in pop.rows if r.user_id != private)
+    # Below `standard` no learner state is kept at all.
+    assert total == sum(1 for r in pop.rows if r.user_id not in (limited, private))
+    assert not any(u in (limited, private) for u, _, _ in online_scores)
 
     # Embeddings: same users, counts, direction; Redis holds the stored vector.
     assert set(online_embs) == set(re_embs)

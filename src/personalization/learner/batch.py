@@ -201,11 +201,9 @@ def _apply_profile_changes(
             continue
         policy = policy_for(level)
         if not policy.personalize:
-            if tx.delete_embeddings([user_id]):
-                log.info("privacy level %s: dropped the embedding of a user", level)
+            # No learner state at all below `standard` (README, privacy levels).
+            _drop_state(tx, [user_id])
             result.redis_deletes.add(user_id)
-            if not policy.store_events:
-                tx.delete_scores([user_id])
         elif not tx.load_embeddings([user_id]):
             # Personalization allowed and no embedding yet (new user, or consent given
             # again): build the user from the stored events, as `learner recompute` does.
@@ -235,9 +233,15 @@ def _apply_events(
     if not per_user:
         return
 
-    score_users = [u for u in per_user if policy_for(levels[u]).store_events]
-    emb_users = [u for u in per_user if policy_for(levels[u]).personalize]
-    no_emb_users = [u for u in per_user if not policy_for(levels[u]).personalize]
+    # Learner state (scores and embedding) only for levels that permit personalization.
+    score_users = [u for u in per_user if policy_for(levels[u]).personalize]
+    emb_users = score_users
+    no_state_users = [u for u in per_user if not policy_for(levels[u]).personalize]
+    if no_state_users:
+        out["privacy"] += sum(len(per_user[u]) for u in no_state_users)
+        # The level may have changed before its profile message reached us.
+        _drop_state(tx, no_state_users)
+        result.redis_deletes.update(no_state_users)
 
     grouped: dict[tuple[UUID, str, str], list[tuple[float, datetime]]] = defaultdict(list)
     for u in score_users:
@@ -281,13 +285,12 @@ def _apply_events(
                 for e in per_user[u]:
                     result.applied.append((u, e.occurred_at, e.commit_ts_ms))
         tx.upsert_embeddings(emb_rows)
-    if no_emb_users:
-        # Their level forbids personalization (it may have changed before its profile
-        # message reached us): no embedding row, no cache entry.
-        tx.delete_embeddings(no_emb_users)
-        result.redis_deletes.update(no_emb_users)
-    applied = sum(len(v) for v in per_user.values())
-    out["applied"] += applied
+    out["applied"] += sum(len(per_user[u]) for u in score_users)
+
+
+def _drop_state(tx: LearnerTx, user_ids: list[UUID]) -> None:
+    tx.delete_embeddings(user_ids)
+    tx.delete_scores(user_ids)
 
 
 def rebuild_user(
@@ -312,19 +315,16 @@ def rebuild_user(
     tx.delete_scores([user_id])
     tx.delete_embeddings([user_id])
     tx.save_rebuild(user_id, snapshot)
-    if not rows:
+    if not rows or not policy.personalize:
         return None
-    if policy.store_events:
-        grouped: dict[tuple[str, str], list[tuple[float, datetime]]] = defaultdict(list)
-        for r in rows:
-            grouped[(r["content_type"], r["signal_type"])].append((float(r["signal_weight"]), r["occurred_at"]))
-        score_rows = []
-        for (ct, st), evs in grouped.items():
-            cell = add_to_score(None, decay, st, evs)
-            score_rows.append(ScoreRow(user_id, ct, st, cell.score, cell.ref_time, cell.event_count))
-        tx.upsert_scores(score_rows)
-    if not policy.personalize:
-        return None
+    grouped: dict[tuple[str, str], list[tuple[float, datetime]]] = defaultdict(list)
+    for r in rows:
+        grouped[(r["content_type"], r["signal_type"])].append((float(r["signal_weight"]), r["occurred_at"]))
+    score_rows = []
+    for (ct, st), evs in grouped.items():
+        cell = add_to_score(None, decay, st, evs)
+        score_rows.append(ScoreRow(user_id, ct, st, cell.score, cell.ref_time, cell.event_count))
+    tx.upsert_scores(score_rows)
     raw_vectors = tx.content_vectors(sorted({r["content_id"] for r in rows}))
     vectors = {cid: content_unit_vector(m, d, b, dim) for cid, (m, d, b) in raw_vectors.items()}
     state = add_to_embedding(

@@ -3,7 +3,8 @@
 -- from the CDC topic of personalization_events, beside the specification's objects.
 --
 -- Every per-user table references user_profile ON DELETE CASCADE: deleting (or erasing) a
--- user removes the learner's state in the same transaction.
+-- user removes the learner's state in the same transaction.  Only users whose privacy
+-- level permits personalization (core.privacy) have learner state at all.
 
 -- Decayed score per (user, content_type, signal_type): ``score`` is the value at
 -- ``ref_time`` (the latest occurred_at counted), see personalization.core.decay.
