@@ -163,3 +163,16 @@ def test_recompute_cli_unknown_user(db_url: str, redis_url: str) -> None:
     user = uuid.uuid4()
     result = CliRunner().invoke(learner_app, ["recompute", "--user", str(user)], env=env)
     assert result.exit_code == 2 and f"user {user} not found" in result.output
+
+
+def test_run_cli_rejects_bad_settings() -> None:
+    result = CliRunner().invoke(learner_app, ["run"], env={"PERSONALIZATION_LEARNER_BATCH_MAX": "0"})
+    assert result.exit_code == 2
+    assert "learner_batch_max" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_run_cli_refuses_an_unmigrated_database(pg_admin_url: str) -> None:
+    # The maintenance database exists but has no learner tables.
+    env = {"PERSONALIZATION_DATABASE_URL": pg_admin_url, "PERSONALIZATION_LEARNER_METRICS_PORT": "0"}
+    result = CliRunner().invoke(learner_app, ["run"], env=env)
+    assert result.exit_code == 2 and "personalization db upgrade" in result.output

@@ -46,7 +46,7 @@ def run(
     group_id: Annotated[str | None, typer.Option(help="Learner group (owner of the stored offsets).")] = None,
 ) -> None:
     """Consume the personalization_events CDC topic and keep user state until SIGTERM/SIGINT."""
-    from personalization.learner.consumer import Learner
+    from personalization.learner.consumer import Learner, LearnerConfigError
 
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)-5s [%(name)s] %(message)s"
@@ -67,6 +67,8 @@ def run(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = Learner(settings, stop=stop).run()
+    except LearnerConfigError as exc:
+        raise _fail(str(exc), 2) from exc
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -30,13 +30,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Pro
 
 from personalization.cache import keys
 from personalization.cache.learner import EmbeddingCache
-from personalization.errors import CacheUnavailable, PersonalizationError, StoreError
+from personalization.errors import CacheUnavailable, PersonalizationError, StoreError, StoreUnavailable
 from personalization.learner import metrics
 from personalization.learner.batch import BatchResult, ContentCache, Incoming, apply_batch, record_outcomes
 from personalization.learner.settings import LearnerSettings
 from personalization.store.learner import LearnerStore
 
-__all__ = ["Learner"]
+__all__ = ["Learner", "LearnerConfigError"]
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +286,19 @@ class Learner:
             if t_com is not None:
                 committed.observe(max(0.0, written_at - t_com))
 
+    def _check_schema(self) -> None:
+        """Fail fast on a database that is missing or not migrated; an unreachable one is waited for."""
+        try:
+            with self.store.transaction() as tx:
+                present = tx.schema_present()
+        except StoreUnavailable as exc:
+            if "does not exist" in str(exc):
+                raise LearnerConfigError(f"{exc}. Run `personalization db upgrade` first.") from exc
+            log.warning("PostgreSQL is unavailable at start (%s); waiting for it", exc)
+            return
+        if not present:
+            raise LearnerConfigError("the learner's tables are missing: run `personalization db upgrade` first")
+
     def _poll_batch(self, consumer: Consumer) -> list[Message]:
         """Wait up to the poll timeout for a message, then take what else is already fetched.
 
@@ -312,6 +325,7 @@ class Learner:
         batch is half-applied while partitions move between members.
         """
         s = self.settings
+        self._check_schema()
         try:
             resynced = self.resync_redis()
             if resynced:
@@ -359,6 +373,10 @@ class Learner:
             self.store.close()
             self.cache.close()
         return 0
+
+
+class LearnerConfigError(PersonalizationError):
+    """The learner cannot run with this configuration (the message names the fix)."""
 
 
 class DeadLetterUnavailable(PersonalizationError):

@@ -77,6 +77,12 @@ class LearnerTx:
         self._cur.execute(_q(name), params)
         return max(self._cur.rowcount, 0)
 
+    def schema_present(self) -> bool:
+        """Whether migration 0300_learner has been applied."""
+        self._cur.execute("SELECT to_regclass('learner_offsets') IS NOT NULL AS present")
+        row = self._cur.fetchone()
+        return bool(row and row["present"])
+
     def stored_offsets(self, group_id: str, topic: str, partitions: Sequence[int]) -> dict[int, int]:
         """Stored next offsets of ``partitions`` (absent for partitions never committed)."""
         rows = self._all("stored_offsets", {"group_id": group_id, "topic": topic, "partitions": list(partitions)})
