@@ -1,0 +1,187 @@
+"""``personalization jobs ...`` and ``personalization features ...`` (issue 5).
+
+Exit codes: 0 success, 1 the run failed (recorded in the ledger), 2 bad input (nothing
+written), 3 another nightly run holds the lock.  Log lines are JSON on stderr.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from personalization.errors import InvalidInput, PersonalizationError
+
+app = typer.Typer(no_args_is_help=True, help="Nightly feature-store job and its scheduler.")
+features_app = typer.Typer(no_args_is_help=True, help="Feature-store data for training.")
+
+err = Console(stderr=True)
+
+_STEPS = {"refresh": "refreshing user_signal_rollups + decay pass", "copy": "copying into the dated snapshot",
+          "swap": "swapping the snapshot in", "done": "done"}
+
+
+def _fail(msg: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _sigterm_exits() -> None:
+    # SIGTERM becomes SystemExit so the job's handlers record the failed run in the ledger.
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _setup() -> tuple[str, Any]:
+    from personalization import logging_setup
+    from personalization.config import get_settings
+    from personalization.nightly import NightlySettings
+
+    logging_setup.configure()
+    try:
+        nightly = NightlySettings()
+    except ValueError as exc:
+        _fail(f"invalid PERSONALIZATION_NIGHTLY_* setting: {exc}".replace("\n", " "), 2)
+    return get_settings().database_url, nightly
+
+
+def _jsonable(v: Any) -> Any:
+    return orjson.loads(orjson.dumps(v, default=str))
+
+
+@app.command("nightly")
+def nightly(
+    as_of: str = typer.Option(None, "--as-of", help="snapshot date YYYY-MM-DD in the job's time zone (default today)"),
+    json_out: bool = typer.Option(False, "--json", help="print the outcome as one JSON line"),
+) -> None:
+    """Refresh user_signal_rollups and write the dated feature-store snapshot."""
+    from personalization.nightly import NightlyJob, NightlyRunning
+
+    url, settings = _setup()
+    _sigterm_exits()
+    job = NightlyJob(url, settings)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
+                      transient=True, disable=json_out) as progress:
+            task = progress.add_task("starting", total=None)
+            result = job.run(as_of, on_step=lambda s: progress.update(task, description=_STEPS.get(s, s)))
+    except InvalidInput as exc:
+        _fail(str(exc), 2)
+    except NightlyRunning as exc:
+        _fail(str(exc), 3)
+    except PersonalizationError as exc:
+        _fail(f"nightly run failed: {exc}")
+    out = {"run_id": result.run_id, "as_of": result.as_of.isoformat(), "rows": result.rows,
+           "dropped_snapshots": [d.isoformat() for d in result.dropped], "duration_s": round(result.duration_s, 3),
+           "computed_at": result.computed_at.isoformat(), "steps": result.steps}
+    if json_out:
+        typer.echo(orjson.dumps(out).decode())
+    else:
+        err.print(f"[green]snapshot {out['as_of']} written[/]: {result.rows} rows in {out['duration_s']} s"
+                  f" (run {result.run_id}; dropped {len(result.dropped)} expired)", highlight=False)
+
+
+@app.command("schedule")
+def schedule(
+    metrics_port: int = typer.Option(0, help="serve Prometheus metrics on this port (0: off)"),
+) -> None:
+    """Run the nightly job on PERSONALIZATION_NIGHTLY_CRON in PERSONALIZATION_NIGHTLY_TIMEZONE (until stopped)."""
+    from personalization.nightly import NightlyJob, NightlyScheduler
+
+    url, settings = _setup()
+    _sigterm_exits()
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1")
+    try:
+        sched = NightlyScheduler(NightlyJob(url, settings))
+        err.print(f"scheduler: cron {settings.cron!r} in {settings.timezone}", highlight=False)
+        sched.start(blocking=True)
+    except InvalidInput as exc:
+        _fail(str(exc), 2)
+    except (KeyboardInterrupt, SystemExit):
+        err.print("scheduler stopped")
+
+
+@app.command("runs")
+def runs(
+    limit: int = typer.Option(20, min=1, max=1000),
+    json_out: bool = typer.Option(False, "--json", help="one JSON line per run"),
+) -> None:
+    """The ledger of nightly runs, newest first."""
+    from rich.table import Table
+
+    from personalization.nightly import NightlyJob
+
+    url, settings = _setup()
+    try:
+        rows = NightlyJob(url, settings).runs(limit)
+    except PersonalizationError as exc:
+        _fail(str(exc))
+    if json_out:
+        for r in rows:
+            typer.echo(orjson.dumps(_jsonable(r)).decode())
+        return
+    table = Table("run", "as_of", "trigger", "status", "started", "finished", "rows", "error")
+    for r in rows:
+        table.add_row(str(r["run_id"]), str(r["as_of"]), r["trigger"], r["status"], str(r["started_at"]),
+                      str(r["finished_at"] or ""), str(r["row_count"] or ""), (r["error"] or "")[:80])
+    Console().print(table)
+
+
+@app.command("snapshots")
+def snapshots(json_out: bool = typer.Option(False, "--json")) -> None:
+    """The feature-store snapshots that exist."""
+    from personalization.nightly import NightlyJob
+
+    url, settings = _setup()
+    try:
+        rows = NightlyJob(url, settings).snapshots()
+    except PersonalizationError as exc:
+        _fail(str(exc))
+    for r in rows:
+        if json_out:
+            typer.echo(orjson.dumps(_jsonable(r)).decode())
+        else:
+            typer.echo(f"{r['as_of']}  rows={r['row_count']}  computed_at={r['computed_at']}  run={r['run_id']}")
+
+
+@features_app.command("export")
+def export(
+    entities: Path = typer.Option(..., "--entities", help="CSV (with header) or Parquet: user_id, event_timestamp"
+                                                          "[, label]; naive timestamps are UTC"),
+    out: Path = typer.Option(..., "--out", help="Parquet file to write"),
+    json_out: bool = typer.Option(False, "--json", help="print the outcome as one JSON line"),
+) -> None:
+    """Point-in-time join of entity rows with the feature snapshots (no future values)."""
+    from personalization.nightly import export_features
+
+    url, settings = _setup()
+    try:
+        with Progress(SpinnerColumn(), TextColumn("exporting"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=err, transient=True, disable=json_out) as progress:
+            task = progress.add_task("export", total=None)
+            result = export_features(url, entities, out, settings, on_rows=lambda n: progress.advance(task, n))
+    except InvalidInput as exc:
+        _fail(str(exc), 2)
+    except PersonalizationError as exc:
+        _fail(f"export failed: {exc}")
+    summary = {"rows": result.rows, "rows_with_features": result.rows_with_features,
+               "duration_s": round(result.duration_s, 3), "out": str(result.out)}
+    if json_out:
+        typer.echo(orjson.dumps(summary).decode())
+    else:
+        err.print(f"[green]wrote {result.rows} rows[/] ({result.rows_with_features} with features) to {out}"
+                  f" in {summary['duration_s']} s", highlight=False)
+
+# Registered by cli.main next to ``jobs`` as the top-level ``features`` command group.
+EXTRA_APPS = {"features": features_app}

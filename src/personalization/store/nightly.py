@@ -1,0 +1,319 @@
+"""PostgreSQL side of the nightly job and the feature store (``feature_store`` schema).
+
+The job runs on plain (synchronous) psycopg connections: it is a batch process with a few
+long statements, and two of them run at once on two connections (the rollup refresh and
+the decay pass, sharing one exported snapshot).  Every driver error leaves through
+``wrap_exceptions`` so the use case (``personalization.nightly``) never sees psycopg.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+
+from personalization.core.decay import DecayConfig
+from personalization.store.db import wrap_exceptions
+from personalization.store.queries import q
+
+SQL_FILE = "nightly.sql"
+APPLICATION_NAME = "personalization-nightly"
+# Advisory lock keys (bigint).  RUN_LOCK: one nightly run at a time, across processes and
+# hosts.  SWAP_LOCK: the snapshot swap against erase_user_features.
+RUN_LOCK_KEY = 0x7A6E_6967_6874_0001
+SWAP_LOCK_KEY = 0x7A6E_6967_6874_0002
+
+
+def _q(name: str) -> str:
+    return q(name, SQL_FILE)
+
+
+def _c(name: str, **parts: sql.Composable) -> sql.Composed:
+    # Templates from nightly.sql with {identifier}/{literal} slots.
+    return sql.SQL(_q(name)).format(**parts)
+
+
+def partition_name(as_of: date) -> str:
+    """Name of the partition holding the snapshot of ``as_of``."""
+    return f"user_signal_features_{as_of:%Y%m%d}"
+
+
+def decay_sql(cfg: DecayConfig) -> tuple[sql.Composable, sql.Composable]:
+    """``(scale, half_life_s)`` as SQL ``CASE signal_type`` expressions built from ``cfg``.
+
+    This is the SQL form of :mod:`personalization.core.decay`: the parameters come from the
+    same ``DecayConfig`` object, so the two forms cannot drift apart.
+    """
+
+    def case(attr: str) -> sql.Composable:
+        whens = [
+            sql.SQL("WHEN {} THEN {}::float8").format(sql.Literal(name), sql.Literal(float(getattr(d, attr))))
+            for name, d in sorted(cfg.signals.items())
+        ]
+        default = sql.SQL("{}::float8").format(sql.Literal(float(getattr(cfg.default, attr))))
+        if not whens:
+            return default
+        return sql.SQL("CASE signal_type {} ELSE {} END").format(sql.SQL(" ").join(whens), default)
+
+    return case("scale"), case("half_life_s")
+
+
+@dataclass(frozen=True)
+class PrivacyFilter:
+    """Which stored ``privacy_level`` values may have personalized features."""
+
+    levels: tuple[str, ...]
+    null_ok: bool
+
+    def params(self) -> dict[str, Any]:
+        return {"levels": list(self.levels), "null_ok": self.null_ok}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What one snapshot build did."""
+
+    rows: int
+    dropped: list[date]
+    computed_at: datetime
+
+
+class NightlyStore:
+    """Connections and statements of the nightly job."""
+
+    def __init__(self, database_url: str, *, work_mem: str = "64MB", connect_timeout_s: float = 5.0) -> None:
+        self.database_url = database_url
+        self.work_mem = work_mem
+        self.connect_timeout_s = connect_timeout_s
+
+    def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+        """A connection with the job's session settings.
+
+        ``client_connection_check_interval`` makes a backend notice within a second that
+        the job process died, even while it waits on a lock, so its transaction is rolled
+        back and its locks released instead of lingering until the statement ends.
+        """
+        with wrap_exceptions():
+            return psycopg.connect(
+                self.database_url,
+                autocommit=autocommit,
+                connect_timeout=max(1, int(self.connect_timeout_s)),
+                application_name=APPLICATION_NAME,
+                options=f"-c work_mem={self.work_mem} -c client_connection_check_interval=1000"
+                " -c statement_timeout=0",
+            )
+
+    # -- the run lock and the ledger (on the long-lived ledger connection) ---------------
+
+    @staticmethod
+    def try_lock(conn: psycopg.Connection[Any]) -> bool:
+        """Take the run lock for this session; False if another run holds it."""
+        with wrap_exceptions():
+            row = conn.execute(_q("try_lock"), {"key": RUN_LOCK_KEY}).fetchone()
+        return bool(row and row[0])
+
+    @staticmethod
+    def unlock(conn: psycopg.Connection[Any]) -> None:
+        """Release the run lock."""
+        with wrap_exceptions():
+            conn.execute(_q("unlock"), {"key": RUN_LOCK_KEY})
+
+    @staticmethod
+    def mark_abandoned(conn: psycopg.Connection[Any]) -> list[int]:
+        """Mark runs left 'running' by dead processes as failed (call with the lock held)."""
+        with wrap_exceptions():
+            return [r[0] for r in conn.execute(_q("mark_abandoned")).fetchall()]
+
+    @staticmethod
+    def insert_run(conn: psycopg.Connection[Any], as_of: date, trigger: str, status: str,
+                   error: str | None = None) -> int:
+        """Add a ledger row; returns its run id."""
+        with wrap_exceptions():
+            row = conn.execute(
+                _q("insert_run"), {"as_of": as_of, "trigger": trigger, "status": status, "error": error}
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    @staticmethod
+    def finish_run(conn: psycopg.Connection[Any], run_id: int, status: str, *, rows: int | None = None,
+                   dropped: int | None = None, error: str | None = None) -> None:
+        """Record the outcome of a run."""
+        with wrap_exceptions():
+            conn.execute(
+                _q("finish_run"),
+                {"run_id": run_id, "status": status, "row_count": rows, "dropped": dropped, "error": error},
+            )
+
+    def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest ledger rows, newest first (dead 'running' rows shown as failed)."""
+        with self.connect() as conn, conn.cursor(row_factory=dict_row) as cur, wrap_exceptions():
+            cur.execute(_q("list_runs"), {"limit": limit})
+            return cur.fetchall()
+
+    def list_snapshots(self) -> list[dict[str, Any]]:
+        """Every snapshot in the catalogue, oldest first."""
+        with self.connect() as conn, conn.cursor(row_factory=dict_row) as cur, wrap_exceptions():
+            cur.execute(_q("list_snapshots"))
+            return cur.fetchall()
+
+    def succeeded_since(self, as_of: date, since: datetime) -> bool:
+        """True if a run for ``as_of`` succeeded after ``since`` (scheduler catch-up)."""
+        with self.connect() as conn, wrap_exceptions():
+            row = conn.execute(_q("succeeded_for"), {"as_of": as_of, "since": since}).fetchone()
+        return bool(row and row[0])
+
+    @staticmethod
+    def drop_leftovers(conn: psycopg.Connection[Any]) -> list[str]:
+        """Drop staging tables a killed run left behind (call with the run lock held)."""
+        with wrap_exceptions():
+            names = [r[0] for r in conn.execute(_q("leftover_tables")).fetchall()]
+            for n in names:
+                conn.execute(_c("drop_table", part=sql.Identifier(n)))
+        return names
+
+    # -- the work ---------------------------------------------------------------------
+
+    def build_snapshot(self, *, run_id: int, as_of: date, as_of_ts: datetime, decay: DecayConfig,
+                       privacy: PrivacyFilter, keep_from: date, ledger: psycopg.Connection[Any],
+                       on_step: Any = None) -> BuildResult:
+        """Refresh the rollups, copy them into the dated snapshot and swap it in.
+
+        Steps: (1) REFRESH MATERIALIZED VIEW CONCURRENTLY on one connection while a second
+        one computes the decayed weights from the same exported snapshot of the events;
+        (2) a staging table is filled from the refreshed view, indexed and committed (it is
+        not visible to readers); (3) one short transaction replaces the date's partition,
+        drops expired ones, writes the catalogue and marks the ledger row succeeded.  A
+        crash before (3) commits leaves the previous snapshot as it was.
+        """
+        step = on_step or (lambda _name: None)
+        stage = f"_stage_{run_id}"
+        decay_tbl = f"_decay_{run_id}"
+        scale, half_life = decay_sql(decay)
+        at = sql.Literal(as_of_ts)
+        lit_as_of = sql.SQL("{}::date").format(sql.Literal(as_of.isoformat()))
+        with self.connect(autocommit=False) as a, self.connect(autocommit=False) as b, wrap_exceptions():
+            a.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            row = a.execute(_q("export_snapshot")).fetchone()
+            assert row is not None
+            snapshot, computed_at = row[0], row[1]
+            b.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            b.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            errors: list[BaseException] = []
+
+            def decay_pass() -> None:
+                try:
+                    b.execute(_c("create_decay", decay=sql.Identifier(decay_tbl), scale=scale,
+                                 half_life=half_life, at=at))
+                    b.commit()
+                except BaseException as exc:  # re-raised in the calling thread
+                    errors.append(exc)
+
+            step("refresh")
+            worker = threading.Thread(target=decay_pass, name="nightly-decay", daemon=True)
+            worker.start()
+            try:
+                a.execute(_q("refresh_rollups"))
+                a.commit()
+            finally:
+                worker.join()
+            if errors:
+                raise errors[0]
+
+            step("copy")
+            a.execute(_c("create_stage", stage=sql.Identifier(stage)))
+            cur = a.execute(_c("fill_stage", stage=sql.Identifier(stage), decay=sql.Identifier(decay_tbl)),
+                            {"as_of": as_of} | privacy.params())
+            a.execute(_c("index_stage", stage=sql.Identifier(stage), check=sql.Identifier(f"{stage}_as_of"),
+                         as_of=lit_as_of))
+            a.execute(_c("drop_table", part=sql.Identifier(decay_tbl)))
+            a.commit()
+
+            step("swap")
+            # Table lock first, advisory swap lock second: if the swap has to wait for a
+            # reader, it waits before it holds the lock that erasures take.
+            a.execute(_q("lock_catalogue"))
+            a.execute(_q("swap_lock"), {"key": SWAP_LOCK_KEY})
+            pruned = a.execute(_c("prune_stage", stage=sql.Identifier(stage)), privacy.params()).rowcount
+            rows = max(0, cur.rowcount - max(0, pruned))
+            part = partition_name(as_of)
+            self._drop_partition(a, as_of)
+            a.execute(_c("attach_partition", stage=sql.Identifier(stage), as_of=lit_as_of))
+            a.execute(_c("rename_stage", stage=sql.Identifier(stage), part=sql.Identifier(part)))
+            a.execute(_q("upsert_snapshot"), {"as_of": as_of, "as_of_ts": as_of_ts, "computed_at": computed_at,
+                                               "row_count": rows, "run_id": run_id})
+            dropped = [r[0] for r in a.execute(_q("expired_snapshots"), {"keep_from": keep_from}).fetchall()]
+            for d in dropped:
+                self._drop_partition(a, d)
+                a.execute(_q("delete_snapshot"), {"as_of": d})
+            # The ledger row's outcome commits with the snapshot itself: either both or neither.
+            a.execute(_q("finish_run"), {"run_id": run_id, "status": "succeeded", "row_count": rows,
+                                         "dropped": len(dropped), "error": None})
+            a.commit()
+        return BuildResult(rows=rows, dropped=dropped, computed_at=computed_at)
+
+    @staticmethod
+    def _drop_partition(conn: psycopg.Connection[Any], as_of: date) -> None:
+        part = partition_name(as_of)
+        present = conn.execute(_q("partition_exists"), {"name": f"feature_store.{part}"}).fetchone()
+        if present and present[0]:
+            conn.execute(_c("detach_partition", part=sql.Identifier(part)))
+            conn.execute(_c("drop_table", part=sql.Identifier(part)))
+
+    # -- point-in-time export -----------------------------------------------------------
+
+    @contextmanager
+    def pit_session(self) -> Iterator[PitSession]:
+        """A connection with the entities temp table, for a chunked point-in-time export."""
+        with self.connect(autocommit=True) as conn, wrap_exceptions():
+            conn.execute(_q("create_entities"))
+            yield PitSession(conn)
+
+
+class PitSession:
+    """Joins chunks of entity rows with the snapshot valid at each row's timestamp."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def join(self, rows: Sequence[tuple[int, uuid.UUID, datetime]], privacy: PrivacyFilter) -> list[tuple[Any, ...]]:
+        """Feature rows for ``(row_no, user_id, ts)`` entities, in ``row_no`` order."""
+        with wrap_exceptions(), self.conn.transaction():
+            self.conn.execute("TRUNCATE pit_entities")
+            with self.conn.cursor() as cur:
+                with cur.copy("COPY pit_entities (row_no, user_id, ts) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.set_types(["int8", "uuid", "timestamptz"])
+                    for r in rows:
+                        cp.write_row(r)
+                cur.execute("ANALYZE pit_entities")
+                cur.execute(_q("point_in_time"), privacy.params(), binary=True)
+                return cur.fetchall()
+
+
+def erase_user_features_sync(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> int:
+    """Delete every feature-store row of ``user_id`` in the caller's transaction; returns rows deleted."""
+    with wrap_exceptions():
+        conn.execute(_q("erase_lock"), {"key": SWAP_LOCK_KEY})
+        return conn.execute(_q("erase_user_features"), {"user_id": user_id}).rowcount
+
+
+async def erase_user_features(conn: AsyncConnection[Any], user_id: uuid.UUID) -> int:
+    """Delete every feature-store row of ``user_id`` in the caller's transaction; returns rows deleted.
+
+    For user erasure (issue 6).  It waits for a snapshot swap in progress (advisory lock), so
+    a snapshot built before the erase cannot bring the user's rows back.  The caller must
+    also delete (or de-personalize) the ``user_profile`` row in the same transaction: the
+    swap re-checks profiles, which covers a snapshot being built while the erase runs.
+    """
+    with wrap_exceptions():
+        await conn.execute(_q("erase_lock"), {"key": SWAP_LOCK_KEY})
+        cur = await conn.execute(_q("erase_user_features"), {"user_id": user_id})
+        return cur.rowcount
