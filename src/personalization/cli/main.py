@@ -246,31 +246,6 @@ def bench_learner(
             typer.echo(f"{k:28} {v}")
 
 
-@bench_app.command("nightly")
-def bench_nightly(
-    events: int = typer.Option(1_000_000, "--events", min=1000, help="events to load"),
-    users: int = typer.Option(50_000, min=1),
-    entities: int = typer.Option(100_000, min=1, help="entity rows of the point-in-time export"),
-    repeat: int = typer.Option(3, min=1, help="timed runs of job and baseline (medians reported)"),
-    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
-) -> None:
-    """Nightly job (refresh + copy) against the bare GROUP BY aggregate; point-in-time export rate."""
-    from personalization.bench.nightly import run_nightly_bench
-
-    try:
-        result = run_nightly_bench(get_settings(), events=events, users=users, entities=entities, repeat=repeat,
-                                   progress=not json_out)
-    except PersonalizationError as exc:
-        fail(str(exc))
-    import orjson
-
-    if json_out:
-        typer.echo(orjson.dumps(result).decode())
-    else:
-        for k, v in result.items():
-            typer.echo(f"{k:28} {v}")
-
-
 def _register_optional() -> None:
     # Sub-apps of other packages; each is optional so a partial install still runs.
     import importlib
@@ -278,7 +253,6 @@ def _register_optional() -> None:
     for module, name in (
         ("personalization.cli.cdc", "cdc"),
         ("personalization.cli.stack", "stack"),
-        ("personalization.cli.jobs", "jobs"),
         ("personalization.cli.learner", "learner"),
         ("personalization.cli.jobs", "jobs"),
         ("personalization.cli.keys", "keys"),
@@ -292,9 +266,6 @@ def _register_optional() -> None:
                 continue
             raise
         app.add_typer(mod.app, name=name)
-        # A module may bring further top-level sub-apps (cli.jobs also has `features`).
-        for extra_name, extra_app in getattr(mod, "EXTRA_APPS", {}).items():
-            app.add_typer(extra_app, name=extra_name)
         # A module may bring further top-level sub-apps (cli.jobs also has `features`).
         for extra_name, extra_app in getattr(mod, "EXTRA_APPS", {}).items():
             app.add_typer(extra_app, name=extra_name)
