@@ -306,7 +306,12 @@ class Learner:
         cost one row write); at a trickle it is what arrived, so freshness stays low.
         """
         s = self.settings
-        raw = consumer.consume(num_messages=min(s.learner_batch_max, 10_000), timeout=s.learner_poll_timeout_s)
+        # poll() returns as soon as one message is there (consume() would wait for the full
+        # count or the timeout, adding the timeout to every event's latency at a trickle).
+        first = consumer.poll(s.learner_poll_timeout_s)
+        if first is None:
+            return []
+        raw = [first]
         deadline = time.monotonic() + s.learner_batch_wait_s
         while raw and len(raw) < s.learner_batch_max and time.monotonic() < deadline:
             more = consumer.consume(num_messages=min(s.learner_batch_max - len(raw), 10_000), timeout=0)
