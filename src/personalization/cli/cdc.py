@@ -141,7 +141,8 @@ def invalidate_cache(
     group_id: Annotated[str, typer.Option(help="Kafka consumer group.")] = ("personalization-cache-invalidation"),
 ) -> None:
     """Consume profile/trait changes and delete the users' Redis preference snapshots."""
-    from personalization.stream.invalidation import redis_invalidator, run_invalidation_consumer
+    from personalization.cache.serving import generation_invalidator
+    from personalization.stream.invalidation import run_invalidation_consumer
 
     _logging()
     settings = _settings()
@@ -155,7 +156,7 @@ def invalidate_cache(
     run_invalidation_consumer(
         settings.kafka_bootstrap_servers,
         settings.kafka_topic_prefix,
-        redis_invalidator(settings.redis_url),
+        generation_invalidator(settings.redis_url),
         stop=stop,
         group_id=group_id or f"personalization-cache-{uuid.uuid4()}",
     )

@@ -106,6 +106,32 @@ def bench_ingest(
             typer.echo(f"{k:28} {v}")
 
 
+@bench_app.command("cdc")
+def bench_cdc(
+    rate: int = typer.Option(1000, min=1, help="inserts per second of the steady phase"),
+    duration: float = typer.Option(10.0, min=1, help="seconds of the steady phase"),
+    burst: int = typer.Option(50_000, min=1, help="events inserted in one burst"),
+    broker: str = typer.Option("auto", help="auto | local | configured"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """CDC commit-to-consume latency at a fixed rate, burst throughput and relay start-up."""
+    from personalization.bench.cdc import run_cdc_bench
+
+    if broker not in ("auto", "local", "configured"):
+        fail("--broker must be auto, local or configured")
+    try:
+        result = run_cdc_bench(get_settings(), rate=rate, duration_s=duration, burst=burst, broker=broker)  # type: ignore[arg-type]
+    except PersonalizationError as exc:
+        fail(str(exc))
+    import orjson
+
+    if json_out:
+        typer.echo(orjson.dumps(result).decode())
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k:28} {v}")
+
+
 @bench_app.command("serve")
 def bench_serve(
     users: int = typer.Option(1000, min=10),
