@@ -274,7 +274,7 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
         # 3. The pipeline: CDC relay, learner, API server.
         t = progress.add_task("pipeline: relay, learner, API", total=3)
         logs = work / "logs"
-        relay = Child("cdc-relay", _cli("cdc", "run"), env, logs)
+        relay = Child("cdc-relay", _cli("cdc", "run", "--metrics-port", "0"), env, logs)
         children.append(relay)
         relay_started = time.perf_counter()
         learner_group = f"demo-learner-{uuid.uuid4().hex[:6]}"
