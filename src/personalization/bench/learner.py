@@ -185,7 +185,7 @@ def _freshness(
     rate: int,
     duration_s: float,
     timeout_s: float,
-) -> list[float]:
+) -> list[tuple[float, float | None]]:
     tag = f"lf{os.getpid()}{uuid.uuid4().hex[:4]}"
     cdc = CdcSettings(
         database_url=url,
@@ -205,14 +205,16 @@ def _freshness(
         "PERSONALIZATION_CDC_METRICS_PORT": "0",
         "PERSONALIZATION_CDC_CAPTURE_PROFILE": "false",
     }
-    samples: list[tuple[float, float]] = []  # (commit time, latency ms)
+    # (commit time, commit -> Redis ms, commit -> Kafka message timestamp ms)
+    samples: list[tuple[float, float, float | None]] = []
     lock = threading.Lock()
 
     def on_committed(result: BatchResult, written_at: float) -> None:
         with lock:
-            for _, _, commit_ms in result.applied:
+            for _, _, commit_ms, kafka_ms in result.applied:
                 if commit_ms is not None:
-                    samples.append((commit_ms / 1000, (written_at - commit_ms / 1000) * 1000))
+                    relay_ms = None if kafka_ms is None else float(kafka_ms - commit_ms)
+                    samples.append((commit_ms / 1000, (written_at - commit_ms / 1000) * 1000, relay_ms))
 
     settings = LearnerSettings(
         database_url=url,
@@ -279,7 +281,7 @@ def _freshness(
         with contextlib.suppress(Exception), pgadmin.connect(cdc) as c:
             pgadmin.drop_slot_and_publication(c, cdc, keep_offsets=False)
     first_commit = min(s[0] for s in samples)
-    return [lat for t, lat in samples if t >= first_commit + 2.0]
+    return [(lat, relay) for t, lat, relay in samples if t >= first_commit + 2.0]
 
 
 _INSERT = (
@@ -332,12 +334,14 @@ def run_learner_bench(
             two.append(_drain(url, env, f"bench2-{uuid.uuid4().hex[:6]}", topic, ends, 2, timeout_s))
         _truncate_state(url)
         try:
-            fresh = _freshness(
+            fresh_pairs = _freshness(
                 url, bootstrap, settings.redis_url, pop.users, pop.content_ids, dim, rate, duration_s, timeout_s
             )
         finally:
             # The bench users' keys are not worth keeping for their 6 h TTL.
             EmbeddingCache(settings.redis_url).apply([], pop.users)
+    fresh = [lat for lat, _ in fresh_pairs]
+    relay = [r for _, r in fresh_pairs if r is not None]
     bare_m, one_m, two_m = statistics.median(bare), statistics.median(one), statistics.median(two)
     return {
         "one_consumer_events_per_s": round(one_m),
@@ -348,6 +352,9 @@ def run_learner_bench(
         "freshness_p50_ms": round(statistics.median(fresh), 1) if fresh else None,
         "freshness_p99_ms": round(_pct(fresh, 99), 1) if fresh else None,
         "freshness_events": len(fresh),
+        # The relay's share: commit -> Kafka message timestamp (the relay's produce time).
+        "freshness_relay_p50_ms": round(statistics.median(relay), 1) if relay else None,
+        "freshness_relay_p99_ms": round(_pct(relay, 99), 1) if relay else None,
         "freshness_rate_per_s": rate,
         "events": events,
         "users": users,

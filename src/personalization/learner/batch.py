@@ -60,6 +60,8 @@ class Incoming:
     offset: int
     key: bytes | None
     value: bytes | None
+    # Message timestamp (ms; the producer's create time unless the topic says otherwise).
+    timestamp_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +79,8 @@ class BatchResult:
     redis_writes: dict[UUID, bytes] = field(default_factory=dict)
     redis_deletes: set[UUID] = field(default_factory=set)
     malformed: list[Malformed] = field(default_factory=list)
-    # (occurred_at, commit_ts_ms) of every applied event whose user's key is written.
-    applied: list[tuple[UUID, datetime, int | None]] = field(default_factory=list)
+    # (user, occurred_at, commit_ts_ms, kafka_ts_ms) of every applied event whose key is written.
+    applied: list[tuple[UUID, datetime, int | None, int | None]] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -166,6 +168,7 @@ def apply_batch(
                         out["duplicate"] += 1
                         continue
                     hw = parsed.position
+                    parsed.kafka_ts_ms = m.timestamp_ms
                     events.append(parsed)
                 elif isinstance(parsed, ProfileChange):
                     profile_changes.append(parsed)
@@ -283,7 +286,7 @@ def _apply_events(
             else:
                 result.redis_writes[u] = vector
                 for e in per_user[u]:
-                    result.applied.append((u, e.occurred_at, e.commit_ts_ms))
+                    result.applied.append((u, e.occurred_at, e.commit_ts_ms, e.kafka_ts_ms))
         tx.upsert_embeddings(emb_rows)
     out["applied"] += sum(len(per_user[u]) for u in score_users)
 

@@ -26,7 +26,15 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from personalization.cache import keys
 from personalization.cache.learner import EmbeddingCache
@@ -80,7 +88,8 @@ class Learner:
             "heartbeat.interval.ms": max(100, s.learner_session_timeout_ms // 6),
             # The relay creates topics on first change; notice them quickly.
             "topic.metadata.refresh.interval.ms": 2000,
-            "fetch.wait.max.ms": 50,
+            # Short broker long-poll: bounds the added latency at a trickle.
+            "fetch.wait.max.ms": 10,
             "client.id": f"personalization-learner-{uuid.uuid4().hex[:8]}",
         }
 
@@ -271,7 +280,7 @@ class Learner:
         # (the worst case of the batch for that key): a per-event observe() would cost more
         # than the rest of the bookkeeping at tens of thousands of events per batch.
         oldest: dict[object, tuple[float, float | None]] = {}
-        for user_id, occurred_at, commit_ms in result.applied:
+        for user_id, occurred_at, commit_ms, _ in result.applied:
             t_occ = occurred_at.timestamp()
             t_com = None if commit_ms is None else commit_ms / 1000.0
             prev = oldest.get(user_id)
@@ -357,8 +366,16 @@ class Learner:
                         if err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
                             log.warning("consumer error: %s", err)
                         continue
+                    ts_type, ts = msg.timestamp()
                     messages.append(
-                        Incoming(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value())
+                        Incoming(
+                            msg.topic() or "",
+                            msg.partition() or 0,
+                            msg.offset() or 0,
+                            msg.key(),
+                            msg.value(),
+                            ts if ts_type != TIMESTAMP_NOT_AVAILABLE else None,
+                        )
                     )
                 if not messages:
                     continue

@@ -69,6 +69,8 @@ class EventRecord:
     commit_ts_ms: int | None
     # source.txId: the 32-bit transaction id (recomputation snapshots are checked against it).
     tx_id: int | None
+    # The Kafka message timestamp (set by the consumer, not part of the envelope).
+    kafka_ts_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
