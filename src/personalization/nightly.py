@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from prometheus_client import Counter, Gauge, Histogram
@@ -76,7 +78,7 @@ class NightlySettings(BaseSettings):
     retention_days: int = Field(default=35, ge=1)
     # Session work_mem of the job's connections (the refresh diff and the hash aggregates).
     work_mem: str = "64MB"
-    export_chunk_rows: int = Field(default=50_000, ge=1)
+    export_chunk_rows: int = Field(default=100_000, ge=1)
     # How far back the scheduler looks for a missed run at start-up.
     catch_up_days: int = Field(default=7, ge=0)
 
@@ -338,7 +340,8 @@ def _batches(path: Path, chunk_rows: int) -> Iterator[pa.RecordBatch]:
         if suffix == ".csv":
             reader = pacsv.open_csv(
                 path,
-                read_options=pacsv.ReadOptions(block_size=1 << 22),
+                # Blocks of about chunk_rows lines (~100 bytes each): one join per chunk.
+                read_options=pacsv.ReadOptions(block_size=max(1 << 20, min(chunk_rows * 100, 1 << 28))),
                 convert_options=pacsv.ConvertOptions(
                     column_types={"user_id": pa.string(), "event_timestamp": pa.string()}
                 ),
@@ -365,19 +368,45 @@ def _require_columns(names: list[str]) -> None:
                             for c in missing])
 
 
-def _parse_entities(batch: pa.RecordBatch, first_row: int) -> tuple[list[uuid.UUID], list[datetime]]:
-    """Validated user ids and timestamps; errors name the 1-based data row and column."""
-    ids: list[uuid.UUID] = []
-    stamps: list[datetime] = []
-    for i, raw in enumerate(batch.column("user_id").to_pylist()):
+_UUID_RE = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+def _parse_entities(batch: pa.RecordBatch, first_row: int) -> tuple[pa.Array, pa.Array]:
+    """Validated user ids (canonical text) and UTC timestamps of one batch.
+
+    The common case (canonical UUID text, timestamps with an offset or already typed) is
+    checked column-wise by Arrow; anything else goes through the per-row path, which also
+    names the first bad row (1-based data row) and column in its error.
+    """
+    ids = batch.column("user_id")
+    ts = batch.column("event_timestamp")
+    try:
+        if not pa.types.is_string(ids.type) or ids.null_count:
+            raise ValueError("slow path")
+        if not pc.all(pc.match_substring_regex(ids, _UUID_RE)).as_py():
+            raise ValueError("slow path")
+        if pa.types.is_timestamp(ts.type):
+            if ts.null_count:
+                raise ValueError("slow path")
+            stamps = ts.cast(pa.timestamp("us", tz=ts.type.tz or "UTC")).cast(_TS)
+        else:
+            stamps = pc.cast(ts, _TS)
+            if stamps.null_count:
+                raise ValueError("slow path")
+        return pc.utf8_lower(ids), stamps
+    except (ValueError, pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    parsed_ids: list[str] = []
+    for i, raw in enumerate(ids.to_pylist()):
         try:
-            ids.append(raw if isinstance(raw, uuid.UUID) else uuid.UUID(str(raw)) if raw is not None else _bad())
+            parsed_ids.append(str(raw if isinstance(raw, uuid.UUID) else uuid.UUID(str(raw)) if raw is not None
+                                  else _bad()))
         except ValueError:
             raise InvalidInput([FieldError(["entities", first_row + i, "user_id"],
                                            f"row {first_row + i}: user_id is not a UUID: {raw!r}")]) from None
-    ts_col = batch.column("event_timestamp")
-    is_ts = pa.types.is_timestamp(ts_col.type)
-    for i, raw in enumerate(ts_col.to_pylist()):
+    parsed_ts: list[datetime] = []
+    is_ts = pa.types.is_timestamp(ts.type)
+    for i, raw in enumerate(ts.to_pylist()):
         try:
             if raw is None:
                 _bad()
@@ -389,49 +418,60 @@ def _parse_entities(batch: pa.RecordBatch, first_row: int) -> tuple[list[uuid.UU
                                            f"row {first_row + i}: event_timestamp is not an ISO 8601 timestamp: "
                                            f"{raw!r}")]) from None
         # Naive timestamps are read as UTC (documented for the entities file).
-        stamps.append(t if t.tzinfo else t.replace(tzinfo=UTC))
-    return ids, stamps
+        parsed_ts.append(t if t.tzinfo else t.replace(tzinfo=UTC))
+    return pa.array(parsed_ids, pa.string()), pa.array(parsed_ts, _TS)
 
 
 def _bad() -> Any:
     raise ValueError("bad value")
 
 
-def _to_table(batch: pa.RecordBatch, ids: list[uuid.UUID], stamps: list[datetime],
-              rows: list[tuple[Any, ...]]) -> pa.Table:
-    cols = list(zip(*rows, strict=True)) if rows else [()] * 13
-    offsets = [0]
-    mask: list[bool] = []
-    flat: list[list[Any]] = [[], [], [], [], [], []]
-    for r in rows:
-        if r[7] is None:
-            mask.append(True)
-            offsets.append(offsets[-1])
-            continue
-        mask.append(False)
-        for k in range(6):
-            flat[k].extend(r[7 + k])
-        offsets.append(offsets[-1] + len(r[7]))
-    struct = pa.StructArray.from_arrays(
-        [pa.array(flat[k], type=_ROLLUP_TYPE.field(k).type) for k in range(6)], fields=list(_ROLLUP_TYPE)
-    )
-    rollups = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, mask=pa.array(mask, pa.bool_()))
-    data: dict[str, Any] = {
-        "user_id": pa.array([str(u) for u in ids], pa.string()),
-        "event_timestamp": pa.array(stamps, _TS),
-    }
+def _entities_table(first: int, ids: pa.Array, stamps: pa.Array) -> pa.Table:
+    return pa.table({"row_no": pa.array(np.arange(first, first + len(ids), dtype=np.int64)), "user_id": ids,
+                     "ts": stamps})
+
+
+def _to_table(batch: pa.RecordBatch, first: int, ids: pa.Array, stamps: pa.Array, assigned: pa.Table,
+              feats: pa.Table) -> tuple[pa.Table, int]:
+    """The output rows of one chunk and how many of them have features."""
+    n = len(ids)
+    # Grouped by entity row (an integer sort in Arrow); the order of the rollups inside one
+    # row is not meaningful (each carries its content_type and signal_type).
+    feats = feats.take(pc.sort_indices(feats.column("row_no")))
+    if assigned.num_rows != n:
+        raise RuntimeError(f"point-in-time join returned {assigned.num_rows} rows for {n} entities")
+    pos = feats.column("row_no").to_numpy() - first
+    counts = np.bincount(pos, minlength=n) if len(pos) else np.zeros(n, np.int64)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    has = counts > 0
+    starts = offsets[:-1][has]
+    empty = ~has
+
+    def per_row(col: str, ufunc: Any, as_type: pa.DataType, via: pa.DataType) -> pa.Array:
+        # Segment reduction over the feature rows of each entity row (they arrive grouped).
+        values = feats.column(col).cast(via).to_numpy()
+        out = np.zeros(n, values.dtype)
+        if len(starts):
+            out[has] = ufunc.reduceat(values, starts)
+        return pa.array(out, via, mask=empty).cast(as_type)
+
+    struct = pa.StructArray.from_arrays([feats.column(f.name).combine_chunks().cast(f.type) for f in _ROLLUP_TYPE],
+                                        fields=list(_ROLLUP_TYPE))
+    rollups = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, mask=pa.array(empty))
+    data: dict[str, Any] = {"user_id": ids, "event_timestamp": stamps}
     if "label" in batch.schema.names:
         data["label"] = batch.column("label")
     data |= {
-        "snapshot_as_of": pa.array(cols[1], pa.date32()),
-        "snapshot_computed_at": pa.array(cols[2], _TS),
-        "event_count": pa.array(cols[3], pa.int64()),
-        "total_weight": pa.array(cols[4], pa.float64()),
-        "last_seen_at": pa.array(cols[5], _TS),
-        "decayed_weight": pa.array(cols[6], pa.float64()),
+        "snapshot_as_of": assigned.column("as_of").cast(pa.date32()),
+        "snapshot_computed_at": assigned.column("computed_at").cast(_TS),
+        "event_count": per_row("event_count", np.add, pa.int64(), pa.int64()),
+        "total_weight": per_row("total_weight", np.add, pa.float64(), pa.float64()),
+        "last_seen_at": per_row("last_seen_at", np.maximum, _TS, pa.int64()),
+        "decayed_weight": per_row("decayed_weight", np.add, pa.float64(), pa.float64()),
         "rollups": rollups,
     }
-    return pa.table(data)
+    return pa.table(data), int(has.sum())
 
 
 @dataclass
@@ -469,8 +509,8 @@ def export_features(database_url: str, entities: Path, out: Path, settings: Nigh
         with store.pit_session() as session:
             for batch in batches:
                 ids, stamps = _parse_entities(batch, total + 1)
-                rows = session.join(list(zip(range(total, total + len(ids)), ids, stamps, strict=True)), privacy)
-                table = _to_table(batch, ids, stamps, rows)
+                assigned, feats = session.join(_entities_table(total, ids, stamps), privacy)
+                table, n_feat = _to_table(batch, total, ids, stamps, assigned, feats)
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, table.schema)
                 elif table.schema != writer.schema:
@@ -478,7 +518,7 @@ def export_features(database_url: str, entities: Path, out: Path, settings: Nigh
                     table = table.cast(writer.schema)
                 writer.write_table(table)
                 total += len(ids)
-                with_features += sum(1 for r in rows if r[7] is not None)
+                with_features += n_feat
                 if on_rows:
                     on_rows(len(ids))
         if writer is None:
@@ -501,4 +541,7 @@ def export_features(database_url: str, entities: Path, out: Path, settings: Nigh
 
 def _empty_schema(entities: Path) -> pa.Schema:
     empty = pa.record_batch({"user_id": pa.array([], pa.string()), "event_timestamp": pa.array([], pa.string())})
-    return _to_table(empty, [], [], []).schema
+    assigned = pa.table({"row_no": pa.array([], pa.int64()), "as_of": pa.array([], pa.date32()),
+                         "computed_at": pa.array([], _TS)})
+    feats = pa.table({"row_no": pa.array([], pa.int64())} | {f.name: pa.array([], f.type) for f in _ROLLUP_TYPE})
+    return _to_table(empty, 0, pa.array([], pa.string()), pa.array([], _TS), assigned, feats)[0].schema

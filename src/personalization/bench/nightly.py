@@ -104,6 +104,7 @@ def run_nightly_bench(settings: Settings, *, events: int, users: int, entities: 
         job = NightlyJob(url, nightly)
         base_s: list[float] = []
         job_s: list[float] = []
+        step_s: dict[str, list[float]] = {}
         rows = 0
         prog.update(task, description="baseline aggregate / nightly job", total=2 * repeat, completed=0)
         for _ in range(repeat):
@@ -113,6 +114,8 @@ def run_nightly_bench(settings: Settings, *, events: int, users: int, entities: 
             result = job.run(None, trigger="bench")
             job_s.append(time.perf_counter() - t0)
             rows = result.rows
+            for k, v in result.steps.items():
+                step_s.setdefault(k, []).append(v)
             prog.advance(task)
         prog.update(task, description="point-in-time export", total=repeat, completed=0)
         export_s: list[float] = []
@@ -138,6 +141,9 @@ def run_nightly_bench(settings: Settings, *, events: int, users: int, entities: 
         "job_first_s": round(job_s[0], 3),
         "baseline_aggregate_s": round(base_med, 3),
         "ratio": round(job_med / base_med, 3),
+        # Where the job's time goes: refresh (REFRESH CONCURRENTLY, with the decay pass beside
+        # it), copy (fill + index the staging table), swap (partition swap + retention + ledger).
+        **{f"job_{k}_s": round(statistics.median(v), 3) for k, v in step_s.items()},
         "export_rows": entities,
         "export_s": round(export_med, 3),
         "export_rows_per_s": round(entities / export_med),

@@ -105,6 +105,10 @@ ALTER TABLE feature_store.{stage}
 -- name: lock_catalogue
 LOCK TABLE feature_store.snapshots IN SHARE ROW EXCLUSIVE MODE
 
+-- name: analyze_stage
+-- Fresh statistics before readers see the table (autovacuum would get to it later).
+ANALYZE feature_store.{stage}
+
 -- name: swap_lock
 -- Serialises the swap with erase_user_features (which takes the same key shared), so a user
 -- erased while the snapshot was being built is removed below or by the erase itself.
@@ -157,32 +161,36 @@ SELECT pg_advisory_xact_lock_shared(%(key)s::bigint)
 DELETE FROM feature_store.user_signal_features WHERE user_id = %(user_id)s
 
 -- name: create_entities
-CREATE TEMP TABLE pit_entities (row_no BIGINT NOT NULL, user_id UUID NOT NULL, ts TIMESTAMPTZ NOT NULL)
-    ON COMMIT PRESERVE ROWS
+-- user_id arrives as text (validated by the caller; Arrow has no uuid type the driver's
+-- binary COPY accepts) and is cast once below.
+CREATE TEMP TABLE pit_entities (row_no BIGINT NOT NULL, user_id TEXT NOT NULL, ts TIMESTAMPTZ NOT NULL)
 
--- name: point_in_time
--- For each entity row: the snapshot computed last at or before its timestamp (never a later
--- one), then that snapshot's rows of the user, if the user's current privacy level still
--- permits personalization.  One row per entity, in input order.
-SELECT e.row_no, s.as_of, s.computed_at,
-       f.event_count, f.total_weight, f.last_seen_at, f.decayed_weight,
-       f.content_types, f.signal_types, f.event_counts, f.total_weights, f.last_seens, f.decayed_weights
+-- name: create_assigned
+CREATE TEMP TABLE pit_assigned (row_no BIGINT NOT NULL, user_id UUID NOT NULL, as_of DATE,
+                                computed_at TIMESTAMPTZ, personalize BOOLEAN NOT NULL)
+
+-- name: assign_snapshots
+-- The point-in-time rule: each entity row gets the snapshot computed last at or before its
+-- timestamp (never a later one; none if no snapshot existed yet).  personalize is the
+-- user's current privacy level (a snapshot may predate a change to 'limited'/'private').
+-- {levels} and {null_ok} are literals (the export driver binds no parameters here).
+INSERT INTO pit_assigned (row_no, user_id, as_of, computed_at, personalize)
+SELECT e.row_no, e.user_id::uuid, s.as_of, s.computed_at,
+       COALESCE(p.privacy_level = ANY({levels}), p.user_id IS NOT NULL AND {null_ok})
   FROM pit_entities e
-  LEFT JOIN user_profile p ON p.user_id = e.user_id
+  LEFT JOIN user_profile p ON p.user_id = e.user_id::uuid
   LEFT JOIN LATERAL (
         SELECT sn.as_of, sn.computed_at FROM feature_store.snapshots sn
          WHERE sn.computed_at <= e.ts ORDER BY sn.computed_at DESC LIMIT 1) s ON true
-  LEFT JOIN LATERAL (
-        SELECT sum(x.event_count)::bigint AS event_count, sum(x.total_weight)::float8 AS total_weight,
-               max(x.last_seen_at) AS last_seen_at, sum(x.decayed_weight) AS decayed_weight,
-               array_agg(x.content_type ORDER BY x.content_type, x.signal_type) AS content_types,
-               array_agg(x.signal_type ORDER BY x.content_type, x.signal_type) AS signal_types,
-               array_agg(x.event_count ORDER BY x.content_type, x.signal_type) AS event_counts,
-               array_agg(x.total_weight::float8 ORDER BY x.content_type, x.signal_type) AS total_weights,
-               array_agg(x.last_seen_at ORDER BY x.content_type, x.signal_type) AS last_seens,
-               array_agg(x.decayed_weight ORDER BY x.content_type, x.signal_type) AS decayed_weights
-          FROM feature_store.user_signal_features x
-         WHERE x.as_of = s.as_of AND x.user_id = e.user_id
-        HAVING count(*) > 0) f
-    ON p.privacy_level = ANY(%(levels)s::text[]) OR (p.user_id IS NOT NULL AND p.privacy_level IS NULL AND %(null_ok)s)
- ORDER BY e.row_no
+
+-- name: select_assigned
+SELECT row_no, as_of, computed_at FROM pit_assigned ORDER BY row_no
+
+-- name: select_features
+-- One row per (entity row, rollup key) of the assigned snapshot.  Unordered: the caller
+-- sorts in Arrow, cheaper than a sort spilling to disk here.
+SELECT a.row_no, f.content_type, f.signal_type, f.event_count, f.total_weight::float8 AS total_weight,
+       f.last_seen_at, f.decayed_weight
+  FROM pit_assigned a
+  JOIN feature_store.user_signal_features f ON f.as_of = a.as_of AND f.user_id = a.user_id
+ WHERE a.personalize
