@@ -18,6 +18,7 @@ import numpy as np
 import psycopg
 import pytest
 import redis
+from prometheus_client import generate_latest
 
 from personalization.cache import keys
 from personalization.learner import metrics
@@ -163,6 +164,14 @@ def test_outage_pauses_without_committing_and_resumes_without_loss(
         thread.join(timeout=30)
         proxy.close()
     assert not thread.is_alive()
+    exposed = generate_latest().decode()
+    for name in (
+        "personalization_learner_batch_size_count",
+        'personalization_learner_freshness_seconds_count{since="commit"}',
+        'personalization_learner_messages_total{outcome="applied"}',
+        "personalization_learner_events_per_second",
+    ):
+        assert name in exposed, name
 
     with psycopg.connect(db_url) as conn:
         online: dict[uuid.UUID, bytes] = dict(conn.execute("SELECT user_id, embedding FROM user_embeddings").fetchall())

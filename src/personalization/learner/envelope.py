@@ -20,6 +20,15 @@ a re-sent record repeats its original position.  The learner keeps, per partitio
 the highest position applied (constant space) and drops anything at or below it.  A
 record without ``sequence[0]`` (the very first transaction a new slot streams) uses its
 own LSN there.  ``event_id`` only breaks ties (snapshot records share one LSN).
+
+Known limit: the rule assumes that, within a partition, the first copy of every record
+arrives in stream order.  The relay keeps that order (idempotent producer; after a failed
+delivery it re-sends the whole suffix of the batch), except in one corner: if librdkafka
+times out an *in-flight* request while later requests of the same partition succeed, a
+later record lands before the earlier one's re-send, and the earlier one is then dropped
+here as a duplicate (counted as ``duplicate``).  ``learner recompute --user`` repairs such a
+user; a bounded window of applied event ids per partition would close the gap at the
+price of a write per event.
 """
 
 from __future__ import annotations
