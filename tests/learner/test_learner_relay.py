@@ -147,6 +147,7 @@ def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
             _wait(lambda: not cache.exists(keys.user_embedding(carol)), "carol's key deleted")
             _wait(lambda: not cache.exists(keys.user_embedding(dave)), "dave's key deleted")
             assert _embedding(conn, dave) is None
+            assert _embedding(conn, carol) is None  # ON DELETE CASCADE
             # Below `standard` (and after a delete) no learner state is left.
             for gone in (bob, carol, dave):
                 row = conn.execute("SELECT count(*) FROM user_signal_scores WHERE user_id = %s", (gone,)).fetchone()
