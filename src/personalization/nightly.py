@@ -204,7 +204,10 @@ class NightlyJob:
                 except BaseException as exc:
                     # BaseException too: SIGTERM (mapped to SystemExit by the CLI) and Ctrl-C must
                     # still leave 'failed' in the ledger.
-                    msg = f"{type(exc).__name__}: {exc}".strip()
+                    if isinstance(exc, SystemExit | KeyboardInterrupt):
+                        msg = f"interrupted ({type(exc).__name__} {getattr(exc, 'code', '') or ''})".replace(" )", ")")
+                    else:
+                        msg = f"{type(exc).__name__}: {exc}".strip()
                     try:
                         self.store.finish_run(ledger, run_id, "failed", error=msg[:2000])
                     finally:

@@ -158,3 +158,22 @@ def test_scheduler_fires_on_its_trigger_without_overlap(db_url: str, pg: psycopg
     spans = pg.execute("SELECT started_at, finished_at FROM feature_store.nightly_runs ORDER BY run_id").fetchall()
     assert spans[0][1] - spans[0][0] > timedelta(seconds=2.5)
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
+
+
+def test_sigterm_mid_run_is_recorded_as_failed(db_url: str, pg: psycopg.Connection[Any],
+                                               make_user: Callable[..., uuid.UUID]) -> None:
+    make_user()
+    with psycopg.connect(db_url) as blocker:
+        blocker.execute("LOCK TABLE feature_store.snapshots IN ACCESS EXCLUSIVE MODE")
+        proc = _cli(db_url, "jobs", "nightly")
+        deadline = time.monotonic() + 60
+        while not pg.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'personalization-nightly'"
+                             " AND wait_event_type = 'Lock' AND datname = current_database()").fetchone()[0]:  # type: ignore[index]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        blocker.rollback()
+    assert proc.returncode == 143
+    assert [(r[3], r[5]) for r in ledger(pg)] == [("failed", "interrupted (SystemExit 143)")]
+    assert pg.execute("SELECT count(*) FROM feature_store.snapshots").fetchone() == (0,)
