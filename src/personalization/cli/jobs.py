@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from personalization.errors import InvalidInput, PersonalizationError
@@ -28,7 +29,8 @@ _STEPS = {"refresh": "refreshing user_signal_rollups + decay pass", "copy": "cop
 
 
 def _fail(msg: str, code: int = 1) -> NoReturn:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    # One line: driver messages often span several.
+    err.print(f"[bold red]error:[/] {escape(' '.join(msg.split()))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
