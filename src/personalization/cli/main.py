@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,6 +25,21 @@ def fail(msg: str, code: int = 1) -> NoReturn:
     """Print a one-line error and exit non-zero."""
     err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _bench(run: Callable[[], dict[str, Any]], json_out: bool, width: int = 34) -> None:
+    """Run one benchmark; print its one JSON line (``--json``) or an aligned table; errors exit 1."""
+    import orjson
+
+    try:
+        result = run()
+    except (PersonalizationError, ValueError) as exc:
+        fail(str(exc))
+    if json_out:
+        typer.echo(orjson.dumps(result).decode())
+    else:
+        for k, v in result.items():
+            typer.echo(f"{k:{width}} {v}")
 
 
 @db_app.command("upgrade")
@@ -92,18 +108,18 @@ def bench_ingest(
     from personalization.bench.ingest import run_ingest_bench
 
     settings = get_settings()
-    try:
-        result = run_ingest_bench(settings, events=events, users=users, concurrency=concurrency, batch=batch,
-                                  progress=not json_out, http_workers=http_workers)
-    except PersonalizationError as exc:
-        fail(str(exc))
-    import orjson
-
-    if json_out:
-        typer.echo(orjson.dumps(result).decode())
-    else:
-        for k, v in result.items():
-            typer.echo(f"{k:28} {v}")
+    _bench(
+        lambda: run_ingest_bench(
+            settings,
+            events=events,
+            users=users,
+            concurrency=concurrency,
+            batch=batch,
+            progress=not json_out,
+            http_workers=http_workers,
+        ),
+        json_out,
+    )
 
 
 @bench_app.command("cdc")
@@ -119,17 +135,7 @@ def bench_cdc(
 
     if broker not in ("auto", "local", "configured"):
         fail("--broker must be auto, local or configured")
-    try:
-        result = run_cdc_bench(get_settings(), rate=rate, duration_s=duration, burst=burst, broker=broker)  # type: ignore[arg-type]
-    except PersonalizationError as exc:
-        fail(str(exc))
-    import orjson
-
-    if json_out:
-        typer.echo(orjson.dumps(result).decode())
-    else:
-        for k, v in result.items():
-            typer.echo(f"{k:28} {v}")
+    _bench(lambda: run_cdc_bench(get_settings(), rate=rate, duration_s=duration, burst=burst, broker=broker), json_out)  # type: ignore[arg-type]
 
 
 @bench_app.command("serve")
@@ -145,18 +151,18 @@ def bench_serve(
     """Read path: preferences, flag, rerank of 100 (in process and HTTP) against a bare HGETALL."""
     from personalization.bench.serve import run_serve_bench
 
-    try:
-        result = run_serve_bench(get_settings(), users=users, content=content, dim=dim, requests=requests,
-                                 concurrency=concurrency, duration_s=duration)
-    except PersonalizationError as exc:
-        fail(str(exc))
-    import orjson
-
-    if json_out:
-        typer.echo(orjson.dumps(result).decode())
-    else:
-        for k, v in result.items():
-            typer.echo(f"{k:40} {v}")
+    _bench(
+        lambda: run_serve_bench(
+            get_settings(),
+            users=users,
+            content=content,
+            dim=dim,
+            requests=requests,
+            concurrency=concurrency,
+            duration_s=duration,
+        ),
+        json_out,
+    )
 
 
 @bench_app.command("nightly")
@@ -170,18 +176,12 @@ def bench_nightly(
     """Nightly job (refresh + copy) against the bare GROUP BY aggregate; point-in-time export rate."""
     from personalization.bench.nightly import run_nightly_bench
 
-    try:
-        result = run_nightly_bench(get_settings(), events=events, users=users, entities=entities, repeat=repeat,
-                                   progress=not json_out)
-    except PersonalizationError as exc:
-        fail(str(exc))
-    import orjson
-
-    if json_out:
-        typer.echo(orjson.dumps(result).decode())
-    else:
-        for k, v in result.items():
-            typer.echo(f"{k:28} {v}")
+    _bench(
+        lambda: run_nightly_bench(
+            get_settings(), events=events, users=users, entities=entities, repeat=repeat, progress=not json_out
+        ),
+        json_out,
+    )
 
 
 @bench_app.command("erase")
@@ -195,18 +195,10 @@ def bench_erase(
     """Erase one user with 10000 events among 1000000 (erase_s) against bare SQL deletes and a bare refresh."""
     from personalization.bench.erase import run_erase_bench
 
-    try:
-        result = run_erase_bench(get_settings(), users=users, events=events, user_events=user_events,
-                                 victims=victims)
-    except (PersonalizationError, ValueError) as exc:
-        fail(str(exc))
-    import orjson
-
-    if json_out:
-        typer.echo(orjson.dumps(result).decode())
-    else:
-        for k, v in result.items():
-            typer.echo(f"{k:34} {v}")
+    _bench(
+        lambda: run_erase_bench(get_settings(), users=users, events=events, user_events=user_events, victims=victims),
+        json_out,
+    )
 
 
 @app.command("demo")
@@ -258,18 +250,19 @@ def bench_learner(
     """Online learner: one and two consumers against a bare consume loop; freshness through the relay."""
     from personalization.bench.learner import run_learner_bench
 
-    try:
-        result = run_learner_bench(get_settings(), events=events, users=users, contents=contents, dim=dim,
-                                   rate=rate, duration_s=duration, repeat=repeat)
-    except PersonalizationError as exc:
-        fail(str(exc))
-    import orjson
-
-    if json_out:
-        typer.echo(orjson.dumps(result).decode())
-    else:
-        for k, v in result.items():
-            typer.echo(f"{k:28} {v}")
+    _bench(
+        lambda: run_learner_bench(
+            get_settings(),
+            events=events,
+            users=users,
+            contents=contents,
+            dim=dim,
+            rate=rate,
+            duration_s=duration,
+            repeat=repeat,
+        ),
+        json_out,
+    )
 
 
 def _register_optional() -> None:
