@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 import uuid
 from typing import Any
@@ -19,6 +20,7 @@ import numpy as np
 import orjson
 import psycopg
 import redis
+from confluent_kafka import OFFSET_BEGINNING
 
 from personalization.cache import keys
 from personalization.core.decay import DEFAULT_DECAY
@@ -28,6 +30,7 @@ from personalization.learner.settings import LearnerSettings
 from personalization.learner.synthetic import envelope, key_for, produce, producer
 from personalization.learner.testing import (
     LearnerProcess,
+    consumed_offsets,
     fill_population,
     stream_order,
     wait_consumed,
@@ -117,21 +120,29 @@ def test_online_state_equals_recompute_after_replays_reordering_and_kill_9(
     try:
         procs[0].start()
         _kill_mid_batch(procs[0], db_url)
-        # Relay-style re-sends: earlier stretches again (new offsets, same positions).
+        at_kill = consumed_offsets(db_url, group, topic)
+        # Two members of one group split the partitions; one dies mid-batch and the
+        # survivor takes its partitions over in the rebalance.
+        shared = f"k-{uuid.uuid4().hex[:8]}"
+        procs += [learner(shared), learner(shared)]
+        procs[1].start()
+        procs[1].wait_for_output(f"assigned {prefix}")
+        # The restart resumes exactly after the last committed batch: it seeks every
+        # partition to the offset stored with the state when the first child died.
+        first_assignment = next(ln for ln in procs[1].output().splitlines() if "assigned " in ln)
+        sought = {int(p): int(o) for p, o in re.findall(r"\[(\d+)\]@(-?\d+)", first_assignment)}
+        assert sought == {p: at_kill.get(p, OFFSET_BEGINNING) for p in sought}, (sought, at_kill)
+        assert len(sought) == 4
+        procs[2].start()
+        procs[2].wait_for_output(f"assigned {prefix}")
+        # More work for both members: the second half, relay-style re-sends of earlier
+        # stretches (new offsets, same positions) and more malformed messages.
         replays = []
         for _ in range(3):
             start = rng.randrange(0, half - 200)
             replays += stream[start : start + 200]
         ends2 = produce(prod, topic, stream[half:] + replays, topic_prefix=prefix, raw=malformed[2:])
         ends = {p: max(ends.get(p, 0), ends2.get(p, 0)) for p in set(ends) | set(ends2)}
-        # Two members of one group split the partitions; one dies mid-batch and the
-        # survivor takes its partitions over in the rebalance.
-        shared = f"k-{uuid.uuid4().hex[:8]}"
-        procs += [learner(shared), learner(shared)]
-        procs[1].start()
-        procs[2].start()
-        for p in procs[1:]:
-            p.wait_for_output(f"assigned {prefix}")
         _kill_mid_batch(procs[1], db_url)
         wait_consumed(db_url, group, topic, ends, timeout_s=180)
         assert procs[2].stop() == 0, procs[2].output()[-3000:]
