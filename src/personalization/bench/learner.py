@@ -47,8 +47,9 @@ from personalization.cache.learner import EmbeddingCache
 from personalization.config import Settings
 from personalization.learner.batch import BatchResult
 from personalization.learner.consumer import Learner
+from personalization.learner.envelope import parse_event_message
 from personalization.learner.settings import LearnerSettings
-from personalization.learner.synthetic import produce, producer
+from personalization.learner.synthetic import envelope, key_for, produce, producer
 from personalization.learner.testing import LearnerProcess, consumed_offsets, fill_population, stream_order
 from personalization.store import migrate
 from personalization.store.urls import with_dbname
@@ -134,6 +135,14 @@ def _bare_consume(bootstrap: str, topic: str, count: int, timeout_s: float) -> f
     if seen < count:
         raise TimeoutError(f"bare consumer read {seen} of {count} messages")
     return (count - 1) / elapsed
+
+
+def _parse_only(messages: list[tuple[bytes, bytes]]) -> float:
+    """Envelopes/s of the learner's parser alone (in process, no I/O): the Python floor."""
+    started = time.perf_counter()
+    for key, value in messages:
+        parse_event_message(key, value)
+    return len(messages) / (time.perf_counter() - started)
 
 
 def _truncate_state(url: str) -> None:
@@ -310,7 +319,9 @@ def run_learner_bench(
         prefix = f"lb{os.getpid()}{uuid.uuid4().hex[:4]}"
         topic = f"{prefix}.public.personalization_events"
         _create_topic(bootstrap, topic)
-        ends = produce(producer(bootstrap), topic, stream_order(pop.rows), topic_prefix=prefix)
+        ordered = stream_order(pop.rows)
+        ends = produce(producer(bootstrap), topic, ordered, topic_prefix=prefix)
+        parse_rate = _parse_only([(key_for(r.user_id), envelope(r, topic_prefix=prefix)) for r in ordered])
         fill_s = time.perf_counter() - fill_started
         env = {
             "PERSONALIZATION_DATABASE_URL": url,
@@ -347,6 +358,8 @@ def run_learner_bench(
         "one_consumer_events_per_s": round(one_m),
         "two_consumer_events_per_s": round(two_m),
         "bare_consume_per_s": round(bare_m),
+        # Reference: parsing the same envelopes alone, no Kafka, PostgreSQL or Redis.
+        "parse_only_per_s": round(parse_rate),
         "one_consumer_ratio": round(one_m / bare_m, 3),
         "two_consumer_speedup": round(two_m / one_m, 3),
         "freshness_p50_ms": round(statistics.median(fresh), 1) if fresh else None,
