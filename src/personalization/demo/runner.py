@@ -315,7 +315,8 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
 
         # 5. Let the stream drain into the learner.
         t = progress.add_task("learner: catching up", total=ingest["events_stored"])
-        _wait_learner(database_url, learner_group, probe, ingest["events_stored"], progress, t, [relay, learner])
+        _wait_learner(database_url, learner_group, topic, probe, ingest["events_stored"], progress, t,
+                      [relay, learner])
         probe.stop()
         figures["cdc_p50_ms"] = round(probe.percentile(50, since_ms=ingest["live_from_ms"]), 1)
         figures["cdc_p99_ms"] = round(probe.percentile(99, since_ms=ingest["live_from_ms"]), 1)
@@ -424,7 +425,7 @@ async def _send_paced(client: httpx.AsyncClient, events: list[dict[str, Any]], r
     return out
 
 
-def _wait_learner(database_url: str, group: str, probe: FreshnessProbe, expected: int, progress: Progress,
+def _wait_learner(database_url: str, group: str, topic: str, probe: FreshnessProbe, expected: int, progress: Progress,
                   task: Any, children: list[Child], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -432,7 +433,8 @@ def _wait_learner(database_url: str, group: str, probe: FreshnessProbe, expected
             for c in children:
                 c.check()
             row = conn.execute(
-                "SELECT coalesce(sum(next_offset), 0) FROM learner_offsets WHERE group_id = %s", (group,)
+                "SELECT coalesce(sum(next_offset), 0) FROM learner_offsets WHERE group_id = %s AND topic = %s",
+                (group, topic),
             ).fetchone()
             consumed = int(row[0]) if row else 0
             progress.update(task, completed=min(probe.inserts, expected))
