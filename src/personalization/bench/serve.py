@@ -258,6 +258,31 @@ async def _run(
                     duration_s,
                 ),
             }
+            # auth_overhead_p99_pct: the same preferences load against a server without
+            # keys (development mode) running beside the keyed one, in alternating short
+            # rounds so both see the same machine load; medians of the per-round p99s.
+            open_proc, open_url = _start_server(settings, settings.database_url, dev_mode=True)
+            try:
+                async with aiohttp.ClientSession(open_url, connector=aiohttp.TCPConnector(limit=concurrency)) as plain:
+                    keyed_p99: list[float] = []
+                    open_p99: list[float] = []
+                    for r in range(6):
+                        order = [(session, keyed_p99), (plain, open_p99)]
+                        for sess, acc in order if r % 2 == 0 else order[::-1]:
+                            res = await _http_load(
+                                sess,
+                                lambda i: ("GET", f"/v1/users/{picks[i % n_picks]}/preferences", None),
+                                concurrency,
+                                max(0.5, duration_s / 5),
+                            )
+                            acc.append(res["p99_ms"])
+            finally:
+                open_proc.terminate()
+                open_proc.wait(10)
+            k99, o99 = statistics.median(keyed_p99), statistics.median(open_p99)
+            out["auth_keyed_preferences_p99_ms"] = round(k99, 3)
+            out["auth_open_preferences_p99_ms"] = round(o99, 3)
+            out["auth_overhead_p99_pct"] = round((k99 - o99) / o99 * 100, 2) if key else None
     finally:
         proc.terminate()
         proc.wait(10)
