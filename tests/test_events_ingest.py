@@ -299,3 +299,29 @@ async def test_redis_down_still_stores(settings: Settings, db_url: str) -> None:
         r = await p.ingestor.ingest([_ev(None), _ev(None)])
     assert r.accepted == 2 and not r.dedup_available
     assert len(_rows(db_url)) == 2
+
+
+def test_script_chunks_bound_items_per_call() -> None:
+    from personalization.cache.events import _chunks
+
+    assert _chunks([], 5) == []
+    assert _chunks([3, 3, 3], 5) == [slice(0, 1), slice(1, 2), slice(2, 3)]
+    assert _chunks([1, 2, 2, 7, 1], 5) == [slice(0, 3), slice(3, 4), slice(4, 5)]
+    assert _chunks([9], 5) == [slice(0, 1)]
+
+
+async def test_large_group_spans_several_script_calls(platform: Platform, db_url: str, sync_redis: redis.Redis) -> None:
+    """A group bigger than one script call still claims every id once and records every view."""
+    users = [uuid.uuid4() for _ in range(3)]
+    for u in users:
+        await platform.profiles.store.upsert(u, {})
+    sessions = [str(uuid.uuid4()) for _ in range(40)]
+    batch = [_ev(users[i % 3], session_id=sessions[i % 40], content_id=f"PSA.{i % 150 + 1}") for i in range(1200)]
+    r = await platform.ingestor.ingest(batch)
+    assert r.accepted == 1200
+    again = await platform.ingestor.ingest(batch[:700])
+    assert again.accepted == 0 and len(again.duplicates) == 700
+    assert sum(sync_redis.zcard(keys.user_signals(u)) for u in users) == 1200
+    for s in sessions:
+        distinct = {e["content_id"] for e in batch if e["session_id"] == s}
+        assert set(sync_redis.lrange(keys.session_recent_content(s), 0, -1)) == distinct

@@ -1,7 +1,7 @@
 """Redis side of ingestion: replay detection (``user:{id}:signals``) and session recents.
 
-Each key family is updated by one Lua call per group commit (instead of one
-command per event).  The client here is a standalone Redis client, where one call
+Each key family is updated by a few Lua calls per group commit, sent in one
+pipeline (instead of one command per event).  The client here is a standalone Redis client, where one call
 may name keys of any slot; a Redis Cluster deployment must split the keys by
 hash slot (the ``{...}`` hash tags keep each user's keys together).
 """
@@ -20,6 +20,25 @@ import redis.asyncio as aioredis
 from personalization import metrics
 from personalization.cache import keys
 from personalization.cache.client import wrap_exceptions
+
+# Items per script call: one call runs atomically and blocks every other Redis
+# client meanwhile, so a large group commit is split into calls of a few
+# milliseconds each (sent in one pipeline, so still one round trip).
+SCRIPT_ITEMS_MAX = 500
+
+
+def _chunks(sizes: list[int], limit: int) -> list[slice]:
+    """Consecutive slices of ``sizes`` whose totals stay at or under ``limit`` (at least one key each)."""
+    out: list[slice] = []
+    start = total = 0
+    for i, n in enumerate(sizes):
+        if i > start and total + n > limit:
+            out.append(slice(start, i))
+            start, total = i, 0
+        total += n
+    if start < len(sizes):
+        out.append(slice(start, len(sizes)))
+    return out
 
 
 def _lua(name: str) -> str:
@@ -46,12 +65,17 @@ class EventCache:
             per[owner].append(n)
         owners = list(per)
         payload = [[(items[n][2], items[n][1]) for n in per[o]] for o in owners]
+        names = [keys.user_signals(o) for o in owners]
         try:
             with wrap_exceptions():
-                flags = await self._claim(
-                    keys=[keys.user_signals(o) for o in owners],
-                    args=[floor, keys.USER_SIGNALS.ttl_s, orjson.dumps(payload)],
-                )
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for part in _chunks([len(p) for p in payload], SCRIPT_ITEMS_MAX):
+                        await self._claim(
+                            keys=names[part],
+                            args=[floor, keys.USER_SIGNALS.ttl_s, orjson.dumps(payload[part])],
+                            client=pipe,
+                        )
+                    flags = [f for res in await pipe.execute() for f in res]
         except Exception:
             metrics.CACHE_ERRORS.labels("claim_event_ids").inc()
             metrics.CACHE_AVAILABLE.set(0)
@@ -85,12 +109,15 @@ class EventCache:
         # Oldest first, so that the newest ends at the head; only the newest
         # ``cap`` can survive the trim anyway.
         payload = [[c for _, c in sorted(per[s])][-spec.cap :] for s in sessions]
+        names = [keys.session_recent_content(s) for s in sessions]
         try:
             with wrap_exceptions():
-                await self._views(
-                    keys=[keys.session_recent_content(s) for s in sessions],
-                    args=[spec.cap, spec.ttl_s, orjson.dumps(payload)],
-                )
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for part in _chunks([len(p) for p in payload], SCRIPT_ITEMS_MAX):
+                        await self._views(
+                            keys=names[part], args=[spec.cap, spec.ttl_s, orjson.dumps(payload[part])], client=pipe
+                        )
+                    await pipe.execute()
         except Exception:
             metrics.CACHE_ERRORS.labels("record_views").inc()
             raise
