@@ -173,6 +173,7 @@ class GroupCommitter:
         self._db = db
         self._cache = cache
         self._settings = settings
+        self._view_types = frozenset(settings.view_signal_types)
         self._pending: deque[_Request] = deque()
         self._pending_rows = 0
         self._wakeup = asyncio.Event()
@@ -269,35 +270,41 @@ class GroupCommitter:
             async with self._db.connection() as conn:
                 user_ids = {e.user_id for r in group for _, e in r.events if e.user_id is not None}
                 levels = await lock_users(conn, user_ids)
-                to_dedup: list[tuple[_Request, int, EventIn, PrivacyPolicy]] = []
+                # Keyed by the UUID's int: UUID.__hash__ is Python code, int hashing is not.
+                policies = {uid.int: policy_for(level) for uid, level in levels.items()}
+                to_dedup: list[tuple[_Request, int, EventIn, PrivacyPolicy, float]] = []
                 for req in group:
-                    unknown = [(i, e) for i, e in req.events if e.user_id is not None and e.user_id not in levels]
-                    if unknown and req.atomic:
-                        i, e = unknown[0]
-                        req.future.set_exception(
-                            NotFound("user", f"events[{i}].user_id", str(e.user_id), {"index": i})
-                        )
-                        continue
-                    for i, _ in unknown:
-                        missing = FieldError(["body", "events", i, "user_id"], "user does not exist", "not_found")
-                        req.result.rejected.append(RejectedEvent(i, [missing]))
-                    if unknown:
-                        metrics.EVENTS_REJECTED.labels("unknown_user").inc(len(unknown))
+                    unknown: list[int] = []
+                    accepted: list[tuple[_Request, int, EventIn, PrivacyPolicy, float]] = []
                     for i, e in req.events:
                         if e.user_id is None:
                             pol = ANONYMOUS_POLICY
-                        elif e.user_id in levels:
-                            pol = policy_for(levels[e.user_id])
                         else:
-                            continue
+                            found = policies.get(e.user_id.int)
+                            if found is None:
+                                unknown.append(i)
+                                continue
+                            pol = found
                         if not pol.store_events:
                             req.result.suppressed.append(i)
                             continue
-                        to_dedup.append((req, i, e, pol))
+                        accepted.append((req, i, e, pol, e.occurred_at.timestamp()))
+                    if unknown:
+                        metrics.EVENTS_REJECTED.labels("unknown_user").inc(len(unknown))
+                        if req.atomic:
+                            i = unknown[0]
+                            ghost = dict(req.events)[i].user_id
+                            req.future.set_exception(NotFound("user", f"events[{i}].user_id", str(ghost), {"index": i}))
+                            continue
+                        for i in unknown:
+                            missing = FieldError(["body", "events", i, "user_id"], "user does not exist", "not_found")
+                            req.result.rejected.append(RejectedEvent(i, [missing]))
+                    to_dedup.extend(accepted)
                 dup_flags, dedup_ok = await self._claim(to_dedup, claimed)
                 rows: list[EventRow] = []
                 views: list[tuple[uuid.UUID, str, float]] = []
-                for (req, i, e, pol), dup in zip(to_dedup, dup_flags, strict=True):
+                view_types = self._view_types
+                for (req, i, e, pol, ts), dup in zip(to_dedup, dup_flags, strict=True):
                     req.result.dedup_available = dedup_ok
                     if dup:
                         req.result.duplicates.append(i)
@@ -307,8 +314,8 @@ class GroupCommitter:
                     rows.append(EventRow(e.user_id, session, e.content_id, e.content_type, e.signal_type,
                                          e.signal_weight, meta, e.occurred_at))
                     req.result.accepted += 1
-                    if session is not None and e.signal_type in self._settings.view_signal_types:
-                        views.append((session, e.content_id, e.occurred_at.timestamp()))
+                    if session is not None and e.signal_type in view_types:
+                        views.append((session, e.content_id, ts))
                 if rows:
                     await copy_events(conn, rows)
             committed = True
@@ -337,22 +344,22 @@ class GroupCommitter:
                 req.future.set_result(req.result)
 
     async def _claim(
-        self, items: list[tuple[_Request, int, EventIn, PrivacyPolicy]], claimed: dict[uuid.UUID, list[str]]
+        self, items: list[tuple[_Request, int, EventIn, PrivacyPolicy, float]], claimed: dict[uuid.UUID, list[str]]
     ) -> tuple[list[bool], bool]:
         """Mark client event ids as seen; returns per item whether it is a replay."""
         flags = [False] * len(items)
         wanted: list[tuple[int, uuid.UUID, str, float]] = []
-        seen_here: set[tuple[uuid.UUID, str]] = set()
-        for n, (_, _, e, _) in enumerate(items):
+        seen_here: set[tuple[int, str]] = set()
+        for n, (_, _, e, _, ts) in enumerate(items):
             if e.client_event_id is None:
                 continue
             owner = e.user_id or keys.ANONYMOUS_USER
             member = str(e.client_event_id)
-            if (owner, member) in seen_here:
+            if (owner.int, member) in seen_here:
                 flags[n] = True  # the same id twice in one group
                 continue
-            seen_here.add((owner, member))
-            wanted.append((n, owner, member, e.occurred_at.timestamp()))
+            seen_here.add((owner.int, member))
+            wanted.append((n, owner, member, ts))
         if not wanted:
             return flags, True
         try:
