@@ -310,7 +310,7 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
         if flag.status_code >= 400:
             raise DemoError(f"setting the personalization flag failed: HTTP {flag.status_code} {flag.text[:200]}")
         last_session = {e["user_id"]: e["session_id"] for e in events}
-        ingest = asyncio.run(_populate(base, headers, limits, world, events, opts, progress))
+        ingest = asyncio.run(_populate(base, headers, limits, world, events, opts, progress, probe))
         figures.update(ingest)
 
         # 5. Let the stream drain into the learner.
@@ -364,7 +364,8 @@ def _wait_relay(relay: Child, timeout: float) -> None:
 
 
 async def _populate(base: str, headers: dict[str, str], limits: httpx.Limits, world: World,
-                    events: list[dict[str, Any]], opts: DemoOptions, progress: Progress) -> dict[str, Any]:
+                    events: list[dict[str, Any]], opts: DemoOptions, progress: Progress,
+                    probe: FreshnessProbe) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=120) as client:
         n_jobs = len(world.readers) + sum(len(r.traits) for r in world.readers)
         t = progress.add_task("users: profiles and traits", total=n_jobs)
@@ -383,6 +384,17 @@ async def _populate(base: str, headers: dict[str, str], limits: httpx.Limits, wo
         responses = await _send_all(client, "POST", batches, opts.concurrency,
                                     lambda i: progress.advance(t, len(batches[i][1]["events"])))
         elapsed = time.perf_counter() - t0
+        # The relay drains the backfill first, so the live phase measures steady-state
+        # freshness, not the backlog of history.
+        history_stored = sum(r.json()["accepted"] for r in responses)
+        t = progress.add_task("CDC: draining the backfill", total=history_stored)
+        deadline = time.monotonic() + 300
+        while probe.inserts < history_stored:
+            if time.monotonic() > deadline:
+                raise DemoError(f"the CDC relay delivered {probe.inserts} of {history_stored} inserts in 300 s")
+            progress.update(t, completed=probe.inserts)
+            await asyncio.sleep(0.2)
+        progress.update(t, completed=history_stored)
         t = progress.add_task(f"behaviour: live at {opts.live_rate}/s", total=len(live))
         live_from_ms = time.time() * 1000
         responses += await _send_paced(client, live, opts.live_rate, lambda n: progress.advance(t, n))

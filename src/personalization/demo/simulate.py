@@ -148,7 +148,9 @@ def _session(world: World, r: Reader, aff: np.ndarray, t0: datetime, rng: np.ran
         for sig, w in signals:
             t += timedelta(seconds=float(rng.uniform(5, 240)))
             ev: dict[str, Any] = {
-                "client_event_id": str(uuid.UUID(bytes=rng.bytes(16), version=4)),
+                # Fresh per run (not from the seeded generator): a second demo run on the same
+                # stack must not have its events dropped as replays of the first one's.
+                "client_event_id": str(uuid.uuid4()),
                 "user_id": str(r.user_id),
                 "session_id": session,
                 "content_id": ch.content_id,
