@@ -160,6 +160,7 @@ async def test_bad_event_rejected_with_index_and_field(
         e["loc"][-1] if e["loc"][-1] != "__root__" else e["loc"][-2] for e in body["rejected"][0]["errors"]
     }
     assert body["rejected"][0]["errors"][0]["loc"][:3] == ["body", "events", 1]
+    assert body["rejected"][0]["errors"][0]["field"].startswith("events.1")
     assert len(_rows(db_url)) == 1
     # atomic=true: nothing is written.
     r = await client.post("/v1/events?atomic=true", json={"events": [_ev(uid), _ev(uid) | patch]})
@@ -220,7 +221,14 @@ async def test_unknown_user(client: httpx.AsyncClient, db_url: str) -> None:
     assert r.json()["rejected"] == [
         {
             "index": 1,
-            "errors": [{"loc": ["body", "events", 1, "user_id"], "msg": "user does not exist", "type": "not_found"}],
+            "errors": [
+                {
+                    "loc": ["body", "events", 1, "user_id"],
+                    "field": "events.1.user_id",
+                    "msg": "user does not exist",
+                    "type": "not_found",
+                }
+            ],
         }
     ]
     r = await client.post("/v1/events?atomic=true", json={"events": [_ev(uid), _ev(ghost)]})

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
 
     # HTTP server.
     http_host: str = "127.0.0.1"
-    http_port: int = 8000
+    http_port: int = Field(default=8000, ge=1, le=65535)
 
     # Security (issue 6).  Development only: serve /v1 without API keys (announced at start-up).
     auth_dev_mode: bool = False

@@ -24,7 +24,8 @@ class FieldError:
     input: Any = None
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"loc": self.loc, "msg": self.msg, "type": self.type}
+        field_path = ".".join(str(p) for p in self.loc if p not in ("body", "path", "query"))
+        out: dict[str, Any] = {"loc": self.loc, "field": field_path, "msg": self.msg, "type": self.type}
         return out
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import orjson
 
-_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {"message", "asctime"}
+# uvicorn adds ``color_message`` (the message with ANSI colours) to its records.
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

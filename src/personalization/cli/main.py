@@ -69,7 +69,7 @@ def db_sql() -> None:
 @app.command("serve")
 def serve(
     host: str = typer.Option(None, help="bind address (default PERSONALIZATION_HTTP_HOST)"),
-    port: int = typer.Option(None, help="port (default PERSONALIZATION_HTTP_PORT)"),
+    port: int = typer.Option(None, min=1, max=65535, help="port (default PERSONALIZATION_HTTP_PORT)"),
     workers: int = typer.Option(1, min=1, help="uvicorn worker processes"),
 ) -> None:
     """Run the HTTP API (OpenAPI at /docs)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -15,7 +16,8 @@ def print_report(f: dict[str, Any], console: Console) -> None:
         ("readers / days", f"{f['users']} / {f['days']}"),
         (
             "events simulated / stored",
-            f"{f['events']} / {f['events_stored']} ({f['events_suppressed']} suppressed by privacy level)",
+            f"{f['events']} / {f['events_stored']} ({f['events_suppressed']} suppressed by privacy level, "
+            f"{f.get('events_rejected', 0)} rejected)",
         ),
         ("HTTP ingest", f"{f['ingest_events_per_s']} events/s"),
         ("CDC relay start-up", f"{f['cdc_startup_s']} s"),
@@ -32,13 +34,15 @@ def print_report(f: dict[str, Any], console: Console) -> None:
         t.add_row(k, str(v))
     console.print(t)
     for s in f.get("samples", []):
-        st = Table(title=f"reader {s['user_id']} (favours {', '.join(s['favoured_topics'])})")
+        st = Table(title=f"reader {s['user_id']} (favours {', '.join(s['favoured_topics'])})", title_justify="left")
         st.add_column("recommended")
         st.add_column("topic")
         st.add_column("opening")
         for r in s["recommendations"]:
-            st.add_row(r["content_id"], str(r["topic"]), r["opening"])
+            # KJV text marks its italic words with [brackets], which Rich would read as markup.
+            st.add_row(r["content_id"], str(r["topic"]), escape(r["opening"]))
         console.print(st)
         sig = ", ".join(f"{x['signal_type']}:{x['content_type']}={x['score']}" for x in s["top_signals"])
-        console.print(f"  top signals: {sig}")
-        console.print(f"  excluded (seen in the latest session): {', '.join(s['session_recent_excluded']) or '-'}")
+        console.print(f"  top signals: {escape(sig)}", soft_wrap=True)
+        excluded = ", ".join(s["session_recent_excluded"]) or "-"
+        console.print(f"  excluded (seen in the latest session): {escape(excluded)}", soft_wrap=True)

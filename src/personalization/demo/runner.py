@@ -368,7 +368,7 @@ async def _populate(base: str, headers: dict[str, str], limits: httpx.Limits, wo
                     probe: FreshnessProbe) -> dict[str, Any]:
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=120) as client:
         n_jobs = len(world.readers) + sum(len(r.traits) for r in world.readers)
-        t = progress.add_task("users: profiles and traits", total=n_jobs)
+        t = progress.add_task(f"users: {len(world.readers)} profiles + traits", total=n_jobs)
         await _send_all(client, "PUT", [(f"/v1/users/{r.user_id}", r.profile) for r in world.readers],
                         opts.concurrency, lambda i: progress.advance(t))
         trait_jobs = [(f"/v1/users/{r.user_id}/traits", tr) for r in world.readers for tr in r.traits]
@@ -400,10 +400,12 @@ async def _populate(base: str, headers: dict[str, str], limits: httpx.Limits, wo
         responses += await _send_paced(client, live, opts.live_rate, lambda n: progress.advance(t, n))
     stored = sum(r.json()["accepted"] for r in responses)
     suppressed = sum(len(r.json()["suppressed"]) for r in responses)
+    rejected = sum(len(r.json()["rejected"]) for r in responses)
     return {
         "events": len(events),
         "events_stored": stored,
         "events_suppressed": suppressed,
+        "events_rejected": rejected,
         "ingest_events_per_s": round(len(history) / elapsed) if history else None,
         "live_events": len(live),
         "live_from_ms": live_from_ms,

@@ -99,6 +99,8 @@ def simulate_events(world: World, days: int, end: datetime | None = None, seed: 
     rng = np.random.default_rng(seed)
     end = end or datetime.now(UTC) - timedelta(minutes=1)
     start = end - timedelta(days=days)
+    # Sessions near the end would run into the future; those events are left out.
+    end_iso = end.isoformat()
     weeks = max(1, days // 7)
     events: list[dict[str, Any]] = []
     n_topics = len(world.topic_names)
@@ -116,7 +118,7 @@ def simulate_events(world: World, days: int, end: datetime | None = None, seed: 
                 t0 = start + timedelta(days=7 * w + float(rng.uniform(0, 7)))
                 if t0 >= end:
                     continue
-                events.extend(_session(world, r, aff, t0, rng))
+                events.extend(e for e in _session(world, r, aff, t0, rng) if e["occurred_at"] <= end_iso)
         r.affinity = aff
     events.sort(key=lambda e: e["occurred_at"])
     return events
