@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient
 from psycopg import sql
 
 from personalization.config import Settings
@@ -41,6 +41,7 @@ from personalization.stream import pgadmin
 from personalization.stream.broker import LocalBroker
 from personalization.stream.relayproc import RelayProcess
 from personalization.stream.settings import CdcSettings
+from personalization.stream.topics import ensure_topics
 
 __all__ = ["main", "run_cdc_bench"]
 
@@ -246,10 +247,7 @@ def run_cdc_bench(
         )
         # Pre-created so the consumer is assigned before the relay starts (the handle must
         # outlive the future, hence the variable).
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        admin.create_topics([NewTopic(cdc.events_topic, num_partitions=4, replication_factor=1)])[
-            cdc.events_topic
-        ].result(30)
+        ensure_topics(bootstrap, [cdc.events_topic])
         collector = _Collector(bootstrap, cdc.events_topic)
         collector.start()
         users = [uuid.uuid4() for _ in range(200)]

@@ -170,13 +170,9 @@ def run_erase_bench(settings: Settings, *, users: int = 5000, events: int = 1_00
 
 
 def _create_topics(settings: Settings) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+    from personalization.stream.topics import ensure_topics
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
-    futures = admin.create_topics([NewTopic(t, num_partitions=4, replication_factor=1) for t in cdc_topics(settings)])
-    for f in futures.values():
-        with contextlib.suppress(Exception):  # already there is fine
-            f.result(30)
+    ensure_topics(settings.kafka_bootstrap_servers, cdc_topics(settings))
 
 
 def _run(settings: Settings, users: int, events: int, user_events: int, victims: int) -> dict[str, Any]:

@@ -39,8 +39,6 @@ from typing import Any, Literal
 
 import psycopg
 from confluent_kafka import Consumer
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 from psycopg import sql
 
 from personalization.cache.learner import EmbeddingCache
@@ -57,6 +55,7 @@ from personalization.stream import pgadmin
 from personalization.stream.broker import LocalBroker
 from personalization.stream.relayproc import RelayProcess
 from personalization.stream.settings import CdcSettings
+from personalization.stream.topics import ensure_topics
 
 __all__ = ["run_learner_bench"]
 
@@ -102,8 +101,7 @@ def _broker(settings: Settings, choice: BrokerChoice) -> Iterator[str]:
 
 
 def _create_topic(bootstrap: str, topic: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])[topic].result(30)
+    ensure_topics(bootstrap, [topic], partitions=PARTITIONS)
 
 
 def _bare_consume(bootstrap: str, topic: str, count: int, timeout_s: float) -> float:
