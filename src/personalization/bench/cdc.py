@@ -34,8 +34,8 @@ from typing import Any, Literal
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
-from psycopg import sql
 
+from personalization.bench.common import percentile, scratch_database
 from personalization.config import Settings
 from personalization.stream import pgadmin
 from personalization.stream.broker import LocalBroker
@@ -52,33 +52,6 @@ _INSERT = (
     "signal_type, signal_weight, metadata, occurred_at) "
     "VALUES (%s, %s, %s, 'verse', 'view', 0.250, %s, %s) RETURNING event_id"
 )
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-def _url_with_db(url: str, dbname: str) -> str:
-    base, _, query = url.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{dbname}" + (f"?{query}" if query else "")
-
-
-@contextlib.contextmanager
-def _scratch_database(database_url: str) -> Iterator[str]:
-    from personalization.store.migrate import upgrade
-
-    name = f"bench_cdc_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = _url_with_db(database_url, "postgres")
-    url = _url_with_db(database_url, name)
-    upgrade(url)  # creates the database when missing
-    try:
-        yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @contextlib.contextmanager
@@ -236,7 +209,7 @@ def run_cdc_bench(
 ) -> dict[str, Any]:
     """Run the benchmark and return its results (see the module docstring for the method)."""
     tag = f"bench{os.getpid()}{uuid.uuid4().hex[:4]}"
-    with _broker(settings, broker) as bootstrap, _scratch_database(settings.database_url) as url:
+    with _broker(settings, broker) as bootstrap, scratch_database(settings.database_url, "cdc") as url:
         cdc = CdcSettings(
             database_url=url,
             kafka_bootstrap_servers=bootstrap,
@@ -304,11 +277,11 @@ def run_cdc_bench(
                 pgadmin.drop_slot_and_publication(conn, cdc, keep_offsets=False)
     return {
         "p50_ms": round(statistics.median(latencies), 1),
-        "p99_ms": round(_percentile(latencies, 99), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
         "max_ms": round(max(latencies), 1),
         # Commit to the relay's produce() call (Debezium + relay), ms resolution.
         "relay_p50_ms": round(statistics.median(to_kafka), 1),
-        "relay_p99_ms": round(_percentile(to_kafka, 99), 1),
+        "relay_p99_ms": round(percentile(to_kafka, 99), 1),
         "rate_per_s": rate,
         "rate_events": len(latencies),
         "burst_events": burst,

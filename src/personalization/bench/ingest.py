@@ -21,34 +21,23 @@ from typing import Any
 import httpx
 import orjson
 import psycopg
-from psycopg import sql
 from pydantic import SecretStr
 from rich.progress import Progress
 
+from personalization.bench import common
 from personalization.bench.auth import measure_auth_check
 from personalization.bench.synth import make_events, make_population
 from personalization.composition import open_platform
 from personalization.config import Settings
 from personalization.security.keys import create_key_sync
-from personalization.store import migrate
 from personalization.store.events import COPY_TYPES
-from personalization.store.urls import dbname_of, with_dbname
 
 
 @contextlib.contextmanager
 def scratch_database(settings: Settings, tag: str) -> Iterator[str]:
     """A migrated throw-away database next to the configured one, dropped afterwards."""
-    name = f"{dbname_of(settings.database_url)}_bench_{tag}_{os.getpid()}"
-    url = with_dbname(settings.database_url, name)
-    admin = with_dbname(settings.database_url, "postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    migrate.upgrade(url)
-    try:
+    with common.scratch_database(settings.database_url, tag) as url:
         yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def _free_port() -> int:
@@ -58,10 +47,7 @@ def _free_port() -> int:
 
 
 def _pct(xs: list[float], p: float) -> float:
-    if not xs:
-        return 0.0
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+    return common.percentile(xs, p) if xs else 0.0
 
 
 def _create_users(url: str, users: list[uuid.UUID]) -> None:

@@ -39,8 +39,8 @@ from typing import Any, Literal
 
 import psycopg
 from confluent_kafka import Consumer
-from psycopg import sql
 
+from personalization.bench.common import percentile, scratch_database
 from personalization.cache.learner import EmbeddingCache
 from personalization.config import Settings
 from personalization.learner.batch import BatchResult
@@ -49,8 +49,6 @@ from personalization.learner.envelope import parse_event_message
 from personalization.learner.settings import LearnerSettings
 from personalization.learner.synthetic import envelope, key_for, produce, producer
 from personalization.learner.testing import LearnerProcess, consumed_offsets, fill_population, stream_order
-from personalization.store import migrate
-from personalization.store.urls import with_dbname
 from personalization.stream import pgadmin
 from personalization.stream.broker import LocalBroker
 from personalization.stream.relayproc import RelayProcess
@@ -64,31 +62,7 @@ PARTITIONS = 4
 
 
 def _pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))] if ordered else 0.0
-
-
-@contextlib.contextmanager
-def _scratch(database_url: str) -> Iterator[str]:
-    name = f"bench_learner_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    url = with_dbname(database_url, name)
-    migrate.upgrade(url)
-    try:
-        yield url
-    finally:
-        with psycopg.connect(with_dbname(database_url, "postgres"), autocommit=True) as conn:
-            # A database with a replication slot cannot be dropped: end the relay's backend
-            # (it may still wait in slot creation) and drop the slot first.
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
-            )
-            for (slot,) in conn.execute(
-                "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
-            ).fetchall():
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    return percentile(values, p) if values else 0.0
 
 
 @contextlib.contextmanager
@@ -311,7 +285,7 @@ def run_learner_bench(
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Run the benchmark (see the module docstring) and return its JSON-ready results."""
-    with _broker(settings, broker) as bootstrap, _scratch(settings.database_url) as url:
+    with _broker(settings, broker) as bootstrap, scratch_database(settings.database_url, "learner") as url:
         fill_started = time.perf_counter()
         pop = fill_population(url, users=users, contents=contents, events=events, dim=dim, seed=11)
         prefix = f"lb{os.getpid()}{uuid.uuid4().hex[:4]}"
