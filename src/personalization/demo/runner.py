@@ -35,7 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from personalization.demo.bible import Chapter, embed_chapters, load_chapters
 from personalization.demo.simulate import Reader, World, make_world, relevant, simulate_events
-from personalization.stream.broker import die_with_parent
+from personalization.stream.childproc import CliChild
 from personalization.stream.topics import ensure_topics
 
 
@@ -65,40 +65,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Child:
-    """A child process of the demo with its output in a log file; killed with the demo."""
+def _child(name: str, module: str, args: list[str], env: dict[str, str], log_dir: Path) -> CliChild:
+    """Start a child process of the demo; its output goes to ``log_dir/<name>.log``."""
+    child = CliChild(module, args, env, name=name, log_path=log_dir / f"{name}.log")
+    child.spawn()
+    return child
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
-        self.name = name
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"{name}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - lives as long as the child
-        self.proc = subprocess.Popen(
-            args, env=env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-            start_new_session=True,
-        )
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 15) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        return ""
-
-    def check(self) -> None:
-        if not self.alive():
-            raise DemoError(f"{self.name} exited with code {self.proc.returncode}:\n{self.tail()}")
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._log.close()
+def _check(child: CliChild) -> None:
+    code = child.wait_or_none()
+    if code is not None:
+        raise DemoError(f"{child.name} exited with code {code}:\n{child.tail()}")
 
 
 def _cli(*args: str) -> list[str]:
@@ -252,7 +229,7 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
     bootstrap = service_env["PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS"]
     prefix = env.get("PERSONALIZATION_KAFKA_TOPIC_PREFIX", "personalization")
     topic = f"{prefix}.public.personalization_events"
-    children: list[Child] = []
+    children: list[CliChild] = []
     figures: dict[str, Any] = {"users": opts.users, "days": opts.days}
     try:
         # 1. Schema and an API key for the demo's own client.
@@ -274,25 +251,24 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
         # 3. The pipeline: CDC relay, learner, API server.
         t = progress.add_task("pipeline: relay, learner, API", total=3)
         logs = work / "logs"
-        relay = Child("cdc-relay", _cli("cdc", "run", "--metrics-port", "0"), env, logs)
+        relay = _child("cdc-relay", "personalization.cli", ["cdc", "run", "--metrics-port", "0"], env, logs)
         children.append(relay)
         relay_started = time.perf_counter()
         learner_group = f"demo-learner-{uuid.uuid4().hex[:6]}"
-        learner_args = _cli("learner", "run", "--group-id", learner_group, "--metrics-port", "0")
-        learner = Child("learner", learner_args, env, logs)
+        learner_args = ["learner", "run", "--group-id", learner_group, "--metrics-port", "0"]
+        learner = _child("learner", "personalization.cli", learner_args, env, logs)
         children.append(learner)
         port = _free_port()
-        api = Child("api", [sys.executable, "-m", "uvicorn", "personalization.api.app:create_app", "--factory",
-                            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                            "--no-access-log"], env, logs)
+        api = _child("api", "uvicorn", ["personalization.api.app:create_app", "--factory", "--host", "127.0.0.1",
+                                        "--port", str(port), "--log-level", "warning", "--no-access-log"], env, logs)
         children.append(api)
         base = f"http://127.0.0.1:{port}"
         _wait_http(base + "/healthz", api, 60)
         progress.advance(t)
-        _wait_relay(relay, 120)
+        relay.wait_for_output("relay started in", 120, error=DemoError)
         figures["cdc_startup_s"] = round(time.perf_counter() - relay_started, 2)
         progress.advance(t)
-        learner.check()
+        _check(learner)
         progress.advance(t)
         ensure_topics(bootstrap, [topic])
         probe = FreshnessProbe(bootstrap, topic)
@@ -337,30 +313,20 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
         figures.update(evaluation)
     finally:
         for c in reversed(children):
-            c.stop()
+            c.close()
     figures["total_s"] = round(time.perf_counter() - t_start, 1)
     return figures
 
 
-def _wait_http(url: str, child: Child, timeout: float) -> None:
+def _wait_http(url: str, child: CliChild, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        child.check()
+        _check(child)
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=1).status_code == 200:
                 return
         time.sleep(0.2)
     raise DemoError(f"{child.name} did not answer {url} within {timeout:.0f} s:\n{child.tail()}")
-
-
-def _wait_relay(relay: Child, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        relay.check()
-        if "relay started in" in relay.tail(200):
-            return
-        time.sleep(0.25)
-    raise DemoError(f"the CDC relay did not start within {timeout:.0f} s:\n{relay.tail()}")
 
 
 async def _populate(base: str, headers: dict[str, str], limits: httpx.Limits, world: World,
@@ -440,12 +406,12 @@ async def _send_paced(client: httpx.AsyncClient, events: list[dict[str, Any]], r
 
 
 def _wait_learner(database_url: str, group: str, topic: str, probe: FreshnessProbe, expected: int, progress: Progress,
-                  task: Any, children: list[Child], timeout: float = 300) -> None:
+                  task: Any, children: list[CliChild], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
     with psycopg.connect(database_url, autocommit=True) as conn:
         while time.monotonic() < deadline:
             for c in children:
-                c.check()
+                _check(c)
             row = conn.execute(
                 "SELECT coalesce(sum(next_offset), 0) FROM learner_offsets WHERE group_id = %s AND topic = %s",
                 (group, topic),

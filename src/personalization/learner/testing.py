@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from uuid import UUID
 
 import numpy as np
 import psycopg
 
 from personalization.learner.synthetic import SyntheticRow
-from personalization.stream.broker import die_with_parent
+from personalization.stream.childproc import CliChild
 
 __all__ = [
     "LearnerProcess",
@@ -171,87 +164,17 @@ def wait_consumed(db_url: str, group_id: str, topic: str, ends: Mapping[int, int
         time.sleep(0.05)
 
 
-def _pythonpath() -> str:
-    import personalization
-
-    root = str(Path(personalization.__file__).resolve().parent.parent)
-    existing = os.environ.get("PYTHONPATH")
-    return root if not existing else f"{root}{os.pathsep}{existing}"
-
-
-class LearnerProcess:
+class LearnerProcess(CliChild):
     """``personalization learner run`` as a child process (kill -9 tests, multi-process benchmark)."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
         """``env`` overrides the inherited environment (PERSONALIZATION_* variables)."""
-        self._env = {**os.environ, **env, "PYTHONPATH": _pythonpath()}
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        super().__init__("personalization.cli.learner", ("run",), env, name="learner")
 
     def start(self) -> None:
         """Spawn the child (it dies with this process)."""
-        self._log = tempfile.TemporaryFile(prefix="learner-")  # noqa: SIM115 - closed in close()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "personalization.cli.learner", "run"],
-            env=self._env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
-
-    @property
-    def pid(self) -> int:
-        """The child's process id."""
-        assert self._proc is not None
-        return self._proc.pid
-
-    def output(self) -> str:
-        """What the child logged so far."""
-        if self._log is None:
-            return ""
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")
-
-    def wait_for_output(self, text: str, timeout_s: float = 60.0) -> None:
-        """Wait until ``text`` appears in the child's log."""
-        deadline = time.monotonic() + timeout_s
-        while text not in self.output():
-            assert self._proc is not None
-            if self._proc.poll() is not None:
-                raise RuntimeError(f"learner exited with {self._proc.returncode}:\n{self.output()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no {text!r} from the learner in {timeout_s} s:\n{self.output()[-3000:]}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL (a crash: nothing is flushed or committed)."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGKILL)
-            self._proc.wait(timeout=30)
+        self.spawn()
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM and wait (SIGKILL after ``timeout_s``); returns the exit code."""
-        if self._proc is None:
-            return None
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self._proc.returncode
-
-    def close(self) -> None:
-        """Stop the child and release its log."""
-        self.stop()
-        if self._log is not None:
-            with contextlib.suppress(OSError):
-                self._log.close()
-            self._log = None
-
-    def __enter__(self) -> LearnerProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return super().stop(timeout_s)
