@@ -39,7 +39,7 @@ from personalization.bench.common import percentile, scratch_database
 from personalization.config import Settings
 from personalization.stream import pgadmin
 from personalization.stream.broker import LocalBroker
-from personalization.stream.relayproc import RelayProcess
+from personalization.stream.relayproc import RelayProcess, relay_env
 from personalization.stream.settings import CdcSettings
 from personalization.stream.topics import ensure_topics
 
@@ -224,15 +224,14 @@ def run_cdc_bench(
         collector = _Collector(bootstrap, cdc.events_topic)
         collector.start()
         users = [uuid.uuid4() for _ in range(200)]
-        env = {
-            "PERSONALIZATION_DATABASE_URL": url,
-            "PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "PERSONALIZATION_KAFKA_TOPIC_PREFIX": tag,
-            "PERSONALIZATION_CDC_SLOT_NAME": tag,
-            "PERSONALIZATION_CDC_PUBLICATION_NAME": tag,
-            "PERSONALIZATION_CDC_METRICS_PORT": "0",
-            "PERSONALIZATION_CDC_CAPTURE_PROFILE": "false",
-        }
+        env = relay_env(
+            url,
+            bootstrap,
+            tag,
+            PERSONALIZATION_CDC_SLOT_NAME=tag,
+            PERSONALIZATION_CDC_PUBLICATION_NAME=tag,
+            PERSONALIZATION_CDC_CAPTURE_PROFILE="false",
+        )
         relay = RelayProcess(env)
         try:
             with psycopg.connect(url, autocommit=True) as conn:

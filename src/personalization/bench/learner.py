@@ -51,7 +51,7 @@ from personalization.learner.synthetic import envelope, key_for, produce, produc
 from personalization.learner.testing import LearnerProcess, consumed_offsets, fill_population, stream_order
 from personalization.stream import pgadmin
 from personalization.stream.broker import LocalBroker
-from personalization.stream.relayproc import RelayProcess
+from personalization.stream.relayproc import RelayProcess, relay_env
 from personalization.stream.settings import CdcSettings
 from personalization.stream.topics import ensure_topics
 
@@ -177,15 +177,14 @@ def _freshness(
         cdc_metrics_port=0,
     )
     _create_topic(bootstrap, cdc.events_topic)
-    env = {
-        "PERSONALIZATION_DATABASE_URL": url,
-        "PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "PERSONALIZATION_KAFKA_TOPIC_PREFIX": tag,
-        "PERSONALIZATION_CDC_SLOT_NAME": tag,
-        "PERSONALIZATION_CDC_PUBLICATION_NAME": tag,
-        "PERSONALIZATION_CDC_METRICS_PORT": "0",
-        "PERSONALIZATION_CDC_CAPTURE_PROFILE": "false",
-    }
+    env = relay_env(
+        url,
+        bootstrap,
+        tag,
+        PERSONALIZATION_CDC_SLOT_NAME=tag,
+        PERSONALIZATION_CDC_PUBLICATION_NAME=tag,
+        PERSONALIZATION_CDC_CAPTURE_PROFILE="false",
+    )
     # (commit time, commit -> Redis ms, commit -> Kafka message timestamp ms)
     samples: list[tuple[float, float, float | None]] = []
     lock = threading.Lock()

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from personalization.stream.childproc import CliChild
 
-__all__ = ["RelayProcess", "RelayStartError"]
+__all__ = ["RelayProcess", "RelayStartError", "relay_env"]
 
 _STARTED_MARK = "relay started in"
 
@@ -32,3 +32,18 @@ class RelayProcess(CliChild):
         self.spawn()
         self.started_after_s = self.wait_for_output(_STARTED_MARK, timeout_s, error=RelayStartError)
         return self.started_after_s
+
+
+def relay_env(db_url: str, bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
+    """Environment of a relay child of its own: ``db_url``, ``bootstrap``, topic ``prefix`` and a slot of its own."""
+    env = {
+        "PERSONALIZATION_DATABASE_URL": db_url,
+        "PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "PERSONALIZATION_KAFKA_TOPIC_PREFIX": prefix,
+        # Slot names are cluster-wide; one per relay keeps parallel runs apart.
+        "PERSONALIZATION_CDC_SLOT_NAME": f"cdc_{prefix}".lower(),
+        "PERSONALIZATION_CDC_METRICS_PORT": "0",
+        "PERSONALIZATION_CDC_HEARTBEAT_INTERVAL_MS": "1000",
+    }
+    env.update(extra)
+    return env

@@ -21,7 +21,9 @@ import pytest
 from confluent_kafka import Consumer, Message
 from psycopg import sql
 
+from personalization.store.urls import with_dbname
 from personalization.stream.broker import LocalBroker
+from personalization.stream.relayproc import relay_env
 
 __all__ = [
     "consume",
@@ -120,8 +122,8 @@ def scratch_database(admin_url: str, *, template: str | None = None) -> Iterator
         conn.execute(create)
     try:
         if template is None:
-            _migrate(_as_url(admin_url, name))
-        yield _as_url(admin_url, name)
+            _migrate(with_dbname(admin_url, name))
+        yield with_dbname(admin_url, name)
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             slots = conn.execute(
@@ -135,27 +137,6 @@ def scratch_database(admin_url: str, *, template: str | None = None) -> Iterator
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def _as_url(admin_url: str, dbname: str) -> str:
-    base, _, tail = admin_url.partition("?")
-    prefix = base.rsplit("/", 1)[0]
-    return f"{prefix}/{dbname}" + (f"?{tail}" if tail else "")
-
-
-def relay_env(db_url: str, bootstrap: str, prefix: str, **extra: str) -> dict[str, str]:
-    """Environment variables of a relay child for ``db_url``, ``bootstrap`` and ``prefix``."""
-    env = {
-        "PERSONALIZATION_DATABASE_URL": db_url,
-        "PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "PERSONALIZATION_KAFKA_TOPIC_PREFIX": prefix,
-        # Slot names are cluster-wide; one per relay keeps parallel runs apart.
-        "PERSONALIZATION_CDC_SLOT_NAME": f"cdc_{prefix}".lower(),
-        "PERSONALIZATION_CDC_METRICS_PORT": "0",
-        "PERSONALIZATION_CDC_HEARTBEAT_INTERVAL_MS": "1000",
-    }
-    env.update(extra)
-    return env
 
 
 def postgres_binaries() -> Path | None:
