@@ -13,7 +13,6 @@ Every server is launched here so that all of them get the same guarantees:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import pwd
@@ -21,54 +20,22 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from personalization import parentdeath
 from personalization.stack.errors import StackError
 
 # One logger for the whole package, so a handler on it sees every stack event.
 logger = logging.getLogger("personalization.stack")
-
-_PR_SET_PDEATHSIG = 1
-
 
 def log_event(event: str, **fields: object) -> None:
     """Log one structured event: the message is the event name, the fields go in
     ``extra`` (the project's JSON formatter emits them as keys)."""
     extra = {k: v if isinstance(v, int | float | bool) or v is None else str(v) for k, v in fields.items()}
     logger.info(event, extra=extra)
-
-
-def _load_prctl() -> Callable[..., int] | None:
-    # Resolved once in the parent: the child of a fork must not load libraries
-    # (dlopen takes locks another thread may have held at fork time).  CDLL(None)
-    # is the running program, which has libc's symbols, without asking ldconfig.
-    try:
-        fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):  # not Linux
-        return None
-    return fn
-
-
-_PRCTL = _load_prctl()
-
-
-def _parent_death_preexec(parent_pid: int, sig: int) -> Callable[[], None]:
-    """A preexec_fn that arms the parent-death signal in the child."""
-    prctl = _PRCTL
-
-    def _arm() -> None:
-        if prctl is None or prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-            # Without the guarantee the child could outlive us; refuse to start it.
-            os._exit(126)
-        # The parent may have died between fork and prctl, in which case the signal
-        # will never come: check once by hand.
-        if os.getppid() != parent_pid:
-            os._exit(126)
-
-    return _arm
 
 
 def spawn(
@@ -89,7 +56,7 @@ def spawn(
     the kernel clears the parent-death setting on uid changes, so the order matters
     and is the right one here).
     """
-    if _PRCTL is None:
+    if parentdeath.PRCTL is None:
         raise StackError("cannot set the Linux parent-death signal (libc prctl not found); the local stack needs Linux")
     group: int | None = None
     extra_groups: list[int] | None = None
@@ -109,7 +76,7 @@ def spawn(
         group=group,
         extra_groups=extra_groups,
         process_group=0,
-        preexec_fn=_parent_death_preexec(os.getpid(), death_signal),
+        preexec_fn=parentdeath.preexec(death_signal),
         close_fds=True,
     )
 

@@ -11,23 +11,21 @@ during a rebalance; callers should use a fresh group id per consumer and a short
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import IO
 
 from confluent_kafka.admin import AdminClient
 
+from personalization import parentdeath
+
 __all__ = ["BrokerStartError", "LocalBroker", "die_with_parent", "find_broker_binary"]
-
-# From <linux/prctl.h>; not exposed by the standard library.
-_PR_SET_PDEATHSIG = 1
-
 
 class BrokerStartError(RuntimeError):
     """The broker binary is missing, exited early, or never accepted connections."""
@@ -64,21 +62,14 @@ def _free_loopback_port() -> int:
         return port
 
 
-def die_with_parent() -> None:
-    """preexec_fn: ask the kernel to SIGKILL the broker when its parent dies.
+def die_with_parent() -> Callable[[], None]:
+    """A preexec_fn (build it right before ``Popen``): the kernel SIGKILLs the child when its parent dies.
 
     Without this a test run killed with SIGKILL (or a crashed relay) would leave a broker
-    listening forever.  Only Linux has PR_SET_PDEATHSIG; elsewhere this is a no-op and the
-    own process group below still lets ``stop()`` kill the whole tree.
+    listening forever.  Only Linux has PR_SET_PDEATHSIG; elsewhere it is a no-op and the
+    own process group still lets ``stop()`` kill the whole tree.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-    # The parent may have died between fork and prctl; the signal would never come.
-    if os.getppid() == 1:
-        os._exit(1)
+    return parentdeath.preexec(signal.SIGKILL, required=False)
 
 
 class LocalBroker:
@@ -147,7 +138,7 @@ class LocalBroker:
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent(),
             # Own process group: stop() signals the group, and a Ctrl-C in the terminal
             # reaches the parent only, which then shuts the broker down in order.
             start_new_session=True,

@@ -89,7 +89,7 @@ class CliChild:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             # A child must not outlive a test run, benchmark or demo that is killed.
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent(),
         )
 
     def output(self) -> str:
