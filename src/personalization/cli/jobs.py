@@ -83,7 +83,7 @@ def nightly(
         _fail(f"nightly run failed: {exc}")
     out = {"run_id": result.run_id, "as_of": result.as_of.isoformat(), "rows": result.rows,
            "dropped_snapshots": [d.isoformat() for d in result.dropped], "duration_s": round(result.duration_s, 3),
-           "computed_at": result.computed_at.isoformat(), "steps": result.steps}
+           "computed_at": result.computed_at.isoformat(), "steps": result.steps, "refresh": result.refresh}
     if json_out:
         typer.echo(orjson.dumps(out).decode())
     else:

@@ -9,13 +9,16 @@ the decay pass, sharing one exported snapshot).  Every driver error leaves throu
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal, assert_never
 
 import psycopg
 import pyarrow as pa
@@ -27,8 +30,15 @@ from personalization.errors import StoreError, StoreUnavailable
 from personalization.store.db import wrap_exceptions
 from personalization.store.queries import q
 
+log = logging.getLogger("personalization.nightly")
+
 SQL_FILE = "nightly.sql"
 APPLICATION_NAME = "personalization-nightly"
+ROLLUPS_VIEW = "user_signal_rollups"
+# The rebuilt view before its swap; a run killed before the swap leaves it behind and the
+# next run drops it.
+NEXT_VIEW = f"{ROLLUPS_VIEW}__next"
+RefreshMode = Literal["swap", "concurrently"]
 # Advisory lock keys (bigint).  RUN_LOCK: one nightly run at a time, across processes and
 # hosts.  SWAP_LOCK: the snapshot swap against erase_user_features.
 RUN_LOCK_KEY = 0x7A6E_6967_6874_0001
@@ -87,15 +97,83 @@ class BuildResult:
     rows: int
     dropped: list[date]
     computed_at: datetime
+    # How user_signal_rollups was refreshed: 'swap' (rebuilt beside it and swapped in) or
+    # 'concurrently' (REFRESH ... CONCURRENTLY, by setting or as the swap's fallback).
+    refresh: str = "concurrently"
+
+
+@dataclass(frozen=True)
+class SwapPolicy:
+    """How the rebuilt rollup view is swapped in.
+
+    The swap's ``DROP`` of the old view needs its ACCESS EXCLUSIVE lock; while it waits for
+    a reader to finish, readers arriving after it queue behind it.  So it waits at most
+    ``lock_timeout_ms`` per attempt (the longest a reader is held up), backs off and tries
+    again, ``attempts`` times; then the run refreshes the view CONCURRENTLY instead.
+    """
+
+    lock_timeout_ms: int = 200
+    attempts: int = 25
+    max_backoff_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class _ViewInfo:
+    oid: int
+    schema: str
+    name: str
+    owner: str
+    definition: str
+    comment: str | None
+    has_dependents: bool
+    indexes: list[tuple[str, str]]
+    grants: list[tuple[str | None, str, bool]]
+
+    def ident(self, name: str | None = None) -> sql.Identifier:
+        return sql.Identifier(self.schema, name or self.name)
+
+
+_INDEXDEF = re.compile(r"^CREATE (?P<unique>UNIQUE )?INDEX \S+ ON (?:ONLY )?\S+ (?P<rest>USING .*)$", re.DOTALL)
+
+
+def _next_index_name(i: int) -> str:
+    return f"{NEXT_VIEW}_i{i}"
+
+
+def _parallel(background: Callable[[], None], foreground: Callable[[], None], name: str) -> None:
+    """Run ``background`` in a thread while ``foreground`` runs here; re-raise the first error.
+
+    Each callable owns its own connection (a psycopg connection is not shared across
+    threads here), so the two statements really run at once on two backends.
+    """
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            background()
+        except BaseException as exc:  # re-raised in the calling thread
+            errors.append(exc)
+
+    worker = threading.Thread(target=run, name=name, daemon=True)
+    worker.start()
+    try:
+        foreground()
+    finally:
+        worker.join()
+    if errors:
+        raise errors[0]
 
 
 class NightlyStore:
     """Connections and statements of the nightly job."""
 
-    def __init__(self, database_url: str, *, work_mem: str = "64MB", connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, database_url: str, *, work_mem: str = "64MB", connect_timeout_s: float = 5.0,
+                 refresh_mode: RefreshMode = "swap", swap: SwapPolicy | None = None) -> None:
         self.database_url = database_url
         self.work_mem = work_mem
         self.connect_timeout_s = connect_timeout_s
+        self.refresh_mode: RefreshMode = refresh_mode
+        self.swap = swap or SwapPolicy()
 
     def connect(self, *, autocommit: bool = True) -> psycopg.Connection[Any]:
         """A connection with the job's session settings.
@@ -176,11 +254,14 @@ class NightlyStore:
 
     @staticmethod
     def drop_leftovers(conn: psycopg.Connection[Any]) -> list[str]:
-        """Drop staging tables a killed run left behind (call with the run lock held)."""
+        """Drop staging tables and a rebuilt view a killed run left behind (call with the run lock held)."""
         with wrap_exceptions():
             names = [r[0] for r in conn.execute(_q("leftover_tables")).fetchall()]
             for n in names:
                 conn.execute(_c("drop_table", part=sql.Identifier(n)))
+            for schema, view in conn.execute(_q("leftover_views"), {"name": NEXT_VIEW}).fetchall():
+                conn.execute(_c("drop_view_if_exists", view=sql.Identifier(schema, view)))
+                names.append(f"{schema}.{view}")
         return names
 
     # -- the work ---------------------------------------------------------------------
@@ -190,12 +271,22 @@ class NightlyStore:
                        on_step: Any = None) -> BuildResult:
         """Refresh the rollups, copy them into the dated snapshot and swap it in.
 
-        Steps: (1) REFRESH MATERIALIZED VIEW CONCURRENTLY on one connection while a second
-        one computes the decayed weights from the same exported snapshot of the events;
-        (2) a staging table is filled from the refreshed view, indexed and committed (it is
-        not visible to readers); (3) one short transaction replaces the date's partition,
-        drops expired ones, writes the catalogue and marks the ledger row succeeded.  A
-        crash before (3) commits leaves the previous snapshot as it was.
+        Steps: (1) on one connection the rollup view is rebuilt beside the live one
+        (``{view}__next``, from the view's own migrated query) -- or, in 'concurrently' mode,
+        refreshed with REFRESH MATERIALIZED VIEW CONCURRENTLY -- while a second connection
+        computes the decayed weights from the same exported snapshot of the events;
+        (2) a staging table is filled from the refreshed rollups, indexed and committed
+        while the other connection indexes the rebuilt view (neither is visible to readers);
+        (3) the rebuilt view replaces the live one in a short transaction (see
+        :class:`SwapPolicy`); (4) one short transaction replaces the date's partition, drops
+        expired ones, writes the catalogue and marks the ledger row succeeded.  A crash
+        before (4) commits leaves the previous snapshot as it was.
+
+        Why not always CONCURRENTLY: PostgreSQL's concurrent refresh checks the new rows for
+        duplicates with a self-join sorted on whole-row images and then diffs them against
+        the old rows; on 400k rollup rows that costs ~4x the aggregate itself.  The swap
+        costs one aggregate plus an index build, and readers wait at most the swap's bounded
+        lock wait (never the rebuild).
         """
         step = on_step or (lambda _name: None)
         stage = f"_stage_{run_id}"
@@ -210,45 +301,70 @@ class NightlyStore:
             snapshot, computed_at = row[0], row[1]
             b.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             b.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            errors: list[BaseException] = []
+
+            view = self._view_info(a)
+            mode: RefreshMode = self.refresh_mode
+            if mode == "swap" and view.has_dependents:
+                log.warning("user_signal_rollups has dependent views: refreshing CONCURRENTLY instead of swapping",
+                            extra={"run_id": run_id})
+                mode = "concurrently"
+            nxt = view.ident(NEXT_VIEW)
+            rollups = nxt if mode == "swap" else view.ident()
 
             def decay_pass() -> None:
-                try:
-                    b.execute(_c("create_decay", decay=sql.Identifier(decay_tbl), scale=scale,
-                                 half_life=half_life, at=at))
-                    b.commit()
-                except BaseException as exc:  # re-raised in the calling thread
-                    errors.append(exc)
+                b.execute(_c("create_decay", decay=sql.Identifier(decay_tbl), scale=scale, half_life=half_life, at=at))
+                b.commit()
+
+            def refresh() -> None:
+                if mode == "swap":
+                    a.execute(_c("drop_view_if_exists", view=nxt))
+                    a.execute(_c("create_next_view", next=nxt, definition=sql.SQL(view.definition)))
+                elif mode == "concurrently":
+                    a.execute(_q("refresh_rollups"))
+                else:
+                    assert_never(mode)
+                a.commit()
 
             step("refresh")
-            worker = threading.Thread(target=decay_pass, name="nightly-decay", daemon=True)
-            worker.start()
-            try:
-                a.execute(_q("refresh_rollups"))
-                a.commit()
-            finally:
-                worker.join()
-            if errors:
-                raise errors[0]
+            _parallel(decay_pass, refresh, "nightly-decay")
 
+            def index_next() -> None:
+                if mode == "swap":
+                    for i, (_name, definition) in enumerate(view.indexes):
+                        b.execute(self._next_index_sql(view, definition, i))
+                    b.execute(_c("analyze_next", next=nxt))
+                b.commit()
+
+            def copy() -> None:
+                a.execute(_c("create_stage", stage=sql.Identifier(stage)))
+                filled = a.execute(_c("fill_stage", stage=sql.Identifier(stage), decay=sql.Identifier(decay_tbl),
+                                      rollups=rollups), {"as_of": as_of} | privacy.params()).rowcount
+                a.execute(_c("index_stage", stage=sql.Identifier(stage), check=sql.Identifier(f"{stage}_as_of"),
+                             as_of=lit_as_of))
+                a.execute(_c("drop_table", part=sql.Identifier(decay_tbl)))
+                a.commit()
+                a.execute(_c("analyze_stage", stage=sql.Identifier(stage)))
+                a.commit()
+                counts["filled"] = filled
+
+            counts: dict[str, int] = {}
             step("copy")
-            a.execute(_c("create_stage", stage=sql.Identifier(stage)))
-            cur = a.execute(_c("fill_stage", stage=sql.Identifier(stage), decay=sql.Identifier(decay_tbl)),
-                            {"as_of": as_of} | privacy.params())
-            a.execute(_c("index_stage", stage=sql.Identifier(stage), check=sql.Identifier(f"{stage}_as_of"),
-                         as_of=lit_as_of))
-            a.execute(_c("drop_table", part=sql.Identifier(decay_tbl)))
-            a.commit()
-            a.execute(_c("analyze_stage", stage=sql.Identifier(stage)))
-            a.commit()
+            _parallel(index_next, copy, "nightly-index")
 
             step("swap")
+            if mode == "swap" and not self._swap_view(a, view):
+                log.warning("the rollup view swap could not get its lock: refreshing CONCURRENTLY instead",
+                            extra={"run_id": run_id, "attempts": self.swap.attempts})
+                a.execute(_c("drop_view_if_exists", view=nxt))
+                a.execute(_q("refresh_rollups"))
+                a.commit()
+                mode = "concurrently"
             # Table lock first, advisory swap lock second: if the swap has to wait for a
             # reader, it waits before it holds the lock that erasures take.
             a.execute(_q("lock_catalogue"))
             a.execute(_q("swap_lock"), {"key": SWAP_LOCK_KEY})
             pruned = a.execute(_c("prune_stage", stage=sql.Identifier(stage)), privacy.params()).rowcount
-            rows = max(0, cur.rowcount - max(0, pruned))
+            rows = max(0, counts["filled"] - max(0, pruned))
             part = partition_name(as_of)
             self._drop_partition(a, as_of)
             a.execute(_c("attach_partition", stage=sql.Identifier(stage), as_of=lit_as_of))
@@ -263,7 +379,80 @@ class NightlyStore:
             a.execute(_q("finish_run"), {"run_id": run_id, "status": "succeeded", "row_count": rows,
                                          "dropped": len(dropped), "error": None})
             a.commit()
-        return BuildResult(rows=rows, dropped=dropped, computed_at=computed_at)
+        return BuildResult(rows=rows, dropped=dropped, computed_at=computed_at, refresh=mode)
+
+    @staticmethod
+    def _view_info(conn: psycopg.Connection[Any]) -> _ViewInfo:
+        row = conn.execute(_q("rollups_view"), {"name": ROLLUPS_VIEW}).fetchone()
+        if row is None:
+            raise StoreError(f"materialized view {ROLLUPS_VIEW} not found: run `personalization db upgrade`")
+        oid, schema, name, owner, definition, comment, has_dependents = row
+        indexes = [(r[0], r[1]) for r in conn.execute(_q("rollups_indexes"), {"oid": oid}).fetchall()]
+        grants = [(r[0], r[1], bool(r[2])) for r in conn.execute(_q("rollups_grants"), {"oid": oid}).fetchall()]
+        return _ViewInfo(oid=int(oid), schema=schema, name=name, owner=owner,
+                         definition=str(definition).strip().rstrip(";"), comment=comment,
+                         has_dependents=bool(has_dependents), indexes=indexes, grants=grants)
+
+    @staticmethod
+    def _next_index_sql(view: _ViewInfo, definition: str, i: int) -> sql.Composed:
+        """The live view's index ``definition`` (pg_get_indexdef) re-targeted at the rebuilt view."""
+        m = _INDEXDEF.match(definition)
+        if m is None:
+            raise StoreError(f"cannot re-create index of {view.name}: unexpected definition {definition!r}")
+        return sql.SQL("CREATE {unique}INDEX {name} ON {view} {rest}").format(
+            unique=sql.SQL(m["unique"] or ""), name=sql.Identifier(_next_index_name(i)),
+            view=view.ident(NEXT_VIEW), rest=sql.SQL(m["rest"]),
+        )
+
+    def _swap_view(self, conn: psycopg.Connection[Any], view: _ViewInfo) -> bool:
+        """Replace the live rollup view with the rebuilt one; False if its lock never came.
+
+        One short transaction per attempt: under the erasure lock, rebuild the (still
+        invisible) view again if a user erased since the job's snapshot is in it, then drop
+        the live view and rename the rebuilt one and its indexes into place, with the live
+        view's owner, grants and comment.  Prepared statements of readers re-plan against
+        the new relation by name (PostgreSQL invalidates plans of a dropped relation).
+        """
+        policy = self.swap
+        nxt = view.ident(NEXT_VIEW)
+        for attempt in range(policy.attempts):
+            try:
+                conn.execute(_q("swap_lock"), {"key": SWAP_LOCK_KEY})
+                stale = conn.execute(_c("next_has_erased_users", next=nxt)).fetchone()
+                if stale and stale[0]:
+                    log.info("users were erased while the rollups were rebuilt: rebuilding them again")
+                    conn.execute(_c("rebuild_next", next=nxt))
+                conn.execute(_q("swap_lock_timeout"), {"timeout": f"{policy.lock_timeout_ms}ms"})
+                conn.execute(_c("drop_view", view=view.ident()))
+                conn.execute(_c("rename_view", view=nxt, new_name=sql.Identifier(view.name)))
+                for i, (name, _definition) in enumerate(view.indexes):
+                    conn.execute(_c("rename_index", index=view.ident(_next_index_name(i)),
+                                    new_name=sql.Identifier(name)))
+                self._carry_over(conn, view)
+                conn.commit()
+                return True
+            except psycopg.errors.LockNotAvailable:
+                conn.rollback()
+                pause = min(policy.max_backoff_s, 0.05 * 2**attempt)
+                log.info("rollup view swap waits for readers", extra={"attempt": attempt + 1, "pause_s": pause})
+                time.sleep(pause)
+        return False
+
+    @staticmethod
+    def _carry_over(conn: psycopg.Connection[Any], view: _ViewInfo) -> None:
+        """Owner, grants and comment of the dropped view onto its replacement."""
+        target = view.ident()
+        me = conn.execute("SELECT current_user").fetchone()
+        if me is not None and me[0] != view.owner:
+            conn.execute(_c("owner_view", view=target, owner=sql.Identifier(view.owner)))
+        for grantee, privilege, grantable in view.grants:
+            conn.execute(sql.SQL("GRANT {priv} ON {view} TO {who}{opt}").format(
+                priv=sql.SQL(privilege), view=target,
+                who=sql.SQL("PUBLIC") if grantee is None else sql.Identifier(grantee),
+                opt=sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            ))
+        if view.comment is not None:
+            conn.execute(_c("comment_view", view=target, comment=sql.Literal(view.comment)))
 
     @staticmethod
     def _drop_partition(conn: psycopg.Connection[Any], as_of: date) -> None:

@@ -55,6 +55,80 @@ SELECT c.relname
  WHERE n.nspname = 'feature_store' AND c.relkind = 'r'
    AND (c.relname LIKE '\_stage\_%%' OR c.relname LIKE '\_decay\_%%')
 
+-- name: leftover_views
+-- The rebuilt rollup view of a run killed before its swap (always named {view}__next).
+SELECT n.nspname, c.relname
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'm' AND c.relname = %(name)s
+
+-- name: rollups_view
+-- What the swap must carry over to the rebuilt view: its definition (as migrated), schema,
+-- owner, grants and comment; and whether anything depends on it (a view over it would stop
+-- the swap's DROP, so such a database refreshes CONCURRENTLY instead).
+SELECT c.oid::int8 AS oid, n.nspname, c.relname, pg_get_userbyid(c.relowner) AS owner,
+       pg_get_viewdef(c.oid, true) AS definition,
+       obj_description(c.oid, 'pg_class') AS comment,
+       EXISTS (SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+                WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                  AND d.refobjid = c.oid AND r.ev_class <> c.oid) AS has_dependents
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid = to_regclass(%(name)s) AND c.relkind = 'm'
+
+-- name: rollups_indexes
+SELECT i.relname, pg_get_indexdef(x.indexrelid) AS definition
+  FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+ WHERE x.indrelid = %(oid)s::oid
+ ORDER BY i.relname
+
+-- name: rollups_grants
+-- Grants other than the owner's own (grantee 0 is PUBLIC).
+SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END AS grantee,
+       a.privilege_type, a.is_grantable
+  FROM pg_class c, aclexplode(c.relacl) a
+ WHERE c.oid = %(oid)s::oid AND a.grantee <> c.relowner
+ ORDER BY 1, 2
+
+-- name: create_next_view
+-- The view's own (migrated) query, materialized under the next-view name in the job's
+-- exported snapshot: readers keep using the current view meanwhile.
+CREATE MATERIALIZED VIEW {next} AS {definition} WITH DATA
+
+-- name: analyze_next
+ANALYZE {next}
+
+-- name: next_has_erased_users
+-- Rows of users whose profile is gone (an erasure committed after the job's snapshot):
+-- the rebuilt view must not bring them back.
+SELECT EXISTS (SELECT 1 FROM {next} v
+                WHERE v.user_id IS NOT NULL
+                  AND NOT EXISTS (SELECT 1 FROM user_profile p WHERE p.user_id = v.user_id)) AS stale
+
+-- name: rebuild_next
+REFRESH MATERIALIZED VIEW {next}
+
+-- name: swap_lock_timeout
+-- Only the view swap waits with a bound: while its DROP waits for a reader, readers that
+-- arrive after it queue behind it, so it gives up quickly and tries again later.
+SELECT set_config('lock_timeout', %(timeout)s, true)
+
+-- name: drop_view
+DROP MATERIALIZED VIEW {view}
+
+-- name: drop_view_if_exists
+DROP MATERIALIZED VIEW IF EXISTS {view}
+
+-- name: rename_view
+ALTER MATERIALIZED VIEW {view} RENAME TO {new_name}
+
+-- name: rename_index
+ALTER INDEX {index} RENAME TO {new_name}
+
+-- name: owner_view
+ALTER MATERIALIZED VIEW {view} OWNER TO {owner}
+
+-- name: comment_view
+COMMENT ON MATERIALIZED VIEW {view} IS {comment}
+
 -- name: export_snapshot
 -- The refresh and the decay pass read the same events: the refresh runs in this
 -- transaction, the decay pass imports its snapshot.  clock_timestamp() is read after the
@@ -82,13 +156,14 @@ CREATE TABLE feature_store.{stage}
   (LIKE feature_store.user_signal_features INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
 
 -- name: fill_stage
+-- {rollups}: the rebuilt view before its swap, or the view itself when refreshed CONCURRENTLY.
 -- Privacy: only users whose level permits personalization (core.privacy.policy_for):
 -- the levels listed, plus NULL when the column default personalizes; unknown levels fail closed.
 INSERT INTO feature_store.{stage}
        (as_of, user_id, content_type, signal_type, event_count, total_weight, last_seen_at, decayed_weight)
 SELECT %(as_of)s::date, r.user_id, r.content_type, r.signal_type, r.event_count, r.total_weight,
        r.last_seen_at, COALESCE(d.decayed_weight, 0)
-  FROM user_signal_rollups r
+  FROM {rollups} r
   JOIN user_profile p ON p.user_id = r.user_id
   LEFT JOIN feature_store.{decay} d
          ON d.user_id = r.user_id AND d.content_type = r.content_type AND d.signal_type = r.signal_type
