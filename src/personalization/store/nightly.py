@@ -312,7 +312,9 @@ class NightlyStore:
             rollups = nxt if mode == "swap" else view.ident()
 
             def decay_pass() -> None:
-                b.execute(_c("create_decay", decay=sql.Identifier(decay_tbl), scale=scale, half_life=half_life, at=at))
+                b.execute(_c("create_decay", decay=sql.Identifier(decay_tbl), scale=scale, half_life=half_life, at=at,
+                             levels=sql.SQL("{}::text[]").format(sql.Literal(list(privacy.levels))),
+                             null_ok=sql.Literal(privacy.null_ok)))
                 b.commit()
 
             def refresh() -> None:
@@ -338,7 +340,7 @@ class NightlyStore:
             def copy() -> None:
                 a.execute(_c("create_stage", stage=sql.Identifier(stage)))
                 filled = a.execute(_c("fill_stage", stage=sql.Identifier(stage), decay=sql.Identifier(decay_tbl),
-                                      rollups=rollups), {"as_of": as_of} | privacy.params()).rowcount
+                                      rollups=rollups), {"as_of": as_of}).rowcount
                 a.execute(_c("index_stage", stage=sql.Identifier(stage), check=sql.Identifier(f"{stage}_as_of"),
                              as_of=lit_as_of))
                 a.execute(_c("drop_table", part=sql.Identifier(decay_tbl)))

@@ -142,13 +142,17 @@ REFRESH MATERIALIZED VIEW CONCURRENTLY user_signal_rollups
 -- The SQL form of personalization.core.decay.event_score, summed per rollup key: the half-life
 -- and scale depend only on signal_type, which is part of the key, so the scale is applied
 -- once per group.  date_part on an interval is float8 (EXTRACT would be numeric, much slower).
+-- Privacy: only users whose level permits personalization (core.privacy.policy_for): the
+-- levels listed, plus NULL when the column default personalizes; unknown levels fail closed.
+-- Filtering here (beside the view's rebuild) keeps the profile join off the copy.
 CREATE UNLOGGED TABLE feature_store.{decay} AS
-SELECT user_id, content_type, signal_type,
-       ({scale}) * sum(abs(signal_weight::float8)
-                       * power(2.0::float8, -date_part('epoch', {at} - occurred_at) / ({half_life})))
+SELECT e.user_id, e.content_type, e.signal_type,
+       ({scale}) * sum(abs(e.signal_weight::float8)
+                       * power(2.0::float8, -date_part('epoch', {at} - e.occurred_at) / ({half_life})))
            AS decayed_weight
-  FROM personalization_events
- WHERE user_id IS NOT NULL
+  FROM personalization_events e
+  JOIN user_profile p ON p.user_id = e.user_id
+ WHERE p.privacy_level = ANY({levels}) OR (p.privacy_level IS NULL AND {null_ok})
  GROUP BY 1, 2, 3
 
 -- name: create_stage
@@ -156,19 +160,16 @@ CREATE TABLE feature_store.{stage}
   (LIKE feature_store.user_signal_features INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
 
 -- name: fill_stage
--- {rollups}: the rebuilt view before its swap, or the view itself when refreshed CONCURRENTLY.
--- Privacy: only users whose level permits personalization (core.privacy.policy_for):
--- the levels listed, plus NULL when the column default personalizes; unknown levels fail closed.
+-- {rollups}: the rebuilt view before its swap, or the view itself when refreshed CONCURRENTLY;
+-- both were computed from the decay pass's snapshot, so every rollup row of a permitted user
+-- has its decay row, and the inner join leaves out the users the decay pass left out.
 INSERT INTO feature_store.{stage}
        (as_of, user_id, content_type, signal_type, event_count, total_weight, last_seen_at, decayed_weight)
 SELECT %(as_of)s::date, r.user_id, r.content_type, r.signal_type, r.event_count, r.total_weight,
-       r.last_seen_at, COALESCE(d.decayed_weight, 0)
+       r.last_seen_at, d.decayed_weight
   FROM {rollups} r
-  JOIN user_profile p ON p.user_id = r.user_id
-  LEFT JOIN feature_store.{decay} d
-         ON d.user_id = r.user_id AND d.content_type = r.content_type AND d.signal_type = r.signal_type
- WHERE p.privacy_level = ANY(%(levels)s::text[])
-    OR (p.privacy_level IS NULL AND %(null_ok)s)
+  JOIN feature_store.{decay} d
+    ON d.user_id = r.user_id AND d.content_type = r.content_type AND d.signal_type = r.signal_type
 
 -- name: index_stage
 -- The CHECK lets ATTACH PARTITION skip its validation scan; the primary key matches the
