@@ -44,7 +44,7 @@ def test_db_upgrade_creates_and_is_idempotent(pg_admin_url: str) -> None:
 
 def test_db_upgrade_unreachable_is_one_line_error() -> None:
     r = _cli("db", "upgrade", env={"PERSONALIZATION_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"})
-    assert r.returncode == 1
+    assert r.returncode == 4  # PostgreSQL unreachable: retry later
     assert r.stderr.strip().startswith("error:")
     assert "Traceback" not in r.stderr
 

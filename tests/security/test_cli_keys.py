@@ -60,7 +60,7 @@ def test_create_list_revoke(cli_env: CliRunner, db_url: str) -> None:
 def test_bad_input_is_one_line_and_writes_nothing(cli_env: CliRunner, db_url: str, args: list[str],
                                                   message: str) -> None:
     res = cli_env.invoke(cli_app, args)
-    assert res.exit_code == 1, res.output
+    assert res.exit_code == 2, res.output
     assert message in res.output and len(res.output.strip().splitlines()) == 1
     assert "Traceback" not in res.output
     with psycopg.connect(db_url) as conn:
@@ -71,4 +71,4 @@ def test_bad_input_is_one_line_and_writes_nothing(cli_env: CliRunner, db_url: st
 def test_duplicate_live_name_is_refused(cli_env: CliRunner) -> None:
     assert cli_env.invoke(cli_app, ["keys", "create", "--name", "dup", "--scopes", "read"]).exit_code == 0
     res = cli_env.invoke(cli_app, ["keys", "create", "--name", "dup", "--scopes", "read"])
-    assert res.exit_code == 1 and "already exists" in res.output
+    assert res.exit_code == 3 and "already exists" in res.output

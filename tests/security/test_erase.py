@@ -179,7 +179,7 @@ def test_cli_users_erase(db_url: str, redis_url: str, sync_redis: redis.Redis, m
         assert set(rows_per_table(db_url, uid).values()) == {0}
         assert sync_redis.exists(keys.user_embedding(uid)) == 0
         res = runner.invoke(cli_app, ["users", "erase", "x'; DROP TABLE user_profile; --"])
-        assert res.exit_code == 1 and "user_id: not a UUID" in res.output
+        assert res.exit_code == 2 and "user_id: not a UUID" in res.output
         assert len(res.output.strip().splitlines()) == 1
     finally:
         get_settings.cache_clear()
@@ -203,7 +203,7 @@ def test_cli_users_export(db_url: str, redis_url: str, tmp_path: Path, monkeypat
         doc = orjson.loads(out.read_bytes())
         assert doc["user_id"] == str(uid) and doc["events_count"] == 4 and len(doc["traits"]) == 1
         res = runner.invoke(cli_app, ["users", "export", str(uuid.uuid4())])
-        assert res.exit_code == 1 and "user not found" in res.output
+        assert res.exit_code == 2 and "user not found" in res.output
     finally:
         get_settings.cache_clear()
 

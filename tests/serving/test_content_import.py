@@ -123,7 +123,7 @@ def _bad_files(tmp_path: Path) -> list[tuple[list[str], str]]:
 def test_bad_files_write_nothing(cli: CliRunner, tmp_path: Path, db_url: str, redis_url: str) -> None:
     for args, message in _bad_files(tmp_path):
         res = cli.invoke(app, ["content", "import", *args])
-        assert res.exit_code == 1, (args, res.output)
+        assert res.exit_code == 2, (args, res.output)
         out = " ".join(res.output.split())
         assert message in out, (message, res.output)
     assert _rows(db_url) == []

@@ -1,7 +1,9 @@
 """``personalization cdc ...``: run, inspect and retire the Debezium change-stream relay.
 
-Exit codes: 0 success, 1 the relay or Debezium failed, 2 the database is not set up for
-change capture (the message names the fix).  Recovery after a lost slot or stale offsets
+Exit codes (:mod:`personalization.cli.common`): 0 success, 1 the relay or Debezium failed,
+2 bad usage (a missing ``--yes``) or the database is not set up for change capture (the
+message names the fix), 3 the slot is in use by a running relay (``drop-slot``,
+``reset-offsets``), 4 PostgreSQL unreachable.  Recovery after a lost slot or stale offsets
 (database restored or recreated, slot dropped)::
 
     personalization cdc reset-offsets --yes           # re-create the slot, forget offsets
@@ -14,18 +16,24 @@ stored offsets, so PostgreSQL stops keeping WAL for it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from personalization.cli.common import ExitCode, fail
 from personalization.stream.settings import CdcSettings, SnapshotMode
+
+if TYPE_CHECKING:
+    import psycopg
 
 app = typer.Typer(help="Debezium change-data-capture relay to Kafka.", no_args_is_help=True)
 
@@ -33,9 +41,30 @@ _YES = typer.Option("--yes", help="Confirm the destructive operation.")
 
 
 def _settings(**overrides: object) -> CdcSettings:
-    base = CdcSettings()
+    try:
+        base = CdcSettings()
+    except ValueError as exc:  # pydantic ValidationError: a PERSONALIZATION_* variable is wrong
+        fail(f"invalid settings: {' '.join(str(exc).splitlines()[:3])}", ExitCode.BAD_INPUT)
     values = {k: v for k, v in overrides.items() if v is not None}
     return base.model_copy(update=values) if values else base
+
+
+@contextlib.contextmanager
+def _admin(settings: CdcSettings) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """An admin connection; a setup problem exits 2, a slot in use 3, PostgreSQL unreachable 4."""
+    import psycopg
+
+    from personalization.stream import pgadmin
+
+    try:
+        with pgadmin.connect(settings) as conn:
+            yield conn
+    except pgadmin.SlotInUse as exc:
+        fail(str(exc), ExitCode.REFUSED)
+    except pgadmin.CdcSetupError as exc:
+        fail(str(exc), ExitCode.BAD_INPUT)
+    except psycopg.OperationalError as exc:
+        fail(f"cannot reach PostgreSQL: {exc}", ExitCode.UNAVAILABLE)
 
 
 def _logging() -> None:
@@ -84,7 +113,7 @@ def status() -> None:
     from personalization.stream import pgadmin
 
     settings = _settings()
-    with pgadmin.connect(settings) as conn:
+    with _admin(settings) as conn:
         slot = pgadmin.read_slot(conn, settings.cdc_slot_name)
         lsn = pgadmin.stored_lsn(conn, settings)
     out = {
@@ -104,15 +133,10 @@ def drop_slot(
     from personalization.stream import pgadmin
 
     if not yes:
-        typer.echo("refusing without --yes: this stops change capture for good", err=True)
-        raise typer.Exit(2)
+        fail("refusing without --yes: this stops change capture for good", ExitCode.BAD_INPUT)
     settings = _settings()
-    try:
-        with pgadmin.connect(settings) as conn:
-            dropped = pgadmin.drop_slot_and_publication(conn, settings, keep_offsets=keep_offsets)
-    except pgadmin.CdcSetupError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from exc
+    with _admin(settings) as conn:
+        dropped = pgadmin.drop_slot_and_publication(conn, settings, keep_offsets=keep_offsets)
     typer.echo("dropped: " + (", ".join(dropped) if dropped else "nothing (already retired)"))
 
 
@@ -122,17 +146,12 @@ def reset_offsets(yes: Annotated[bool, _YES] = False) -> None:
     from personalization.stream import pgadmin
 
     if not yes:
-        typer.echo("refusing without --yes: changes not yet streamed may be skipped", err=True)
-        raise typer.Exit(2)
+        fail("refusing without --yes: changes not yet streamed may be skipped", ExitCode.BAD_INPUT)
     settings = _settings()
-    try:
-        with pgadmin.connect(settings) as conn:
-            pgadmin.drop_slot_and_publication(conn, settings, keep_offsets=False)
-            pgadmin.preflight(conn, settings)
-            pgadmin.ensure_publication_and_slot(conn, settings)
-    except pgadmin.CdcSetupError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from exc
+    with _admin(settings) as conn:
+        pgadmin.drop_slot_and_publication(conn, settings, keep_offsets=False)
+        pgadmin.preflight(conn, settings)
+        pgadmin.ensure_publication_and_slot(conn, settings)
     typer.echo(f"slot {settings.cdc_slot_name} re-created; offsets cleared")
 
 

@@ -8,18 +8,12 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 
+from personalization.cli.common import ExitCode, err, exit_code_for, fail
 from personalization.config import get_settings
 from personalization.errors import InvalidInput, PersonalizationError
 
 app = typer.Typer(no_args_is_help=True, help="Content embeddings used by reranking.")
-_err = Console(stderr=True)
-
-
-def _fail(msg: str) -> None:
-    _err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
 
 
 @app.command("import")
@@ -44,8 +38,9 @@ def import_(
     try:
         batch = read_file(path, dim, fmt, ids)
     except InvalidInput as exc:
-        _fail(f"{path}: {'; '.join(e.msg for e in exc.errors)}")
-        return
+        fail(f"{path}: {'; '.join(e.msg for e in exc.errors)}", ExitCode.BAD_INPUT)
+    except OSError as exc:  # exists but cannot be read (permissions, a directory, an I/O error)
+        fail(f"{path}: cannot read: {exc.strerror or exc}", ExitCode.BAD_INPUT)
 
     async def run() -> tuple[int, bool]:
         db = Database(settings, min_size=1, max_size=1)
@@ -60,10 +55,9 @@ def import_(
     try:
         written, announced = asyncio.run(run())
     except PersonalizationError as exc:
-        _fail(str(exc))
-        return
+        fail(str(exc), exit_code_for(exc))
     if not announced:
-        _err.print(
+        err.print(
             "[yellow]warning:[/] Redis unreachable: serving processes see the new vectors when their cache ages out"
         )
     if json_out:

@@ -1,7 +1,8 @@
 """``personalization jobs ...`` and ``personalization features ...`` (issue 5).
 
-Exit codes: 0 success, 1 the run failed (recorded in the ledger), 2 bad input (nothing
-written), 3 another nightly run holds the lock.  Log lines are JSON on stderr.
+Exit codes (:mod:`personalization.cli.common`): 0 success, 1 the run failed (recorded in
+the ledger), 2 bad input (nothing written), 3 another nightly run holds the lock, 4
+PostgreSQL unavailable.  Log lines are JSON on stderr.
 """
 
 from __future__ import annotations
@@ -9,29 +10,21 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from personalization.cli.common import ExitCode, err, exit_code_for, fail
 from personalization.errors import InvalidInput, PersonalizationError
 
 app = typer.Typer(no_args_is_help=True, help="Nightly feature-store job and its scheduler.")
 features_app = typer.Typer(no_args_is_help=True, help="Feature-store data for training.")
 
-err = Console(stderr=True)
-
 _STEPS = {"refresh": "refreshing user_signal_rollups + decay pass", "copy": "copying into the dated snapshot",
           "swap": "swapping the snapshot in", "done": "done"}
-
-
-def _fail(msg: str, code: int = 1) -> NoReturn:
-    # One line: driver messages often span several.
-    err.print(f"[bold red]error:[/] {escape(' '.join(msg.split()))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _sigterm_exits() -> None:
@@ -51,7 +44,7 @@ def _setup() -> tuple[str, Any]:
     try:
         nightly = NightlySettings()
     except ValueError as exc:
-        _fail(f"invalid PERSONALIZATION_NIGHTLY_* setting: {exc}".replace("\n", " "), 2)
+        fail(f"invalid PERSONALIZATION_NIGHTLY_* setting: {exc}", ExitCode.BAD_INPUT)
     return get_settings().database_url, nightly
 
 
@@ -76,11 +69,11 @@ def nightly(
             task = progress.add_task("starting", total=None)
             result = job.run(as_of, on_step=lambda s: progress.update(task, description=_STEPS.get(s, s)))
     except InvalidInput as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), ExitCode.BAD_INPUT)
     except NightlyRunning as exc:
-        _fail(str(exc), 3)
+        fail(str(exc), ExitCode.REFUSED)
     except PersonalizationError as exc:
-        _fail(f"nightly run failed: {exc}")
+        fail(f"nightly run failed: {exc}", exit_code_for(exc))
     out = {"run_id": result.run_id, "as_of": result.as_of.isoformat(), "rows": result.rows,
            "dropped_snapshots": [d.isoformat() for d in result.dropped], "duration_s": round(result.duration_s, 3),
            "computed_at": result.computed_at.isoformat(), "steps": result.steps, "refresh": result.refresh}
@@ -109,7 +102,7 @@ def schedule(
         err.print(f"scheduler: cron {settings.cron!r} in {settings.timezone}", highlight=False)
         sched.start(blocking=True)
     except InvalidInput as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), ExitCode.BAD_INPUT)
     except (KeyboardInterrupt, SystemExit):
         err.print("scheduler stopped")
 
@@ -128,7 +121,7 @@ def runs(
     try:
         rows = NightlyJob(url, settings).runs(limit)
     except PersonalizationError as exc:
-        _fail(str(exc))
+        fail(str(exc), exit_code_for(exc))
     if json_out:
         for r in rows:
             typer.echo(orjson.dumps(_jsonable(r)).decode())
@@ -149,7 +142,7 @@ def snapshots(json_out: bool = typer.Option(False, "--json")) -> None:
     try:
         rows = NightlyJob(url, settings).snapshots()
     except PersonalizationError as exc:
-        _fail(str(exc))
+        fail(str(exc), exit_code_for(exc))
     for r in rows:
         if json_out:
             typer.echo(orjson.dumps(_jsonable(r)).decode())
@@ -174,9 +167,9 @@ def export(
             task = progress.add_task("export", total=None)
             result = export_features(url, entities, out, settings, on_rows=lambda n: progress.advance(task, n))
     except InvalidInput as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), ExitCode.BAD_INPUT)
     except PersonalizationError as exc:
-        _fail(f"export failed: {exc}")
+        fail(f"export failed: {exc}", exit_code_for(exc))
     summary = {"rows": result.rows, "rows_with_features": result.rows_with_features,
                "duration_s": round(result.duration_s, 3), "out": str(result.out)}
     if json_out:

@@ -1,7 +1,9 @@
 """``personalization keys create|list|revoke``: API keys of the HTTP API.
 
-The key is printed once, on creation; only its hash is stored.  Exit codes: 0 success,
-1 bad input or an unknown key (one-line message on stderr), 2 PostgreSQL unreachable.
+The key is printed once, on creation; only its hash is stored.  Exit codes
+(:mod:`personalization.cli.common`): 0 success, 2 bad input or an unknown key (one-line
+message on stderr, nothing written), 3 a live key with that name already exists, 4
+PostgreSQL unreachable.
 """
 
 from __future__ import annotations
@@ -15,20 +17,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from personalization.cli.common import ExitCode, err, exit_code_for, fail
 from personalization.config import Settings, get_settings
-from personalization.errors import InvalidInput, NotFound, PersonalizationError, StoreUnavailable
+from personalization.errors import InvalidInput, PersonalizationError, StoreUnavailable
 from personalization.security import audit
 from personalization.security.keys import SCOPES, KeyInfo, KeyStore, validate_key_id
 from personalization.store.db import Database
 
 app = typer.Typer(no_args_is_help=True, help=f"API keys (scopes: {', '.join(SCOPES)}).")
-err = Console(stderr=True)
 T = TypeVar("T")
-
-
-def _fail(msg: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True, markup=True)
-    return typer.Exit(code)
 
 
 def _run(settings: Settings, body: Callable[[Database], Awaitable[T]]) -> T:
@@ -42,14 +39,12 @@ def _run(settings: Settings, body: Callable[[Database], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(main())
-    except InvalidInput as exc:
-        raise _fail("; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in exc.errors)) from None
-    except NotFound as exc:
-        raise _fail(str(exc)) from None
+    except InvalidInput as exc:  # bad input (2), or a duplicate live name (status 409: 3)
+        fail("; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in exc.errors), exit_code_for(exc))
     except StoreUnavailable as exc:
-        raise _fail(f"PostgreSQL unavailable: {exc}", 2) from None
-    except PersonalizationError as exc:
-        raise _fail(str(exc)) from None
+        fail(f"PostgreSQL unavailable: {exc}", ExitCode.UNAVAILABLE)
+    except PersonalizationError as exc:  # NotFound (an unknown key id) is bad input: 2
+        fail(str(exc), exit_code_for(exc))
 
 
 @app.command("create")

@@ -1,6 +1,7 @@
 """``personalization learner ...``: the online learner (run) and its rebuild (recompute).
 
-Exit codes: 0 success, 1 a service failed, 2 bad input (one-line message).
+Exit codes (:mod:`personalization.cli.common`): 0 success, 1 the work failed, 2 bad input
+or configuration (one-line message, nothing written), 4 PostgreSQL or Redis unavailable.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from personalization.cli.common import ExitCode, exit_code_for, fail
 from personalization.learner.settings import LearnerSettings
 
 app = typer.Typer(
@@ -23,17 +25,12 @@ app = typer.Typer(
 )
 
 
-def _fail(msg: str, code: int) -> typer.Exit:
-    typer.echo(f"error: {msg}", err=True)
-    return typer.Exit(code)
-
-
 def _settings(**overrides: object) -> LearnerSettings:
     try:
         base = LearnerSettings()
     except ValueError as exc:  # pydantic ValidationError: a PERSONALIZATION_LEARNER_* variable is wrong
         first = str(exc).splitlines()
-        raise _fail(f"invalid learner settings: {' '.join(first[:3])}", 2) from exc
+        fail(f"invalid learner settings: {' '.join(first[:3])}", ExitCode.BAD_INPUT)
     values = {k: v for k, v in overrides.items() if v is not None}
     return base.model_copy(update=values) if values else base
 
@@ -58,7 +55,7 @@ def run(
         try:
             start_http_server(settings.learner_metrics_port, addr=settings.learner_metrics_host)
         except OSError as exc:
-            raise _fail(f"metrics port {settings.learner_metrics_port}: {exc.strerror}", 2) from exc
+            fail(f"metrics port {settings.learner_metrics_port}: {exc.strerror}", ExitCode.BAD_INPUT)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -68,7 +65,7 @@ def run(
     try:
         code = Learner(settings, stop=stop).run()
     except LearnerConfigError as exc:
-        raise _fail(str(exc), 2) from exc
+        fail(str(exc), ExitCode.BAD_INPUT)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -85,22 +82,22 @@ def recompute(
     from personalization.learner.recompute import recompute_users
 
     if bool(user) == all_users:
-        raise _fail("give --user ID (repeatable) or --all", 2)
+        fail("give --user ID (repeatable) or --all", ExitCode.BAD_INPUT)
     ids: list[uuid.UUID] | None = None
     if user:
         ids = []
         for text in user:
             try:
                 ids.append(uuid.UUID(text))
-            except ValueError as exc:
-                raise _fail(f"--user: not a UUID: {text!r}", 2) from exc
+            except ValueError:
+                fail(f"--user: not a UUID: {text!r}", ExitCode.BAD_INPUT)
     settings = _settings()
     try:
         report = recompute_users(settings, ids)
     except NotFound as exc:
-        raise _fail(str(exc), 2) from exc
+        fail(str(exc), ExitCode.BAD_INPUT)
     except PersonalizationError as exc:
-        raise _fail(str(exc), 1) from exc
+        fail(str(exc), exit_code_for(exc))
     typer.echo(json.dumps(report.as_dict()))
 
 

@@ -1,14 +1,19 @@
-"""The ``personalization`` command line (Typer).  Entry points stay thin."""
+"""The ``personalization`` command line (Typer).  Entry points stay thin.
+
+Every command exits with the codes of :class:`personalization.cli.common.ExitCode` and
+reports an error as one ``error: ...`` line on stderr.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
 from rich.console import Console
 
+from personalization.cli.common import ExitCode, exit_code_for, fail
 from personalization.config import get_settings
 from personalization.errors import PersonalizationError
 
@@ -18,23 +23,19 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (each prints one 
 app.add_typer(db_app, name="db")
 app.add_typer(bench_app, name="bench")
 
-err = Console(stderr=True)
-
-
-def fail(msg: str, code: int = 1) -> NoReturn:
-    """Print a one-line error and exit non-zero."""
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _bench(run: Callable[[], dict[str, Any]], json_out: bool, width: int = 34) -> None:
-    """Run one benchmark; print its one JSON line (``--json``) or an aligned table; errors exit 1."""
+    """Run one benchmark; print its one JSON line (``--json``) or an aligned table.
+
+    A failed run exits 1 (4 when PostgreSQL or Redis is unreachable, 2 for bad input).
+    """
     import orjson
 
     try:
         result = run()
-    except (PersonalizationError, ValueError) as exc:
-        fail(str(exc))
+    except PersonalizationError as exc:
+        fail(str(exc), exit_code_for(exc))
+    except ValueError as exc:
+        fail(str(exc), ExitCode.FAILED)
     if json_out:
         typer.echo(orjson.dumps(result).decode())
     else:
@@ -51,7 +52,7 @@ def db_upgrade() -> None:
     try:
         applied = migrate.upgrade(settings.database_url)
     except PersonalizationError as exc:
-        fail(str(exc))
+        fail(str(exc), exit_code_for(exc))
     if applied:
         typer.echo(f"applied: {', '.join(applied)}")
     else:
@@ -83,7 +84,7 @@ def serve(
     try:
         migrate.upgrade(settings.database_url)
     except PersonalizationError as exc:
-        fail(str(exc))
+        fail(str(exc), exit_code_for(exc))
     uvicorn.run(
         "personalization.api.app:create_app",
         factory=True,
@@ -134,7 +135,7 @@ def bench_cdc(
     from personalization.bench.cdc import run_cdc_bench
 
     if broker not in ("auto", "local", "configured"):
-        fail("--broker must be auto, local or configured")
+        fail("--broker must be auto, local or configured", ExitCode.BAD_INPUT)
     _bench(lambda: run_cdc_bench(get_settings(), rate=rate, duration_s=duration, burst=burst, broker=broker), json_out)  # type: ignore[arg-type]
 
 
@@ -220,9 +221,9 @@ def demo(
     try:
         figures = run_demo(opts, console, quiet=False)
     except (DemoError, PersonalizationError) as exc:
-        fail(f"demo failed: {exc}")
+        fail(f"demo failed: {exc}", exit_code_for(exc))
     except RuntimeError as exc:  # the local stack explains missing packages, ports, disk
-        fail(str(exc))
+        fail(str(exc), ExitCode.FAILED)
     if json_out:
         import orjson
 
@@ -232,7 +233,8 @@ def demo(
     if figures["personalized_hit_rate"] <= figures["popularity_hit_rate"]:
         fail(
             f"check failed: personalized hit rate {figures['personalized_hit_rate']} is not above popularity's "
-            f"{figures['popularity_hit_rate']}"
+            f"{figures['popularity_hit_rate']}",
+            ExitCode.FAILED,
         )
 
 

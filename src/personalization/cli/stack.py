@@ -1,7 +1,8 @@
 """``personalization stack up|down``: the embedded local stack in the foreground.
 
 Registered by the main CLI as ``personalization stack``; also runnable on its own
-as ``python -m personalization.cli.stack``.
+as ``python -m personalization.cli.stack``.  Exit codes (:mod:`personalization.cli.common`):
+0 success, 1 the stack failed to start or stop (the message names the fix), 2 bad usage.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from personalization.cli.common import ExitCode, err, fail
 from personalization.config import SERVICE_URL_VARS, configured_service_urls
 from personalization.errors import PersonalizationError
 from personalization.stack import (
@@ -37,8 +37,6 @@ app = typer.Typer(
     help="Run PostgreSQL, Redis and a Kafka-compatible broker locally, from pip packages.",
 )
 
-err = Console(stderr=True)
-
 ROOT_OPTION = typer.Option(
     DEFAULT_ROOT,
     "--root",
@@ -49,13 +47,6 @@ ROOT_OPTION = typer.Option(
 
 class _StopRequested(Exception):
     """SIGTERM or SIGHUP arrived (``stack down``, or the terminal went away)."""
-
-
-def _fail(msg: str, code: int = 1) -> NoReturn:
-    # escape: messages quote commands such as pip install -e '.[all]', which Rich
-    # would otherwise swallow as markup.
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
 
 
 def _log_to_file(root: Path, verbose: bool) -> None:
@@ -156,14 +147,14 @@ def up(
     try:
         _log_to_file(root, verbose)
     except OSError as exc:
-        _fail(f"cannot write to the stack directory {root}: {exc}")
+        fail(f"cannot write to the stack directory {root}: {exc}", ExitCode.FAILED)
     stack = LocalStack(StackConfig(root=root, pg_port=pg_port, redis_port=redis_port, kafka_port=kafka_port))
     # `stack down` sends SIGTERM; a closed terminal sends SIGHUP.  Both must run the
     # same orderly shutdown as Ctrl-C, even in the middle of start().
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     signal.signal(signal.SIGTERM, _raise_stop)
     signal.signal(signal.SIGHUP, _raise_stop)
-    code = 0
+    code = ExitCode.OK
     try:
         try:
             with _progress() as progress:
@@ -171,7 +162,7 @@ def up(
         except (PersonalizationError, OSError) as exc:
             # StackError and the store's errors (a failed migration) carry their fix;
             # an OSError (permissions, a read-only disk) names the path involved.
-            _fail(str(exc))
+            fail(str(exc), ExitCode.FAILED)
         for notice in stack.notices:
             err.print(f"Note: {escape(notice)}", soft_wrap=True)
         err.print(
@@ -194,7 +185,7 @@ def up(
                         soft_wrap=True,
                     )
                 err.print(f"Stopping the rest; logs are in {escape(str(stack.root / 'logs'))}.")
-                code = 1
+                code = ExitCode.FAILED
                 break
     except (KeyboardInterrupt, _StopRequested):
         err.print("Stopping the local stack...")
@@ -228,7 +219,7 @@ def down(
         with err.status(f"Stopping the local stack in {escape(str(root))}..."):
             state = stop_running_stack(root, timeout_s=timeout)
     except StackError as exc:
-        _fail(str(exc))
+        fail(str(exc), ExitCode.FAILED)
     if state is None:
         err.print(f"No local stack is running from {escape(str(root))}.")
     else:

@@ -2,8 +2,9 @@
 
 ``erase`` removes the user everywhere (PostgreSQL, Redis, a Kafka tombstone, rollups) and
 records it in the audit log; it is idempotent.  ``export`` writes everything held about
-the user as one JSON document.  Exit codes: 0 success, 1 bad input or unknown user, 2 a
-service unreachable, 3 erase incomplete (run it again).
+the user as one JSON document.  Exit codes (:mod:`personalization.cli.common`): 0 success,
+1 the work failed, 2 bad input or an unknown user (nothing written), 3 erase incomplete
+(run it again), 4 a service unreachable.
 """
 
 from __future__ import annotations
@@ -16,25 +17,19 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 
+from personalization.cli.common import ExitCode, exit_code_for, fail
 from personalization.config import get_settings
 from personalization.errors import CacheUnavailable, NotFound, PersonalizationError, StoreUnavailable
 
 app = typer.Typer(no_args_is_help=True, help="Erase or export one user (audited).")
-err = Console(stderr=True)
-
-
-def _fail(msg: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 def _user_id(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except ValueError:
-        raise _fail("user_id: not a UUID") from None
+        fail("user_id: not a UUID", ExitCode.BAD_INPUT)
 
 
 @app.command("erase")
@@ -63,11 +58,11 @@ def erase(
         report = asyncio.run(main())
     except EraseIncomplete as exc:
         typer.echo(orjson.dumps(exc.report.as_dict()).decode())
-        raise _fail(f"{exc}; run the erase again", 3) from None
+        fail(f"{exc}; run the erase again", ExitCode.REFUSED)
     except (StoreUnavailable, CacheUnavailable) as exc:
-        raise _fail(f"service unavailable, nothing erased: {exc}", 2) from None
+        fail(f"service unavailable, nothing erased: {exc}", ExitCode.UNAVAILABLE)
     except PersonalizationError as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc), exit_code_for(exc))
     if json_out:
         typer.echo(orjson.dumps(report).decode())
     else:
@@ -110,8 +105,8 @@ def export(
     try:
         asyncio.run(main())
     except NotFound:
-        raise _fail("user_id: user not found") from None
+        fail("user_id: user not found", ExitCode.BAD_INPUT)
     except (StoreUnavailable, CacheUnavailable) as exc:
-        raise _fail(f"service unavailable: {exc}", 2) from None
+        fail(f"service unavailable: {exc}", ExitCode.UNAVAILABLE)
     except PersonalizationError as exc:
-        raise _fail(str(exc)) from None
+        fail(str(exc), exit_code_for(exc))

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import psycopg
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import conninfo_to_dict
@@ -60,6 +61,7 @@ from personalization.stream.settings import CdcSettings
 __all__ = [
     "EXIT_CONFIG",
     "EXIT_ENGINE_FAILED",
+    "EXIT_UNAVAILABLE",
     "KafkaRelayHandler",
     "RelayStopping",
     "debezium_properties",
@@ -69,8 +71,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+# The CLI's exit codes (personalization.cli.common.ExitCode), which `cdc run` exits with.
 EXIT_ENGINE_FAILED = 1
 EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 4
 
 # Placeholder password for the JDBC offset store: it rejects an empty one even when the
 # server trusts the connection, and PostgreSQL ignores it under trust authentication.
@@ -380,8 +384,9 @@ def run_relay(
 ) -> int:
     """Run the relay until ``stop`` is set or the connector fails; returns an exit code.
 
-    0 after a requested stop, ``EXIT_CONFIG`` when the database is not usable (the message
-    is logged), ``EXIT_ENGINE_FAILED`` when Debezium or delivery failed.  ``on_started``
+    0 after a requested stop, ``EXIT_CONFIG`` when the database is not set up for change
+    capture and ``EXIT_UNAVAILABLE`` when PostgreSQL cannot be reached (the message is
+    logged), ``EXIT_ENGINE_FAILED`` when Debezium or delivery failed.  ``on_started``
     receives the seconds from the call to the connector's task start.
     """
     began = time.monotonic()
@@ -400,7 +405,10 @@ def run_relay(
     except pgadmin.CdcSetupError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-    except Exception as exc:  # connection refused, authentication, missing tables...
+    except psycopg.OperationalError as exc:  # connection refused, timed out, authentication
+        log.error("cannot reach PostgreSQL: %s", " ".join(str(exc).split()))
+        return EXIT_UNAVAILABLE
+    except Exception as exc:  # missing tables, missing privileges...
         log.error("cannot prepare PostgreSQL for change capture: %s", exc)
         return EXIT_CONFIG
     if created:

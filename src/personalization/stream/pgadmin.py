@@ -24,6 +24,7 @@ __all__ = [
     "OFFSETS_DDL",
     "RECOVERY_HELP",
     "CdcSetupError",
+    "SlotInUse",
     "SlotInfo",
     "clear_offsets",
     "drop_slot_and_publication",
@@ -52,6 +53,10 @@ _LSN_IN_OFFSET = re.compile(rb'"lsn"\s*:\s*(\d+)')
 
 class CdcSetupError(RuntimeError):
     """The database cannot serve the relay; the message says what to do."""
+
+
+class SlotInUse(CdcSetupError):
+    """The replication slot is held by a running relay, so it is not dropped."""
 
 
 @dataclass(frozen=True)
@@ -322,7 +327,7 @@ def drop_slot_and_publication(
     slot = read_slot(conn, settings.cdc_slot_name)
     if slot is not None:
         if slot.active:
-            raise CdcSetupError(f"Replication slot {slot.name!r} is in use; stop `personalization cdc run` first.")
+            raise SlotInUse(f"Replication slot {slot.name!r} is in use; stop `personalization cdc run` first.")
         conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.cdc_slot_name,))
         dropped.append(f"slot {settings.cdc_slot_name}")
     exists = conn.execute(
