@@ -1,4 +1,8 @@
-"""``personalization content ...``: the content catalogue's embeddings."""
+"""``personalization content ...``: the content catalogue's embeddings.
+
+Exit codes (:mod:`personalization.cli.common`): 0 success, 1 the import failed, 2 a file
+that cannot be read or is invalid (nothing written), 4 PostgreSQL unreachable.
+"""
 
 from __future__ import annotations
 

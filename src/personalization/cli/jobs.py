@@ -48,6 +48,12 @@ def _setup() -> tuple[str, Any]:
     return get_settings().database_url, nightly
 
 
+def _quiet(json_out: bool) -> bool:
+    # No progress display for --json, nor when stderr is not a terminal: there Rich shows
+    # no spinner anyway, only a blank line when it stops, which would precede an error line.
+    return json_out or not err.is_terminal
+
+
 def _jsonable(v: Any) -> Any:
     return orjson.loads(orjson.dumps(v, default=str))
 
@@ -65,7 +71,7 @@ def nightly(
     job = NightlyJob(url, settings)
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                      transient=True, disable=json_out) as progress:
+                      transient=True, disable=_quiet(json_out)) as progress:
             task = progress.add_task("starting", total=None)
             result = job.run(as_of, on_step=lambda s: progress.update(task, description=_STEPS.get(s, s)))
     except InvalidInput as exc:
@@ -163,7 +169,7 @@ def export(
     url, settings = _setup()
     try:
         with Progress(SpinnerColumn(), TextColumn("exporting"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=err, transient=True, disable=json_out) as progress:
+                      TimeElapsedColumn(), console=err, transient=True, disable=_quiet(json_out)) as progress:
             task = progress.add_task("export", total=None)
             result = export_features(url, entities, out, settings, on_rows=lambda n: progress.advance(task, n))
     except InvalidInput as exc:
