@@ -65,6 +65,13 @@ def relay(cdc_db_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPa
     )
     with RelayProcess(env, cwd=str(workdir)) as process:
         process.start()
+        # "Connector task started" comes before the walsender attaches to the slot; tests
+        # that look at the slot (status, drop refusal) need it attached.
+        deadline = time.monotonic() + 60
+        with pgadmin.connect(settings) as conn:
+            while not ((slot := pgadmin.read_slot(conn, settings.cdc_slot_name)) and slot.active):
+                assert time.monotonic() < deadline, "the relay never attached to its slot"
+                time.sleep(0.1)
         yield Relay(settings, env, process, port)
         assert process.stop() == 0, process.output()
 
