@@ -391,7 +391,7 @@ class GroupCommitter:
                 seen[member] = n
         if not per:
             return flags, True
-        payload = {owner: [(items[n][1][TS], m) for m, n in seen.items()] for owner, seen in per.items()}
+        payload = {owner: [x for m, n in seen.items() for x in (items[n][1][TS], m)] for owner, seen in per.items()}
         try:
             added = await self._cache.claim_event_ids(payload)
         except CacheUnavailable as exc:

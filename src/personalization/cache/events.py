@@ -41,6 +41,14 @@ def _chunks(sizes: list[int], limit: int) -> list[slice]:
     return out
 
 
+def _newest_distinct(views: list[tuple[float, str]], cap: int) -> list[str]:
+    """The newest ``cap`` distinct content ids of (occurred_at, content id) pairs, oldest first."""
+    if len(views) == 1:
+        return [views[0][1]]
+    newest_first = list(dict.fromkeys(c for _, c in sorted(views, reverse=True)))
+    return newest_first[:cap][::-1]
+
+
 def _lua(name: str) -> str:
     return (resources.files("personalization.cache") / "lua" / f"{name}.lua").read_text()
 
@@ -53,11 +61,12 @@ class EventCache:
         self._claim = client.register_script(_lua("claim_event_ids"))
         self._views = client.register_script(_lua("record_views"))
 
-    async def claim_event_ids(self, per_owner: Mapping[str, Sequence[tuple[float, str]]]) -> list[bool]:
+    async def claim_event_ids(self, per_owner: Mapping[str, Sequence[float | str]]) -> list[bool]:
         """``ZADD NX`` each (occurred_at, client event id) in its owner's signals set.
 
-        ``per_owner`` maps a user id (canonical UUID text) to its pairs; returns one
-        flag per pair, owner by owner in the mapping's order: True where the id is new.
+        ``per_owner`` maps a user id (canonical UUID text) to its pairs as one flat
+        list ``[score, id, score, id, ...]`` with distinct ids; returns one flag per
+        pair, owner by owner in the mapping's order: True where the id is new.
         The sets are kept inside their 48 h window: entries scored older than the
         window are trimmed and the key's TTL renewed by the same script.
         """
@@ -67,7 +76,7 @@ class EventCache:
         try:
             with wrap_exceptions():
                 async with self._r.pipeline(transaction=False) as pipe:
-                    for part in _chunks([len(p) for p in payload], SCRIPT_ITEMS_MAX):
+                    for part in _chunks([len(p) // 2 for p in payload], SCRIPT_ITEMS_MAX):
                         await self._claim(
                             keys=names[part],
                             args=[floor, keys.USER_SIGNALS.ttl_s, orjson.dumps(payload[part])],
@@ -79,8 +88,8 @@ class EventCache:
             metrics.CACHE_AVAILABLE.set(0)
             raise
         metrics.CACHE_AVAILABLE.set(1)
-        if len(flags) != sum(len(p) for p in payload):
-            raise RuntimeError(f"claim script answered {len(flags)} flags for {sum(map(len, payload))} ids")
+        if 2 * len(flags) != sum(len(p) for p in payload):
+            raise RuntimeError(f"claim script answered {len(flags)} flags for {sum(map(len, payload)) // 2} ids")
         return flags
 
     async def release_event_ids(self, claimed: Mapping[str, Sequence[str]]) -> None:
@@ -104,9 +113,9 @@ class EventCache:
         spec = keys.SESSION_RECENT_CONTENT
         assert spec.cap is not None
         sessions = list(per)
-        # Oldest first, so that the newest ends at the head; only the newest
-        # ``cap`` can survive the trim anyway.
-        payload = [[c for _, c in sorted(per[s])][-spec.cap :] for s in sessions]
+        # Distinct and oldest first (a repeated id counts at its newest view), so that
+        # the newest ends at the head; only the newest ``cap`` can survive the trim.
+        payload = [_newest_distinct(per[s], spec.cap) for s in sessions]
         names = [keys.session_recent_content(s) for s in sessions]
         try:
             with wrap_exceptions():
