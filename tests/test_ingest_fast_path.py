@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -221,3 +222,31 @@ async def test_many_ids_of_one_user_in_one_group(platform: Platform, sync_redis:
     assert r.accepted == 1100
     assert r.duplicates == [*range(1200), 2300]
     assert sync_redis.zcard(keys.user_signals(uid)) == 2300
+
+
+def _flush_count() -> float:
+    from personalization import metrics
+
+    for metric in metrics.GROUP_COMMIT_ROWS.collect():
+        for s in metric.samples:
+            if s.name.endswith("_count"):
+                return s.value
+    raise AssertionError("no histogram count")
+
+
+@pytest.mark.parametrize(("concurrency", "flushes"), [(2, 2), (1, 1)])
+async def test_backlog_is_shared_among_idle_flushers(
+    settings: Any, db_url: str, concurrency: int, flushes: int
+) -> None:
+    """Four waiting requests of 10 rows, split at 10 rows: two groups when two flushers are idle."""
+    from personalization.composition import open_platform
+
+    cfg = settings.model_copy(update={"group_commit_window_ms": 50.0, "group_commit_split_rows": 10,
+                                      "group_commit_concurrency": concurrency})
+    async with open_platform(cfg) as p:
+        before = _flush_count()
+        batches = [[_base(user_id=None, client_event_id=str(uuid.uuid4())) for _ in range(10)] for _ in range(4)]
+        results = await asyncio.gather(*(p.ingestor.ingest(b) for b in batches))
+        assert [r.accepted for r in results] == [10, 10, 10, 10]
+        assert _flush_count() - before == flushes
+    assert len(_rows(db_url)) == 40

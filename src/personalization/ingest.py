@@ -231,12 +231,15 @@ class GroupCommitter:
     async def _run(self) -> None:
         window = self._settings.group_commit_window_ms / 1000.0
         max_rows = self._settings.group_commit_max_rows
+        concurrency = self._settings.group_commit_concurrency
+        split_rows = self._settings.group_commit_split_rows
         # Up to ``group_commit_concurrency`` groups are in flight at once, so the
         # Python work of one group overlaps the Redis and PostgreSQL waits of
         # another.  Their transactions are independent: profile locks are shared
         # (FOR KEY SHARE) and replay claims are atomic in Redis.
-        slots = asyncio.Semaphore(self._settings.group_commit_concurrency)
+        slots = asyncio.Semaphore(concurrency)
         inflight: set[asyncio.Task[None]] = set()
+        carry = False  # requests were left for an idle flusher: send them without a window
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -246,7 +249,7 @@ class GroupCommitter:
                     return
                 continue
             # Give concurrent callers a short window to join, unless the group is full.
-            if window > 0 and self._pending_rows < max_rows and not self._closing:
+            if window > 0 and not carry and self._pending_rows < max_rows and not self._closing:
                 deadline = time.monotonic() + window
                 while self._pending_rows < max_rows and (left := deadline - time.monotonic()) > 0:
                     self._wakeup.clear()
@@ -254,9 +257,16 @@ class GroupCommitter:
                         await asyncio.wait_for(self._wakeup.wait(), left)
             # While every flusher is busy, requests keep queueing: the next group grows.
             await slots.acquire()
+            # With several flushers idle, a large backlog is shared among them, so its
+            # COPYs run on several PostgreSQL backends at once instead of one after
+            # the other (never below ``split_rows`` rows a group; requests stay whole).
+            idle = concurrency - len(inflight)
+            target = max_rows
+            if idle > 1 and self._pending_rows > split_rows:
+                target = min(max_rows, max(split_rows, -(-self._pending_rows // idle)))
             group: list[_Request] = []
             rows = 0
-            while self._pending and (not group or rows + len(self._pending[0].events) <= max_rows):
+            while self._pending and (not group or rows + len(self._pending[0].events) <= target):
                 req = self._pending.popleft()
                 group.append(req)
                 rows += len(req.events)
@@ -269,6 +279,7 @@ class GroupCommitter:
                 slots.release()
 
             task.add_done_callback(_done)
+            carry = bool(self._pending) and len(inflight) < concurrency
             if self._pending:
                 self._wakeup.set()
 
@@ -291,7 +302,7 @@ class GroupCommitter:
         claimed: dict[str, list[str]] = {}
         committed = False
         lines: list[str] = []
-        views: list[tuple[str, str, float]] = []
+        views: dict[str, list[tuple[float, str]]] = {}  # session -> (occurred_at, content_id)
         duplicates = 0
         try:
             async with self._db.connection() as conn:
@@ -341,7 +352,11 @@ class GroupCommitter:
                     lines.append(copy_line(e, session, e[METADATA] if pol.keep_metadata else None))
                     req.result.accepted += 1
                     if session is not None and e[SIGNAL_TYPE] in view_types:
-                        views.append((session, e[CONTENT_ID], e[TS]))
+                        seen_in = views.get(session)
+                        if seen_in is None:
+                            views[session] = [(e[TS], e[CONTENT_ID])]
+                        else:
+                            seen_in.append((e[TS], e[CONTENT_ID]))
                 if lines:
                     await copy_event_lines(conn, lines)
             committed = True

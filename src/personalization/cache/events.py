@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 
 import orjson
@@ -41,7 +40,7 @@ def _chunks(sizes: list[int], limit: int) -> list[slice]:
     return out
 
 
-def _newest_distinct(views: list[tuple[float, str]], cap: int) -> list[str]:
+def _newest_distinct(views: Sequence[tuple[float, str]], cap: int) -> list[str]:
     """The newest ``cap`` distinct content ids of (occurred_at, content id) pairs, oldest first."""
     if len(views) == 1:
         return [views[0][1]]
@@ -100,23 +99,20 @@ class EventCache:
                     pipe.zrem(keys.user_signals(owner), *members)
                 await pipe.execute()
 
-    async def record_views(self, views: Iterable[tuple[str, str, float]]) -> None:
+    async def record_views(self, per_session: Mapping[str, Sequence[tuple[float, str]]]) -> None:
         """Push viewed content onto each session's list: newest first, distinct, capped, 24 h TTL.
 
-        ``views`` are (session id as canonical UUID text, content id, occurred_at epoch seconds).
+        ``per_session`` maps a session id (canonical UUID text) to its views as
+        (occurred_at epoch seconds, content id), in any order.
         """
-        per: dict[str, list[tuple[float, str]]] = defaultdict(list)
-        for session, content, ts in views:
-            per[session].append((ts, content))
-        if not per:
+        if not per_session:
             return
         spec = keys.SESSION_RECENT_CONTENT
         assert spec.cap is not None
-        sessions = list(per)
         # Distinct and oldest first (a repeated id counts at its newest view), so that
         # the newest ends at the head; only the newest ``cap`` can survive the trim.
-        payload = [_newest_distinct(per[s], spec.cap) for s in sessions]
-        names = [keys.session_recent_content(s) for s in sessions]
+        payload = [_newest_distinct(v, spec.cap) for v in per_session.values()]
+        names = [keys.session_recent_content(s) for s in per_session]
         try:
             with wrap_exceptions():
                 async with self._r.pipeline(transaction=False) as pipe:

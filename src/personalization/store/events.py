@@ -56,7 +56,7 @@ async def lock_users(conn: AsyncConnection[Any], user_ids: Iterable[str]) -> dic
 
     Ids are canonical UUID text and come back as such.
     """
-    ids = list(user_ids)
+    ids = ",".join(user_ids)
     if not ids:
         return {}
     cur = await conn.execute(q("lock_users_for_ingest"), {"user_ids": ids})
