@@ -72,6 +72,9 @@ VARIANTS: list[dict[str, Any]] = [
     {"occurred_at": "2026-01-15T08:30:00.1234567+00:00"},
     {"occurred_at": "2026-01-15T08:30:00+23:59"},
     {"occurred_at": "2026-01-15T08:30:00+24:00"},
+    {"occurred_at": "2026-01-15T08:30:00-16:00"},
+    {"occurred_at": "2026-01-15T08:30:00+15:59"},
+    {"occurred_at": "2026-01-15T08:30:00+05:30:15"},
     {"occurred_at": "2026-01-15t08:30:00z"},
     {"occurred_at": "2026-01-15 08:30:00+00:00"},
     {"occurred_at": "2026-01-15T08:30:00"},
@@ -156,10 +159,12 @@ async def test_text_copy_round_trips_exact_values(platform: Platform, db_url: st
     await platform.profiles.store.upsert(uid, {})
     meta = {"a": "x\ny", "b": "tab\t", "c": 'q"uote', "d": "back\\slash", "e": "\\N", "f": "\\u0000", "g": "é"}
     texts = ["a\tb", "line\nbreak", "back\\slash", "\\N", "cr\r", "é \U0001d50a", "plain"]
-    stamps = ["2026-01-15T08:30:00Z", "2026-01-15T08:30:00.5+05:30", "2026-01-15T08:30:00.123456-03:00"]
+    # Offsets of 16 h and more are valid ISO 8601 but not PostgreSQL input: written as UTC.
+    stamps = ["2026-01-15T08:30:00Z", "2026-01-15T08:30:00.5+05:30", "2026-01-15T08:30:00.123456-03:00",
+              "2026-01-15T08:30:00+23:59", "2026-01-15T08:30:00-16:00", "2026-01-15T08:30:00+15:59"]
     batch = [
         _base(user_id=str(uid), content_id=t, content_type=t, signal_type=t, metadata=meta,
-              occurred_at=stamps[i % 3], client_event_id=str(uuid.uuid4()))
+              occurred_at=stamps[i % len(stamps)], client_event_id=str(uuid.uuid4()))
         for i, t in enumerate(texts)
     ]
     # The clean rows in a batch of their own go through the fast path; the others through EventIn.
@@ -176,9 +181,15 @@ async def test_text_copy_round_trips_exact_values(platform: Platform, db_url: st
         row = by_content[t]
         assert row[0] == uid and row[3] == t and row[4] == t
         assert row[6] == meta
-        assert row[7] == datetime.fromisoformat(stamps[i % 3])
+        assert row[7] == datetime.fromisoformat(stamps[i % len(stamps)])
     last = rows[-1]
     assert last[0] == uid and last[1] == uuid.UUID(odd["session_id"]) and last[5] == Decimal("0.500")
+    # A clean event whose offset PostgreSQL would refuse leaves the fast path and is stored.
+    far = _base(user_id=str(uid), content_id="far", occurred_at="2026-01-15T23:30:00+23:59",
+                client_event_id=str(uuid.uuid4()))
+    assert fast_events([far], DEFAULT_LIMITS) is None
+    assert (await platform.ingestor.ingest([far])).accepted == 1
+    assert _rows(db_url)[-1][7] == datetime(2026, 1, 14, 23, 31, tzinfo=UTC)
 
 
 async def test_nul_is_rejected_with_its_field(client: httpx.AsyncClient, db_url: str) -> None:

@@ -58,8 +58,11 @@ PLAIN_TEXT_PATTERN = r"^[^\x00\t\n\r\\]*[^\s\x00\\][^\x00\t\n\r\\]*$"
 # shortest text of their double (as the full validation sees them: 0.5, not 0.50).
 WEIGHT_PATTERN = r"^-?[0-9](?:\.[0-9]{1,3})?$"
 # RFC 3339 with an explicit offset; the calendar is checked by datetime.fromisoformat.
+# PostgreSQL refuses offsets of 16 hours or more (Python allows up to 23:59), so those
+# take the full path, which writes UTC.
 TIMESTAMP_PATTERN = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?(?:Z|[+-][0-9]{2}:[0-9]{2})$"
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?"
+    r"(?:Z|[+-](?:0[0-9]|1[0-5]):[0-5][0-9])$"
 )
 # 1970-01-02T00:00:00Z, the earliest occurred_at the full validation accepts.
 EPOCH_FLOOR_S = 86400.0
@@ -164,7 +167,7 @@ def from_model(i: int, e: EventIn) -> ValidEvent:
         e.signal_type,
         format(e.signal_weight, "f"),
         meta,
-        e.occurred_at.isoformat(),
+        e.occurred_at.astimezone(UTC).isoformat(),  # any offset Python accepts, as PostgreSQL accepts it
         e.occurred_at.timestamp(),
         not _needs_escape(e.content_id, e.content_type, e.signal_type),
     )

@@ -67,4 +67,5 @@ async def copy_event_lines(conn: AsyncConnection[Any], lines: Sequence[str]) -> 
     """Write rows built by :func:`copy_line` with one COPY inside the caller's transaction."""
     async with conn.cursor().copy(COPY_EVENTS) as copy:
         for start in range(0, len(lines), COPY_CHUNK_ROWS):
-            await copy.write("\n".join(lines[start : start + COPY_CHUNK_ROWS]).encode() + b"\n")
+            # A str is encoded by psycopg in the connection's client encoding.
+            await copy.write("\n".join(lines[start : start + COPY_CHUNK_ROWS]) + "\n")
