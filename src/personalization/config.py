@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     group_commit_max_rows: int = Field(default=20_000, ge=1)
     group_commit_window_ms: float = Field(default=2.0, ge=0)
     group_commit_concurrency: int = Field(default=2, ge=1, le=16)
+    # A backlog over this many rows is shared among idle flushers (parallel COPYs).
+    group_commit_split_rows: int = Field(default=1000, ge=1)
     # Signal types whose content counts as "viewed" for session recent content.
     view_signal_types: tuple[str, ...] = ("view", "read", "complete")
 

@@ -4,7 +4,7 @@ Flow of one group (see ``GroupCommitter``): many concurrent ``ingest`` calls are
 coalesced; in one transaction the referenced profiles are locked (``FOR KEY
 SHARE``, so a concurrent delete cannot break the COPY), privacy levels applied,
 client event ids claimed in Redis (``ZADD NX`` on ``user:{id}:signals``), the rows
-written with one binary ``COPY``, and the transaction committed.  Only then are
+written with one text-format ``COPY``, and the transaction committed.  Only then are
 the callers released and the session recent-content lists updated.  If the
 commit fails the claimed ids are released again, so a retry is not mistaken for
 a replay.
@@ -20,7 +20,7 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
@@ -30,16 +30,30 @@ from personalization import metrics
 from personalization.cache import keys
 from personalization.cache.events import EventCache
 from personalization.config import Settings
+from personalization.core.fast_events import (
+    CLIENT_ID,
+    CONTENT_ID,
+    IDX,
+    METADATA,
+    SESSION_ID,
+    SIGNAL_TYPE,
+    TS,
+    USER_ID,
+    ValidEvent,
+    fast_events,
+    from_models,
+)
 from personalization.core.models import EventIn, InputLimits, check_event_limits
 from personalization.core.privacy import ANONYMOUS_POLICY, PrivacyPolicy, policy_for
 from personalization.errors import CacheUnavailable, FieldError, InvalidInput, NotFound
 from personalization.store.db import Database
-from personalization.store.events import EventRow, copy_events, lock_users
+from personalization.store.events import copy_event_lines, copy_line, lock_users
 
 log = logging.getLogger(__name__)
 
 _EVENT = TypeAdapter(EventIn)
 _EVENTS = TypeAdapter(list[EventIn])
+_ANONYMOUS = str(keys.ANONYMOUS_USER)
 
 
 @dataclass
@@ -88,13 +102,13 @@ def limits_from(settings: Settings) -> InputLimits:
 
 def parse_events(
     payload: Any, *, limits: InputLimits, max_events: int, atomic: bool
-) -> tuple[list[tuple[int, EventIn]], list[RejectedEvent]]:
+) -> tuple[list[ValidEvent], list[RejectedEvent]]:
     """Validate a decoded ``{"events": [...]}`` body.
 
     Envelope problems (not an object, missing/extra keys, empty or oversized list)
     reject the whole request.  Per-event problems reject the whole request when
     ``atomic``; otherwise they are returned with the event's index and the valid
-    events go on.
+    events go on.  A batch the fast path accepts as a whole skips ``EventIn``.
     """
     if not isinstance(payload, dict):
         raise InvalidInput([FieldError(["body"], "must be a JSON object with an 'events' list", "type_error")])
@@ -111,6 +125,16 @@ def parse_events(
             [FieldError(["body", "events"], f"{len(raw)} events exceed the batch limit of {max_events}", "too_long")],
             status=413,
         )
+    fast = fast_events(raw, limits)
+    if fast is not None:
+        return fast, []
+    return _parse_events_full(raw, limits=limits, atomic=atomic)
+
+
+def _parse_events_full(
+    raw: list[Any], *, limits: InputLimits, atomic: bool
+) -> tuple[list[ValidEvent], list[RejectedEvent]]:
+    """Validate every event with ``EventIn`` (exact errors for each bad one)."""
     try:
         parsed = _EVENTS.validate_python(raw)
         items: list[tuple[int, EventIn]] = list(enumerate(parsed))
@@ -118,7 +142,7 @@ def parse_events(
     except ValidationError as exc:
         if atomic:
             raise InvalidInput(_pydantic_errors(exc.errors(include_input=False), ["body", "events"])) from None
-        # Slow path, only when something is invalid: validate item by item.
+        # Item by item, only when something is invalid.
         items, rejected = [], []
         for i, item in enumerate(raw):
             try:
@@ -138,11 +162,11 @@ def parse_events(
         rejected = sorted([*rejected, *limit_rejects], key=lambda r: r.index)
     if rejected:
         metrics.EVENTS_REJECTED.labels("validation").inc(len(rejected))
-    return items, rejected
+    return from_models(items), rejected
 
 
 def parse_events_json(body: bytes, *, limits: InputLimits, max_events: int, atomic: bool) -> tuple[
-    list[tuple[int, EventIn]], list[RejectedEvent]
+    list[ValidEvent], list[RejectedEvent]
 ]:
     """Decode and validate a raw JSON request body (NaN/Infinity literals are malformed JSON)."""
     try:
@@ -154,7 +178,7 @@ def parse_events_json(body: bytes, *, limits: InputLimits, max_events: int, atom
 
 @dataclass
 class _Request:
-    events: list[tuple[int, EventIn]]
+    events: list[ValidEvent]
     atomic: bool
     future: asyncio.Future[IngestResult]
     result: IngestResult = field(default_factory=IngestResult)
@@ -193,7 +217,7 @@ class GroupCommitter:
             await self._task
             self._task = None
 
-    async def submit(self, events: list[tuple[int, EventIn]], atomic: bool) -> IngestResult:
+    async def submit(self, events: list[ValidEvent], atomic: bool) -> IngestResult:
         """Queue one validated batch and wait until it is committed (or failed)."""
         if self._closing:
             raise RuntimeError("ingest is shutting down")
@@ -207,12 +231,15 @@ class GroupCommitter:
     async def _run(self) -> None:
         window = self._settings.group_commit_window_ms / 1000.0
         max_rows = self._settings.group_commit_max_rows
+        concurrency = self._settings.group_commit_concurrency
+        split_rows = self._settings.group_commit_split_rows
         # Up to ``group_commit_concurrency`` groups are in flight at once, so the
         # Python work of one group overlaps the Redis and PostgreSQL waits of
         # another.  Their transactions are independent: profile locks are shared
         # (FOR KEY SHARE) and replay claims are atomic in Redis.
-        slots = asyncio.Semaphore(self._settings.group_commit_concurrency)
+        slots = asyncio.Semaphore(concurrency)
         inflight: set[asyncio.Task[None]] = set()
+        carry = False  # requests were left for an idle flusher: send them without a window
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -222,7 +249,7 @@ class GroupCommitter:
                     return
                 continue
             # Give concurrent callers a short window to join, unless the group is full.
-            if window > 0 and self._pending_rows < max_rows and not self._closing:
+            if window > 0 and not carry and self._pending_rows < max_rows and not self._closing:
                 deadline = time.monotonic() + window
                 while self._pending_rows < max_rows and (left := deadline - time.monotonic()) > 0:
                     self._wakeup.clear()
@@ -230,9 +257,16 @@ class GroupCommitter:
                         await asyncio.wait_for(self._wakeup.wait(), left)
             # While every flusher is busy, requests keep queueing: the next group grows.
             await slots.acquire()
+            # With several flushers idle, a large backlog is shared among them, so its
+            # COPYs run on several PostgreSQL backends at once instead of one after
+            # the other (never below ``split_rows`` rows a group; requests stay whole).
+            idle = concurrency - len(inflight)
+            target = max_rows
+            if idle > 1 and self._pending_rows > split_rows:
+                target = min(max_rows, max(split_rows, -(-self._pending_rows // idle)))
             group: list[_Request] = []
             rows = 0
-            while self._pending and (not group or rows + len(self._pending[0].events) <= max_rows):
+            while self._pending and (not group or rows + len(self._pending[0].events) <= target):
                 req = self._pending.popleft()
                 group.append(req)
                 rows += len(req.events)
@@ -245,6 +279,7 @@ class GroupCommitter:
                 slots.release()
 
             task.add_done_callback(_done)
+            carry = bool(self._pending) and len(inflight) < concurrency
             if self._pending:
                 self._wakeup.set()
 
@@ -264,68 +299,74 @@ class GroupCommitter:
 
     async def _flush(self, group: list[_Request]) -> None:
         started = time.perf_counter()
-        claimed: dict[uuid.UUID, list[str]] = {}
+        claimed: dict[str, list[str]] = {}
         committed = False
+        lines: list[str] = []
+        views: dict[str, list[tuple[float, str]]] = {}  # session -> (occurred_at, content_id)
+        duplicates = 0
         try:
             async with self._db.connection() as conn:
-                user_ids = {e.user_id for r in group for _, e in r.events if e.user_id is not None}
-                levels = await lock_users(conn, user_ids)
-                # Keyed by the UUID's int: UUID.__hash__ is Python code, int hashing is not.
-                policies = {uid.int: policy_for(level) for uid, level in levels.items()}
-                to_dedup: list[tuple[_Request, int, EventIn, PrivacyPolicy, float]] = []
+                user_ids = {e[USER_ID] for r in group for e in r.events}
+                user_ids.discard(None)
+                levels = await lock_users(conn, cast(set[str], user_ids))
+                policies = {uid: policy_for(level) for uid, level in levels.items()}
+                to_store: list[tuple[_Request, ValidEvent, PrivacyPolicy]] = []
                 for req in group:
-                    unknown: list[int] = []
-                    accepted: list[tuple[_Request, int, EventIn, PrivacyPolicy, float]] = []
-                    for i, e in req.events:
-                        if e.user_id is None:
+                    unknown: list[ValidEvent] = []
+                    accepted: list[tuple[_Request, ValidEvent, PrivacyPolicy]] = []
+                    for e in req.events:
+                        uid = e[USER_ID]
+                        if uid is None:
                             pol = ANONYMOUS_POLICY
                         else:
-                            found = policies.get(e.user_id.int)
+                            found = policies.get(uid)
                             if found is None:
-                                unknown.append(i)
+                                unknown.append(e)
                                 continue
                             pol = found
                         if not pol.store_events:
-                            req.result.suppressed.append(i)
+                            req.result.suppressed.append(e[IDX])
                             continue
-                        accepted.append((req, i, e, pol, e.occurred_at.timestamp()))
+                        accepted.append((req, e, pol))
                     if unknown:
                         metrics.EVENTS_REJECTED.labels("unknown_user").inc(len(unknown))
                         if req.atomic:
-                            i = unknown[0]
-                            ghost = dict(req.events)[i].user_id
+                            i, ghost = unknown[0][IDX], unknown[0][USER_ID]
                             req.future.set_exception(NotFound("user", f"events[{i}].user_id", str(ghost), {"index": i}))
                             continue
-                        for i in unknown:
+                        for e in unknown:
+                            i = e[IDX]
                             missing = FieldError(["body", "events", i, "user_id"], "user does not exist", "not_found")
                             req.result.rejected.append(RejectedEvent(i, [missing]))
-                    to_dedup.extend(accepted)
-                dup_flags, dedup_ok = await self._claim(to_dedup, claimed)
-                rows: list[EventRow] = []
-                views: list[tuple[uuid.UUID, str, float]] = []
+                    to_store.extend(accepted)
+                dup_flags, dedup_ok = await self._claim(to_store, claimed)
                 view_types = self._view_types
-                for (req, i, e, pol, ts), dup in zip(to_dedup, dup_flags, strict=True):
-                    req.result.dedup_available = dedup_ok
+                for (req, e, pol), dup in zip(to_store, dup_flags, strict=True):
+                    if not dedup_ok:
+                        req.result.dedup_available = False
                     if dup:
-                        req.result.duplicates.append(i)
+                        req.result.duplicates.append(e[IDX])
+                        duplicates += 1
                         continue
-                    session = e.session_id if pol.keep_session else None
-                    meta = e.metadata_json() if pol.keep_metadata else None
-                    rows.append(EventRow(e.user_id, session, e.content_id, e.content_type, e.signal_type,
-                                         e.signal_weight, meta, e.occurred_at))
+                    session = e[SESSION_ID] if pol.keep_session else None
+                    lines.append(copy_line(e, session, e[METADATA] if pol.keep_metadata else None))
                     req.result.accepted += 1
-                    if session is not None and e.signal_type in view_types:
-                        views.append((session, e.content_id, ts))
-                if rows:
-                    await copy_events(conn, rows)
+                    if session is not None and e[SIGNAL_TYPE] in view_types:
+                        seen_in = views.get(session)
+                        if seen_in is None:
+                            views[session] = [(e[TS], e[CONTENT_ID])]
+                        else:
+                            seen_in.append((e[TS], e[CONTENT_ID]))
+                if lines:
+                    await copy_event_lines(conn, lines)
             committed = True
         finally:
             if not committed and claimed:
                 await self._release(claimed)
-        metrics.EVENTS_INGESTED.inc(len(rows))
-        metrics.EVENTS_DUPLICATE.inc(sum(dup_flags))
+        metrics.EVENTS_INGESTED.inc(len(lines))
+        metrics.EVENTS_DUPLICATE.inc(duplicates)
         metrics.EVENTS_SUPPRESSED.inc(sum(len(r.result.suppressed) for r in group))
-        metrics.GROUP_COMMIT_ROWS.observe(len(rows))
+        metrics.GROUP_COMMIT_ROWS.observe(len(lines))
         metrics.GROUP_COMMIT_SECONDS.observe(time.perf_counter() - started)
         if views:
             try:
@@ -344,39 +385,51 @@ class GroupCommitter:
                 req.future.set_result(req.result)
 
     async def _claim(
-        self, items: list[tuple[_Request, int, EventIn, PrivacyPolicy, float]], claimed: dict[uuid.UUID, list[str]]
+        self, items: list[tuple[_Request, ValidEvent, PrivacyPolicy]], claimed: dict[str, list[str]]
     ) -> tuple[list[bool], bool]:
         """Mark client event ids as seen; returns per item whether it is a replay."""
         flags = [False] * len(items)
-        wanted: list[tuple[int, uuid.UUID, str, float]] = []
-        seen_here: set[tuple[int, str]] = set()
-        for n, (_, _, e, _, ts) in enumerate(items):
-            if e.client_event_id is None:
+        # owner -> client event id -> position in ``items`` of its first occurrence
+        per: dict[str, dict[str, int]] = {}
+        anonymous = _ANONYMOUS
+        for n, (_, e, _) in enumerate(items):
+            member = e[CLIENT_ID]
+            if member is None:
                 continue
-            owner = e.user_id or keys.ANONYMOUS_USER
-            member = str(e.client_event_id)
-            if (owner.int, member) in seen_here:
+            owner = e[USER_ID] or anonymous
+            seen = per.get(owner)
+            if seen is None:
+                per[owner] = seen = {}
+            if member in seen:
                 flags[n] = True  # the same id twice in one group
-                continue
-            seen_here.add((owner.int, member))
-            wanted.append((n, owner, member, ts))
-        if not wanted:
+            else:
+                seen[member] = n
+        if not per:
             return flags, True
+        payload = {owner: [x for m, n in seen.items() for x in (items[n][1][TS], m)] for owner, seen in per.items()}
         try:
-            added = await self._cache.claim_event_ids([(o, m, s) for _, o, m, s in wanted])
+            added = await self._cache.claim_event_ids(payload)
         except CacheUnavailable as exc:
             # Valid data is never lost: without Redis we store and report that
             # replays could not be checked.
             log.warning("dedup unavailable, storing without replay check: %s", exc)
             return flags, False
-        for (n, owner, member, _), was_added in zip(wanted, added, strict=True):
-            if was_added:
-                claimed.setdefault(owner, []).append(member)
-            else:
-                flags[n] = True
+        pos = 0
+        for owner, seen in per.items():
+            got = added[pos : pos + len(seen)]
+            pos += len(seen)
+            if all(got):
+                claimed[owner] = list(seen)
+                continue
+            mine = [m for m, ok in zip(seen, got, strict=True) if ok]
+            if mine:
+                claimed[owner] = mine
+            for n, ok in zip(seen.values(), got, strict=True):
+                if not ok:
+                    flags[n] = True
         return flags, True
 
-    async def _release(self, claimed: dict[uuid.UUID, list[str]]) -> None:
+    async def _release(self, claimed: dict[str, list[str]]) -> None:
         try:
             await self._cache.release_event_ids(claimed)
         except CacheUnavailable as exc:  # pragma: no cover - both stores failing at once
@@ -405,10 +458,14 @@ class Ingestor:
             errs = {i: [FieldError(["events", i, f], m, t) for f, m, t in v] for i, v in bad.items()}
             if errs and atomic:
                 raise InvalidInput([x for v in errs.values() for x in v])
-            valid = [(i, e) for i, e in enumerate(ready) if i not in errs]
+            valid = from_models((i, e) for i, e in enumerate(ready) if i not in errs)
             rejected: list[RejectedEvent] = [RejectedEvent(i, v) for i, v in sorted(errs.items())]
         else:
-            payload = {"events": [e.model_dump() if isinstance(e, EventIn) else dict(e) for e in events]}
+            payload = {
+                "events": [
+                    e if type(e) is dict else e.model_dump() if isinstance(e, EventIn) else dict(e) for e in events
+                ]
+            }
             valid, rejected = parse_events(
                 payload, limits=self.limits, max_events=self.settings.max_batch_events, atomic=atomic
             )
@@ -422,7 +479,7 @@ class Ingestor:
         return await self.ingest_validated(valid, rejected, atomic=atomic)
 
     async def ingest_validated(
-        self, valid: list[tuple[int, EventIn]], rejected: list[RejectedEvent], *, atomic: bool
+        self, valid: list[ValidEvent], rejected: list[RejectedEvent], *, atomic: bool
     ) -> IngestResult:
         """Store already-validated events (``rejected`` is carried into the result)."""
         if not valid:

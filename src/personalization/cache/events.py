@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from importlib import resources
 
 import orjson
@@ -41,6 +40,14 @@ def _chunks(sizes: list[int], limit: int) -> list[slice]:
     return out
 
 
+def _newest_distinct(views: Sequence[tuple[float, str]], cap: int) -> list[str]:
+    """The newest ``cap`` distinct content ids of (occurred_at, content id) pairs, oldest first."""
+    if len(views) == 1:
+        return [views[0][1]]
+    newest_first = list(dict.fromkeys(c for _, c in sorted(views, reverse=True)))
+    return newest_first[:cap][::-1]
+
+
 def _lua(name: str) -> str:
     return (resources.files("personalization.cache") / "lua" / f"{name}.lua").read_text()
 
@@ -53,42 +60,38 @@ class EventCache:
         self._claim = client.register_script(_lua("claim_event_ids"))
         self._views = client.register_script(_lua("record_views"))
 
-    async def claim_event_ids(self, items: list[tuple[uuid.UUID, str, float]]) -> list[bool]:
-        """``ZADD NX`` each (user, client event id, occurred_at); True where the id is new.
+    async def claim_event_ids(self, per_owner: Mapping[str, Sequence[float | str]]) -> list[bool]:
+        """``ZADD NX`` each (occurred_at, client event id) in its owner's signals set.
 
+        ``per_owner`` maps a user id (canonical UUID text) to its pairs as one flat
+        list ``[score, id, score, id, ...]`` with distinct ids; returns one flag per
+        pair, owner by owner in the mapping's order: True where the id is new.
         The sets are kept inside their 48 h window: entries scored older than the
         window are trimmed and the key's TTL renewed by the same script.
         """
         floor = time.time() - keys.USER_SIGNALS.ttl_s
-        per: dict[uuid.UUID, list[int]] = defaultdict(list)
-        for n, (owner, _, _) in enumerate(items):
-            per[owner].append(n)
-        owners = list(per)
-        payload = [[(items[n][2], items[n][1]) for n in per[o]] for o in owners]
-        names = [keys.user_signals(o) for o in owners]
+        payload = list(per_owner.values())
+        names = [keys.user_signals(o) for o in per_owner]
         try:
             with wrap_exceptions():
                 async with self._r.pipeline(transaction=False) as pipe:
-                    for part in _chunks([len(p) for p in payload], SCRIPT_ITEMS_MAX):
+                    for part in _chunks([len(p) // 2 for p in payload], SCRIPT_ITEMS_MAX):
                         await self._claim(
                             keys=names[part],
                             args=[floor, keys.USER_SIGNALS.ttl_s, orjson.dumps(payload[part])],
                             client=pipe,
                         )
-                    flags = [f for res in await pipe.execute() for f in res]
+                    flags = [f == 1 for res in await pipe.execute() for f in res]
         except Exception:
             metrics.CACHE_ERRORS.labels("claim_event_ids").inc()
             metrics.CACHE_AVAILABLE.set(0)
             raise
         metrics.CACHE_AVAILABLE.set(1)
-        out = [False] * len(items)
-        it = iter(flags)
-        for o in owners:
-            for n in per[o]:
-                out[n] = bool(next(it))
-        return out
+        if 2 * len(flags) != sum(len(p) for p in payload):
+            raise RuntimeError(f"claim script answered {len(flags)} flags for {sum(map(len, payload)) // 2} ids")
+        return flags
 
-    async def release_event_ids(self, claimed: dict[uuid.UUID, list[str]]) -> None:
+    async def release_event_ids(self, claimed: Mapping[str, Sequence[str]]) -> None:
         """Forget ids claimed by a batch whose commit failed, so a retry is stored."""
         with wrap_exceptions():
             async with self._r.pipeline(transaction=False) as pipe:
@@ -96,20 +99,20 @@ class EventCache:
                     pipe.zrem(keys.user_signals(owner), *members)
                 await pipe.execute()
 
-    async def record_views(self, views: Iterable[tuple[uuid.UUID, str, float]]) -> None:
-        """Push viewed content onto each session's list: newest first, distinct, capped, 24 h TTL."""
-        per: dict[uuid.UUID, list[tuple[float, str]]] = defaultdict(list)
-        for session, content, ts in views:
-            per[session].append((ts, content))
-        if not per:
+    async def record_views(self, per_session: Mapping[str, Sequence[tuple[float, str]]]) -> None:
+        """Push viewed content onto each session's list: newest first, distinct, capped, 24 h TTL.
+
+        ``per_session`` maps a session id (canonical UUID text) to its views as
+        (occurred_at epoch seconds, content id), in any order.
+        """
+        if not per_session:
             return
         spec = keys.SESSION_RECENT_CONTENT
         assert spec.cap is not None
-        sessions = list(per)
-        # Oldest first, so that the newest ends at the head; only the newest
-        # ``cap`` can survive the trim anyway.
-        payload = [[c for _, c in sorted(per[s])][-spec.cap :] for s in sessions]
-        names = [keys.session_recent_content(s) for s in sessions]
+        # Distinct and oldest first (a repeated id counts at its newest view), so that
+        # the newest ends at the head; only the newest ``cap`` can survive the trim.
+        payload = [_newest_distinct(v, spec.cap) for v in per_session.values()]
+        names = [keys.session_recent_content(s) for s in per_session]
         try:
             with wrap_exceptions():
                 async with self._r.pipeline(transaction=False) as pipe:

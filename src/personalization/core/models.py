@@ -7,6 +7,7 @@ context as an :class:`InputLimits`, so one model serves every configuration.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,8 +29,10 @@ from personalization.core.privacy import PrivacyLevel
 
 # Hard ceilings (the configurable limits can only be lower).
 TEXT_CEILING = 1024
-# Non-empty and not only white space (checked by pydantic-core's regex engine).
-Text = Annotated[str, StringConstraints(min_length=1, max_length=TEXT_CEILING, pattern=r"\S")]
+# Non-empty, not only white space and free of NUL characters, which PostgreSQL's
+# TEXT cannot hold (checked by pydantic-core's regex engine).
+TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
+Text = Annotated[str, StringConstraints(min_length=1, max_length=TEXT_CEILING, pattern=TEXT_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 # NUMERIC(4,3): at most 4 digits, 3 after the point, so |w| <= 9.999.
@@ -179,7 +182,8 @@ def check_event_limits(events: list[EventIn], limits: InputLimits) -> dict[int, 
             bad.setdefault(i, []).append(("occurred_at", "is before 1970", "value_error"))
         if e.metadata is not None:
             try:
-                size = len(_dump_metadata(e.metadata))
+                dumped = _dump_metadata(e.metadata)
+                size = len(dumped)
             except ValueError as exc:
                 bad.setdefault(i, []).append(("metadata", str(exc), "value_error"))
                 continue
@@ -187,7 +191,20 @@ def check_event_limits(events: list[EventIn], limits: InputLimits) -> dict[int, 
                 bad.setdefault(i, []).append(
                     ("metadata", f"{size} bytes of JSON, over the limit of {meta_max}", "too_large")
                 )
+            elif has_nul_escape(dumped):
+                bad.setdefault(i, []).append(("metadata", NUL_JSON_MESSAGE, "value_error"))
     return bad
+
+
+NUL_JSON_MESSAGE = "must not contain the NUL character (\\u0000)"
+# JSONB cannot hold the NUL character; orjson writes it as ``\u0000``.  The escape
+# counts only after an even number of backslashes (``\\u0000`` is the text "\u0000").
+_NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def has_nul_escape(json_text: bytes) -> bool:
+    """True if compact JSON from orjson encodes a NUL character."""
+    return b"\\u0000" in json_text and _NUL_ESCAPE.search(json_text) is not None
 
 
 def _dump_metadata(meta: dict[str, Any]) -> bytes:

@@ -1,66 +1,71 @@
-"""PostgreSQL side of ingestion: profile locks and the binary COPY of event rows."""
+"""PostgreSQL side of ingestion: profile locks and the COPY of event rows.
+
+Rows are sent in COPY's text format, built from the canonical strings the
+validation produced (:data:`~personalization.core.fast_events.ValidEvent`):
+one string per row instead of one binary dump per value.  PostgreSQL parses
+the UUID, NUMERIC, JSONB and TIMESTAMPTZ fields itself.
+"""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable
-from datetime import datetime
-from decimal import Decimal
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 
+from personalization.core.fast_events import (
+    CLEAN,
+    CONTENT_ID,
+    CONTENT_TYPE,
+    OCCURRED_AT,
+    SIGNAL_TYPE,
+    USER_ID,
+    WEIGHT,
+    ValidEvent,
+    copy_escape,
+)
 from personalization.store.queries import q
 
-COPY_EVENTS = (
-    "COPY personalization_events (user_id, session_id, content_id, content_type, signal_type,"
-    " signal_weight, metadata, occurred_at) FROM STDIN (FORMAT BINARY)"
-)
+COLUMNS = "user_id, session_id, content_id, content_type, signal_type, signal_weight, metadata, occurred_at"
+COPY_EVENTS = f"COPY personalization_events ({COLUMNS}) FROM STDIN"
+# The binary COPY types of the same columns (the ingest benchmark's bare-COPY baseline).
 COPY_TYPES = ["uuid", "uuid", "text", "text", "text", "numeric", "jsonb", "timestamptz"]
+NULL = "\\N"  # COPY text format's NULL
+# Rows per write to the COPY stream (bounds the size of one buffer).
+COPY_CHUNK_ROWS = 2000
 
 
-class EventRow(NamedTuple):
-    """One row of ``personalization_events`` as written (event_id comes from the sequence)."""
+def copy_line(e: ValidEvent, session_id: str | None, metadata: str | None) -> str:
+    """One row of ``personalization_events`` in COPY text format (no trailing newline).
 
-    user_id: uuid.UUID | None
-    session_id: uuid.UUID | None
-    content_id: str
-    content_type: str
-    signal_type: str
-    signal_weight: Decimal
-    metadata: bytes | None  # compact JSON, already validated and size-checked
-    occurred_at: datetime
-
-
-def _raw_json(b: Any) -> Any:
-    # The metadata arrives as JSON bytes; pass them through instead of re-encoding.
-    return b
+    ``session_id`` and ``metadata`` are passed separately because the privacy level
+    may strip them; ``metadata`` is already escaped for COPY (see ValidEvent).
+    """
+    if e[CLEAN]:
+        content, ctype, stype = e[CONTENT_ID], e[CONTENT_TYPE], e[SIGNAL_TYPE]
+    else:
+        content, ctype, stype = copy_escape(e[CONTENT_ID]), copy_escape(e[CONTENT_TYPE]), copy_escape(e[SIGNAL_TYPE])
+    return (
+        f"{e[USER_ID] or NULL}\t{session_id or NULL}\t{content}\t{ctype}\t{stype}\t{e[WEIGHT]}"
+        f"\t{metadata or NULL}\t{e[OCCURRED_AT]}"
+    )
 
 
-async def lock_users(conn: AsyncConnection[Any], user_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str | None]:
-    """Lock the profiles against delete until commit; returns user_id -> privacy_level of those that exist."""
-    ids = list(user_ids)
+async def lock_users(conn: AsyncConnection[Any], user_ids: Iterable[str]) -> dict[str, str | None]:
+    """Lock the profiles against delete until commit; returns user_id -> privacy_level of those that exist.
+
+    Ids are canonical UUID text and come back as such.
+    """
+    ids = ",".join(user_ids)
     if not ids:
         return {}
     cur = await conn.execute(q("lock_users_for_ingest"), {"user_ids": ids})
     return {row[0]: row[1] for row in await cur.fetchall()}
 
 
-async def copy_events(conn: AsyncConnection[Any], rows: Iterable[EventRow]) -> None:
-    """Write the rows with one binary COPY inside the caller's transaction."""
+async def copy_event_lines(conn: AsyncConnection[Any], lines: Sequence[str]) -> None:
+    """Write rows built by :func:`copy_line` with one COPY inside the caller's transaction."""
     async with conn.cursor().copy(COPY_EVENTS) as copy:
-        copy.set_types(COPY_TYPES)
-        for r in rows:
-            await copy.write_row(
-                (
-                    r.user_id,
-                    r.session_id,
-                    r.content_id,
-                    r.content_type,
-                    r.signal_type,
-                    r.signal_weight,
-                    None if r.metadata is None else Jsonb(r.metadata, dumps=_raw_json),
-                    r.occurred_at,
-                )
-            )
+        for start in range(0, len(lines), COPY_CHUNK_ROWS):
+            # A str is encoded by psycopg in the connection's client encoding.
+            await copy.write("\n".join(lines[start : start + COPY_CHUNK_ROWS]) + "\n")

@@ -54,8 +54,10 @@ DELETE FROM user_traits WHERE user_id = %(user_id)s AND trait_id = %(trait_id)s 
 -- name: lock_users_for_ingest
 -- Lock the referenced profiles against delete until the batch commits, so the
 -- COPY below cannot fail on the foreign key half-way through a group.
-SELECT user_id, privacy_level FROM user_profile
-WHERE user_id = ANY(%(user_ids)s)
+-- Ids in and out are canonical UUID text (the write path keeps them as strings); they
+-- arrive comma-separated in one parameter, not as an array of thousands of values.
+SELECT user_id::text, privacy_level FROM user_profile
+WHERE user_id = ANY(string_to_array(%(user_ids)s, ',')::uuid[])
 ORDER BY user_id
 FOR KEY SHARE;
 
