@@ -15,10 +15,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
+from personalization.errors import StoreError
 from personalization.store.db import wrap_exceptions
+from personalization.store.pgbinary import decode_rows, encode_rows
 from personalization.store.queries import q
 
 _SQL = "learner.sql"
@@ -61,6 +65,48 @@ class EmbeddingRow:
     event_count: int
     embedded_count: int
     embedding: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreBatch:
+    """New values of a batch's score cells, one array element per cell.
+
+    ``users`` holds 16-byte user ids; ``content_type``/``signal_type`` are 1-based
+    positions in ``content_types``/``signal_types``; ``ref_us`` is microseconds since the
+    epoch; ``existed`` says whether the cell was stored when the batch read it.
+    """
+
+    users: npt.NDArray[np.void]
+    content_type: npt.NDArray[np.int16]
+    signal_type: npt.NDArray[np.int16]
+    score: npt.NDArray[np.float64]
+    ref_us: npt.NDArray[np.int64]
+    event_count: npt.NDArray[np.int64]
+    existed: npt.NDArray[np.bool_]
+    content_types: list[str]
+    signal_types: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingBatch:
+    """New embedding rows of a batch, one array element (or matrix row) per user.
+
+    ``model`` is a 1-based position in ``models`` (0: no model yet); ``raw`` is the float64
+    sum (n, dim); ``embedding`` the normalised float32 vectors (n, dim), meaningful where
+    ``has_embedding``.
+    """
+
+    users: npt.NDArray[np.void]
+    model: npt.NDArray[np.int16]
+    dim: int
+    raw: npt.NDArray[np.float64]
+    ref_us: npt.NDArray[np.int64]
+    event_count: npt.NDArray[np.int64]
+    embedded_count: npt.NDArray[np.int64]
+    has_embedding: npt.NDArray[np.bool_]
+    embedding: npt.NDArray[np.float32]
+    existed: npt.NDArray[np.bool_]
+    models: list[str]
 
 
 class LearnerTx:
@@ -177,6 +223,113 @@ class LearnerTx:
             )
             for r in self._all("load_embeddings", {"user_ids": list(user_ids)})
         }
+
+    def _copy_in(self, name: str, data: bytes) -> None:
+        with self._cur.copy(_q(name)) as copy:
+            copy.write(data)
+
+    def batch_cell_scores(
+        self,
+        users: npt.NDArray[np.void],
+        content_type: npt.NDArray[np.int16],
+        signal_type: npt.NDArray[np.int16],
+        content_types: list[str],
+        signal_types: list[str],
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The stored ones among the batch's cells: (cell position, score, ref_us, event_count)."""
+        n = len(users)
+        if not n:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty.astype(np.int32), empty.astype(np.float64), empty, empty
+        self._copy_in(
+            "copy_batch_cells",
+            encode_rows(
+                [
+                    ("int4", np.arange(n, dtype=np.int32)),
+                    ("uuid", users),
+                    ("int2", content_type),
+                    ("int2", signal_type),
+                ]
+            ),
+        )
+        with self._cur.copy(
+            _q("batch_cell_scores"), {"content_types": content_types, "signal_types": signal_types}
+        ) as copy:
+            data = b"".join(bytes(block) for block in copy)
+        cell, score, ref_us, count = decode_rows(data, ["int4", "float8", "timestamptz", "int8"])
+        return cell.astype(np.int32), score.astype(np.float64), ref_us.astype(np.int64), count.astype(np.int64)
+
+    def write_score_batch(self, batch: ScoreBatch) -> None:
+        """Store a batch's cells: an update of those that existed, an insert of the new ones."""
+        if not len(batch.users):
+            return
+        self._copy_in(
+            "copy_batch_scores",
+            encode_rows(
+                [
+                    ("uuid", batch.users),
+                    ("int2", batch.content_type),
+                    ("int2", batch.signal_type),
+                    ("float8", batch.score),
+                    ("timestamptz", batch.ref_us),
+                    ("int8", batch.event_count),
+                    ("bool", batch.existed),
+                ]
+            ),
+        )
+        names = {"content_types": batch.content_types, "signal_types": batch.signal_types}
+        existed = int(np.count_nonzero(batch.existed))
+        updated = self._run("update_batch_scores", names) if existed else 0
+        inserted = self._run("insert_batch_scores", names) if existed < len(batch.users) else 0
+        if updated != existed or inserted != len(batch.users) - existed:
+            raise StoreError(
+                f"score cells changed under the batch ({updated}/{existed} updated, "
+                f"{inserted}/{len(batch.users) - existed} inserted); the batch is retried"
+            )
+
+    def load_embedding_tuples(
+        self, user_ids: Sequence[UUID]
+    ) -> list[tuple[UUID, str | None, int, bytes, datetime, int, int]]:
+        """(user_id, model, dim, raw_sum, ref_time, event_count, embedded_count) of stored rows."""
+        if not user_ids:
+            return []
+        with self._cur.connection.cursor(row_factory=tuple_row) as cur:
+            cur.execute(_q("load_embedding_tuples"), {"user_ids": list(user_ids)})
+            return cur.fetchall()
+
+    def write_embedding_batch(self, batch: EmbeddingBatch) -> None:
+        """Store a batch's embedding rows: an update of those that existed, an insert of the new ones."""
+        n = len(batch.users)
+        if not n:
+            return
+        raw = np.ascontiguousarray(batch.raw, dtype="<f8").view(np.uint8).reshape(n, 8 * batch.dim)
+        vec = np.ascontiguousarray(batch.embedding, dtype="<f4").view(np.uint8).reshape(n, 4 * batch.dim)
+        self._copy_in(
+            "copy_batch_embeddings",
+            encode_rows(
+                [
+                    ("uuid", batch.users),
+                    ("int2", batch.model),
+                    ("int4", np.full(n, batch.dim, dtype=np.int32)),
+                    ("bytea", raw),
+                    ("timestamptz", batch.ref_us),
+                    ("int8", batch.event_count),
+                    ("int8", batch.embedded_count),
+                    ("bool", batch.has_embedding),
+                    ("bytea", vec),
+                    ("bool", batch.existed),
+                ]
+            ),
+        )
+        models = {"models": batch.models}
+        existed = int(np.count_nonzero(batch.existed))
+        updated = self._run("update_batch_embeddings", models) if existed else 0
+        inserted = self._run("insert_batch_embeddings", models) if existed < n else 0
+        if updated != existed or inserted != n - existed:
+            raise StoreError(
+                f"embedding rows changed under the batch ({updated}/{existed} updated, "
+                f"{inserted}/{n - existed} inserted); the batch is retried"
+            )
 
     def upsert_scores(self, rows: Sequence[ScoreRow]) -> None:
         """Insert or replace score cells."""
@@ -302,6 +455,8 @@ class LearnerStore:
                 # The pid tells members apart in pg_stat_activity (and lets tests kill one mid-batch).
                 application_name=f"personalization-learner {os.getpid()}",
             )
+            # The batch path's session-local tables (emptied at every commit).
+            self._conn.execute(_q("batch_tables"))
         return self._conn
 
     @contextlib.contextmanager
