@@ -293,7 +293,8 @@ class LearnerTx:
         """(user_id, model, dim, raw_sum, ref_time, event_count, embedded_count) of stored rows."""
         if not user_ids:
             return []
-        with self._cur.connection.cursor(row_factory=tuple_row) as cur:
+        # Binary results: the raw sums arrive as bytes, not as hex text to decode.
+        with self._cur.connection.cursor(row_factory=tuple_row, binary=True) as cur:
             cur.execute(_q("load_embedding_tuples"), {"user_ids": list(user_ids)})
             return cur.fetchall()
 
@@ -455,7 +456,10 @@ class LearnerStore:
                 # The pid tells members apart in pg_stat_activity (and lets tests kill one mid-batch).
                 application_name=f"personalization-learner {os.getpid()}",
             )
-            # The batch path's session-local tables (emptied at every commit).
+            # The batch path's session-local tables (emptied at every commit), with room for a
+            # batch's rows in memory and for its hash joins (the defaults spill to disk).
+            self._conn.execute("SET temp_buffers = '128MB'")
+            self._conn.execute("SET work_mem = '64MB'")
             self._conn.execute(_q("batch_tables"))
         return self._conn
 
