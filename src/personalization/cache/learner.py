@@ -15,7 +15,6 @@ import redis
 from personalization.cache import keys
 from personalization.cache.client import wrap_exceptions
 
-
 # Keys per Lua call / DEL command: bounds how long one call holds Redis (about a millisecond).
 CHUNK = 1000
 

@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 from uuid import UUID
 
 import numpy as np
@@ -46,7 +47,6 @@ from personalization.learner.envelope import (
 )
 from personalization.learner.model import (
     ContentVector,
-    EmbeddingState,
     add_to_embedding,
     add_to_score,
     content_unit_vector,
@@ -62,9 +62,8 @@ _INT = operator.attrgetter("int")
 _OFFSET = operator.attrgetter("offset")
 
 
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """One Kafka message as the batch sees it."""
+class Incoming(NamedTuple):
+    """One Kafka message as the batch sees it (a named tuple: one is built per message)."""
 
     topic: str
     partition: int
@@ -381,18 +380,24 @@ def _apply_events(
     state_users = [users[i] for i in su_ids]
     user_bytes = _uuid_bytes(state_users)
     pick = sel.tolist()
-    ct_names, ct = _codes([ct_col[i] for i in pick])
-    st_names, st = _codes([st_col[i] for i in pick])
-    t = np.fromiter((occ_col[i] for i in pick), dtype=np.int64, count=len(pick))
-    weight_abs = np.abs(np.fromiter((weight_col[i] for i in pick), dtype=np.float64, count=len(pick)))
+    if len(pick) == n:
+        cids_sel, ct_sel, st_sel, occ_sel, weight_sel = cid_col, ct_col, st_col, occ_col, weight_col
+    else:
+        cids_sel = tuple(cid_col[i] for i in pick)
+        ct_sel = tuple(ct_col[i] for i in pick)
+        st_sel = tuple(st_col[i] for i in pick)
+        occ_sel = tuple(occ_col[i] for i in pick)
+        weight_sel = tuple(weight_col[i] for i in pick)
+    ct_names, ct = _codes(ct_sel)
+    st_names, st = _codes(st_sel)
+    t = np.fromiter(occ_sel, dtype=np.int64, count=len(pick))
+    weight_abs = np.abs(np.fromiter(weight_sel, dtype=np.float64, count=len(pick)))
     scale = np.array([decay.for_signal(s).scale for s in st_names], dtype=np.float64)
     half_life = np.array([decay.for_signal(s).half_life_s for s in st_names], dtype=np.float64)
     w = scale[st] * weight_abs
 
     _fold_scores(tx, su, ct, st, t, w, half_life, user_bytes, ct_names, st_names)
-    vectors = _fold_embeddings(
-        tx, su, t, w, [cid_col[i] for i in pick], state_users, user_bytes, decay, content
-    )
+    vectors = _fold_embeddings(tx, su, t, w, cids_sel, state_users, user_bytes, decay, content)
 
     written = np.zeros(len(state_users), dtype=bool)
     for i, (user_id, vector) in enumerate(zip(state_users, vectors, strict=True)):
@@ -477,7 +482,7 @@ def _fold_embeddings(
     su: npt.NDArray[np.int64],
     t: npt.NDArray[np.int64],
     w: npt.NDArray[np.float64],
-    content_ids: list[str],
+    content_ids: Sequence[str],
     state_users: list[UUID],
     user_bytes: npt.NDArray[np.void],
     decay: DecayConfig,
@@ -486,7 +491,6 @@ def _fold_embeddings(
     """Embedding sums: stored sum rebased plus the batch's weighted unit vectors; returns Redis values."""
     dim = content.dim
     n_users = len(state_users)
-    position = {u.int: i for i, u in enumerate(state_users)}
     row_exists = np.zeros(n_users, dtype=bool)
     has_state = np.zeros(n_users, dtype=bool)
     raw = np.zeros((n_users, dim), dtype=np.float64)
@@ -494,17 +498,20 @@ def _fold_embeddings(
     prev_count = np.zeros(n_users, dtype=np.int64)
     prev_embedded = np.zeros(n_users, dtype=np.int64)
     prev_model: list[str | None] = [None] * n_users
-    for user_id, stored_model, row_dim, raw_sum, ref_time, count, embedded in tx.load_embedding_tuples(
-        sorted(state_users, key=_INT)
-    ):
-        i = position[user_id.int]
-        row_exists[i] = True
-        if row_dim != dim:
-            continue  # another dimension: start over, as the per-user fold does
-        raw[i] = EmbeddingState.raw_from_bytes(bytes(raw_sum), dim)
-        has_state[i] = True
-        prev_ref[i] = (ref_time - EPOCH) // ONE_US
-        prev_count[i], prev_embedded[i], prev_model[i] = count, embedded, stored_model
+    stored = tx.load_embedding_batch(sorted(state_users, key=_INT), dim)
+    if len(stored.users):
+        position = {b: k for k, b in enumerate(user_bytes.tolist())}
+        rows = np.fromiter(map(position.__getitem__, stored.users.tolist()), dtype=np.int64, count=len(stored.users))
+        row_exists[rows] = True
+        use = stored.same_dim  # another dimension: start over, as the per-user fold does
+        at = rows[use]
+        has_state[at] = True
+        raw[at] = stored.raw[use]
+        prev_ref[at] = stored.ref_us[use]
+        prev_count[at] = stored.event_count[use]
+        prev_embedded[at] = stored.embedded_count[use]
+        for r, j in zip(at.tolist(), np.flatnonzero(use).tolist(), strict=True):
+            prev_model[r] = stored.models[j]
 
     cids, cidx = _codes(content_ids)
     vectors = content.get_many(tx, set(cids))

@@ -22,7 +22,7 @@ from psycopg.rows import dict_row, tuple_row
 
 from personalization.errors import StoreError
 from personalization.store.db import wrap_exceptions
-from personalization.store.pgbinary import decode_rows, encode_rows
+from personalization.store.pgbinary import PG_EPOCH_US, encode_rows
 from personalization.store.queries import q
 
 _SQL = "learner.sql"
@@ -107,6 +107,43 @@ class EmbeddingBatch:
     embedding: npt.NDArray[np.float32]
     existed: npt.NDArray[np.bool_]
     models: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEmbeddings:
+    """Stored embedding rows of a batch's users, one array element (or matrix row) per row.
+
+    ``raw`` rows are meaningful where ``same_dim`` (the row has the expected dimension).
+    """
+
+    users: npt.NDArray[np.void]
+    models: list[str | None]
+    same_dim: npt.NDArray[np.bool_]
+    raw: npt.NDArray[np.float64]
+    ref_us: npt.NDArray[np.int64]
+    event_count: npt.NDArray[np.int64]
+    embedded_count: npt.NDArray[np.int64]
+
+    @staticmethod
+    def empty(dim: int) -> StoredEmbeddings:
+        """No stored rows."""
+        none = np.zeros(0, dtype=np.int64)
+        return StoredEmbeddings(
+            np.zeros(0, dtype="V16"), [], none.astype(bool), np.zeros((0, dim)), none, none, none
+        )
+
+
+def _ints(packed: bytes | None, dtype: str) -> npt.NDArray[np.int64]:
+    return np.frombuffer(packed or b"", dtype=dtype).astype(np.int64)
+
+
+def _floats(packed: bytes | None) -> npt.NDArray[np.float64]:
+    return np.frombuffer(packed or b"", dtype=">f8").astype(np.float64)
+
+
+def _times(packed: bytes | None) -> npt.NDArray[np.int64]:
+    """timestamptz_send values as microseconds since the Unix epoch."""
+    return np.frombuffer(packed or b"", dtype=">i8").astype(np.int64) + PG_EPOCH_US
 
 
 class LearnerTx:
@@ -228,6 +265,15 @@ class LearnerTx:
         with self._cur.copy(_q(name)) as copy:
             copy.write(data)
 
+    def _packed_row(self, name: str, params: dict[str, Any]) -> tuple[Any, ...]:
+        """The one row of a packed-columns query (binary: bytea arrives as bytes)."""
+        with self._cur.connection.cursor(row_factory=tuple_row, binary=True) as cur:
+            cur.execute(_q(name), params)
+            row = cur.fetchone()
+        if row is None:
+            raise StoreError(f"{name} returned no row")
+        return tuple(row)
+
     def batch_cell_scores(
         self,
         users: npt.NDArray[np.void],
@@ -235,12 +281,11 @@ class LearnerTx:
         signal_type: npt.NDArray[np.int16],
         content_types: list[str],
         signal_types: list[str],
-    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """The stored ones among the batch's cells: (cell position, score, ref_us, event_count)."""
         n = len(users)
         if not n:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty.astype(np.int32), empty.astype(np.float64), empty, empty
+            return _ints(None, ">i4"), _floats(None), _times(None), _ints(None, ">i8")
         self._copy_in(
             "copy_batch_cells",
             encode_rows(
@@ -252,12 +297,10 @@ class LearnerTx:
                 ]
             ),
         )
-        with self._cur.copy(
-            _q("batch_cell_scores"), {"content_types": content_types, "signal_types": signal_types}
-        ) as copy:
-            data = b"".join(bytes(block) for block in copy)
-        cell, score, ref_us, count = decode_rows(data, ["int4", "float8", "timestamptz", "int8"])
-        return cell.astype(np.int32), score.astype(np.float64), ref_us.astype(np.int64), count.astype(np.int64)
+        cells, scores, refs, counts = self._packed_row(
+            "batch_cell_scores", {"content_types": content_types, "signal_types": signal_types}
+        )
+        return _ints(cells, ">i4"), _floats(scores), _times(refs), _ints(counts, ">i8")
 
     def write_score_batch(self, batch: ScoreBatch) -> None:
         """Store a batch's cells: an update of those that existed, an insert of the new ones."""
@@ -287,16 +330,35 @@ class LearnerTx:
                 f"{inserted}/{len(batch.users) - existed} inserted); the batch is retried"
             )
 
-    def load_embedding_tuples(
-        self, user_ids: Sequence[UUID]
-    ) -> list[tuple[UUID, str | None, int, bytes, datetime, int, int]]:
-        """(user_id, model, dim, raw_sum, ref_time, event_count, embedded_count) of stored rows."""
+    def load_embedding_batch(self, user_ids: Sequence[UUID], dim: int) -> StoredEmbeddings:
+        """The stored embedding rows of ``user_ids`` (the raw sums of rows of ``dim`` values as a matrix)."""
         if not user_ids:
-            return []
-        # Binary results: the raw sums arrive as bytes, not as hex text to decode.
-        with self._cur.connection.cursor(row_factory=tuple_row, binary=True) as cur:
-            cur.execute(_q("load_embedding_tuples"), {"user_ids": list(user_ids)})
-            return cur.fetchall()
+            return StoredEmbeddings.empty(dim)
+        users, models, dims, raws, refs, counts, embedded = self._packed_row(
+            "load_embedding_blobs", {"user_ids": list(user_ids)}
+        )
+        if users is None:
+            return StoredEmbeddings.empty(dim)
+        row_dims = _ints(dims, ">i4")
+        same = row_dims == dim
+        ends = np.cumsum(row_dims.astype(np.int64) * 8)
+        if same.all():
+            raw = np.frombuffer(raws, dtype="<f8").reshape(len(row_dims), dim).astype(np.float64)
+        else:
+            raw = np.zeros((len(row_dims), dim), dtype=np.float64)
+            for i in np.flatnonzero(same).tolist():
+                raw[i] = np.frombuffer(raws[ends[i] - 8 * dim : ends[i]], dtype="<f8")
+        if int(ends[-1]) != len(raws):
+            raise StoreError("stored raw sums do not match their dimensions")
+        return StoredEmbeddings(
+            users=np.frombuffer(users, dtype="V16").copy(),
+            models=list(models),
+            same_dim=same,
+            raw=raw,
+            ref_us=_times(refs),
+            event_count=_ints(counts, ">i8"),
+            embedded_count=_ints(embedded, ">i8"),
+        )
 
     def write_embedding_batch(self, batch: EmbeddingBatch) -> None:
         """Store a batch's embedding rows: an update of those that existed, an insert of the new ones."""

@@ -1,4 +1,4 @@
-"""PostgreSQL's binary COPY format for fixed-width columns, built and read with numpy.
+"""PostgreSQL's binary COPY format for fixed-width columns, built with numpy.
 
 The learner writes tens of thousands of rows per batch; passing them as Python lists costs
 a Python call per value in the driver.  For rows whose every field has a fixed width
@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["PG_EPOCH_US", "ColumnType", "decode_rows", "encode_rows"]
+__all__ = ["PG_EPOCH_US", "ColumnType", "encode_rows"]
 
 ColumnType = Literal["int2", "int4", "int8", "float8", "bool", "uuid", "timestamptz", "bytea"]
 
@@ -98,41 +98,3 @@ def encode_rows(columns: Sequence[tuple[ColumnType, npt.NDArray[np.generic]]]) -
         else:
             rec[field] = values
     return _HEADER + rec.tobytes() + _TRAILER
-
-
-def decode_rows(data: bytes, kinds: Sequence[ColumnType]) -> list[npt.NDArray[np.generic]]:
-    """Columns of a binary ``COPY ... TO STDOUT`` of fixed-width, non-NULL fields.
-
-    Integers and floats come back in native byte order, ``timestamptz`` as int64
-    microseconds since the Unix epoch, ``uuid`` as ``V16``.  ``bytea`` is not supported here.
-    """
-    if not data.startswith(_SIGNATURE) or len(data) < 19 + 2:
-        raise ValueError("not a binary COPY stream")
-    ext = int.from_bytes(data[15:19], "big")
-    start = 19 + ext
-    if data[-2:] != _TRAILER:
-        raise ValueError("binary COPY stream without its trailer")
-    body = data[start:-2]
-    if "bytea" in kinds:
-        raise ValueError("bytea columns are not decoded here")
-    dtype = _record_dtype([(k, None) for k in kinds])
-    if len(body) % dtype.itemsize:
-        raise ValueError("binary COPY rows are not of the expected width (a NULL or another type?)")
-    rec = np.frombuffer(body, dtype=dtype)
-    if len(rec) and (np.any(rec["nfields"] != len(kinds))):
-        raise ValueError("binary COPY rows have another number of fields")
-    out: list[npt.NDArray[np.generic]] = []
-    for i, kind in enumerate(kinds):
-        size = dtype.fields[f"val{i}"][0].itemsize if dtype.fields else 0
-        if len(rec) and np.any(rec[f"len{i}"] != size):
-            raise ValueError(f"column {i} is NULL or not {kind}")
-        values = rec[f"val{i}"]
-        if kind == "timestamptz":
-            out.append(values.astype(np.int64) + PG_EPOCH_US)
-        elif kind == "uuid":
-            out.append(values.copy())
-        elif kind == "bool":
-            out.append(values.astype(bool))
-        else:
-            out.append(values.astype(values.dtype.newbyteorder("=")))
-    return out

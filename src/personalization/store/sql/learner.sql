@@ -149,16 +149,18 @@ CREATE TEMP TABLE IF NOT EXISTS learner_batch_embeddings (
 COPY learner_batch_cells (cell, user_id, ct, st) FROM STDIN (FORMAT BINARY);
 
 -- name: batch_cell_scores
--- The stored cells among the batch's (COPY TO with client-side parameters: binary rows of
--- fixed width, read with numpy).
-COPY (
-    SELECT c.cell, s.score, s.ref_time, s.event_count
-    FROM learner_batch_cells c
-    JOIN user_signal_scores s
-      ON s.user_id = c.user_id
-     AND s.content_type = (%(content_types)s::text[])[c.ct]
-     AND s.signal_type = (%(signal_types)s::text[])[c.st]
-) TO STDOUT (FORMAT BINARY);
+-- The stored ones among the batch's cells, as one row of packed big-endian columns (one
+-- value per cell found, all aggregates reading the join's rows in the same order): tens of
+-- thousands of cells cost no row objects in the client.
+SELECT string_agg(int4send(c.cell), ''::bytea) AS cells,
+       string_agg(float8send(s.score), ''::bytea) AS scores,
+       string_agg(timestamptz_send(s.ref_time), ''::bytea) AS ref_times,
+       string_agg(int8send(s.event_count), ''::bytea) AS counts
+FROM learner_batch_cells c
+JOIN user_signal_scores s
+  ON s.user_id = c.user_id
+ AND s.content_type = (%(content_types)s::text[])[c.ct]
+ AND s.signal_type = (%(signal_types)s::text[])[c.st];
 
 -- name: copy_batch_scores
 COPY learner_batch_scores (user_id, ct, st, score, ref_time, event_count, existed) FROM STDIN (FORMAT BINARY);
@@ -203,7 +205,15 @@ FROM learner_batch_embeddings b
 WHERE NOT b.existed
 ON CONFLICT (user_id) DO NOTHING;
 
--- name: load_embedding_tuples
-SELECT user_id, model, dim, raw_sum, ref_time, event_count, embedded_count
+-- name: load_embedding_blobs
+-- The stored embedding rows of a batch's users, packed like batch_cell_scores (raw sums
+-- concatenated; each is 8 * dim bytes).
+SELECT string_agg(uuid_send(user_id), ''::bytea) AS user_ids,
+       array_agg(model) AS models,
+       string_agg(int4send(dim), ''::bytea) AS dims,
+       string_agg(raw_sum, ''::bytea) AS raw_sums,
+       string_agg(timestamptz_send(ref_time), ''::bytea) AS ref_times,
+       string_agg(int8send(event_count), ''::bytea) AS counts,
+       string_agg(int8send(embedded_count), ''::bytea) AS embedded_counts
 FROM user_embeddings
 WHERE user_id = ANY(%(user_ids)s);
