@@ -361,9 +361,11 @@ def read_insert_fast(value: bytes) -> FastInsert | None:
         return None
     if not math.isfinite(weight) or not after.content_id or not after.content_type or not after.signal_type:
         return None
+    user_id = _UUIDS.get(after.user_id)
     try:
         occurred = datetime.fromisoformat(after.occurred_at)
-        user_id = _uuid(after.user_id, "after.user_id")
+        if user_id is None:
+            user_id = _uuid(after.user_id, "after.user_id")
     except (ValueError, MalformedMessage):
         return None
     if occurred.tzinfo is None:

@@ -204,7 +204,9 @@ class LearnerTx:
         """Privacy level of each user that still exists, locked against deletion until commit."""
         if not user_ids:
             return {}
-        return {r["user_id"]: r["privacy_level"] for r in self._all("lock_users", {"user_ids": list(user_ids)})}
+        with self._cur.connection.cursor(row_factory=tuple_row) as cur:
+            cur.execute(_q("lock_users"), {"user_ids": list(user_ids)})
+            return dict(cur.fetchall())
 
     def rebuild_snapshots(self, user_ids: Sequence[UUID]) -> dict[UUID, str]:
         """The snapshot of the last recomputation of each user that has one."""
@@ -459,7 +461,9 @@ class LearnerTx:
         """Those of ``user_ids`` that still have a profile."""
         if not user_ids:
             return set()
-        return {r["user_id"] for r in self._all("existing_users", {"user_ids": list(user_ids)})}
+        with self._cur.connection.cursor(row_factory=tuple_row) as cur:
+            cur.execute(_q("existing_users"), {"user_ids": list(user_ids)})
+            return {r[0] for r in cur.fetchall()}
 
     def recent_embeddings(self, seconds: float) -> list[tuple[UUID, bytes]]:
         """(user_id, normalised bytes) of embeddings changed in the last ``seconds``."""
