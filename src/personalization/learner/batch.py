@@ -10,6 +10,16 @@ come from three checks made under the partition's offset-row lock:
    re-send of the at-least-once relay and is skipped (see ``learner.envelope``);
 3. recomputation snapshot: a record whose transaction is visible in the user's last
    ``learner recompute`` snapshot is already counted and is skipped.
+
+Cost per event: a batch holds tens of thousands of events, so nothing is done per event
+that can be done per batch.  Plain inserts are read by ``read_insert_fast`` into one tuple
+each (``parse_event_message`` reads the rest); the events are then folded column by
+column with numpy for all users at once (score cells via ``np.unique``/``bincount``,
+embedding sums as blocks of weighted unit vectors summed per user), with the formulas of
+``core.decay`` and the same results as the per-user fold of ``learner.model`` that
+``learner recompute`` uses.  The changed rows go to PostgreSQL as one binary COPY per
+table into session temp tables, then one UPDATE of the rows the batch read and one INSERT
+of the new ones; stored rows come back as one row of packed columns.
 """
 
 from __future__ import annotations

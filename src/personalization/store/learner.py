@@ -343,15 +343,15 @@ class LearnerTx:
             return StoredEmbeddings.empty(dim)
         row_dims = _ints(dims, ">i4")
         same = row_dims == dim
-        ends = np.cumsum(row_dims.astype(np.int64) * 8)
+        ends = np.cumsum(row_dims * 8)
+        if int(ends[-1]) != len(raws):
+            raise StoreError("stored raw sums do not match their dimensions")
         if same.all():
             raw = np.frombuffer(raws, dtype="<f8").reshape(len(row_dims), dim).astype(np.float64)
         else:
             raw = np.zeros((len(row_dims), dim), dtype=np.float64)
             for i in np.flatnonzero(same).tolist():
                 raw[i] = np.frombuffer(raws[ends[i] - 8 * dim : ends[i]], dtype="<f8")
-        if int(ends[-1]) != len(raws):
-            raise StoreError("stored raw sums do not match their dimensions")
         return StoredEmbeddings(
             users=np.frombuffer(users, dtype="V16").copy(),
             models=list(models),
