@@ -297,7 +297,7 @@ def test_rows_that_moved_under_the_batch_fail_it(db_url: str) -> None:
     (a bug or an outside writer) rolls the batch back instead of overwriting or losing state."""
     pop = fill_population(db_url, users=1, contents=1, events=0, dim=DIM)
     user_bytes = np.frombuffer(pop.users[0].bytes, dtype="V16")
-    one = np.ones(1, dtype=np.int16)
+    one = np.ones(1, dtype=np.int32)
     store = LearnerStore(db_url)
     try:
         for existed in (True, False):

@@ -453,8 +453,8 @@ def _fold_scores(
     inv = inv.astype(np.int64)
     n_cells = len(cells)
     cell_user = cells // (n_ct * n_st)
-    cell_ct = ((cells // n_st) % n_ct).astype(np.int16)
-    cell_st = (cells % n_st).astype(np.int16)
+    cell_ct = ((cells // n_st) % n_ct).astype(np.int32)
+    cell_st = (cells % n_st).astype(np.int32)
     latest = np.full(n_cells, np.iinfo(np.int64).min, dtype=np.int64)
     np.maximum.at(latest, inv, t)
 
@@ -528,7 +528,7 @@ def _fold_embeddings(
     matrix = np.zeros((len(cids), dim), dtype=np.float64)
     has_vec = np.zeros(len(cids), dtype=bool)
     model_names: dict[str, int] = {}
-    content_model = np.zeros(len(cids), dtype=np.int16)
+    content_model = np.zeros(len(cids), dtype=np.int32)
     for i, cid in enumerate(cids):
         vec = vectors.get(cid)
         if vec is not None:
@@ -559,7 +559,7 @@ def _fold_embeddings(
     for name in prev_model:
         if name is not None:
             model_names.setdefault(name, len(model_names) + 1)
-    model = np.array([0 if m is None else model_names[m] for m in prev_model], dtype=np.int16)
+    model = np.array([0 if m is None else model_names[m] for m in prev_model], dtype=np.int32)
     moved = last >= 0
     model[moved] = content_model[cidx[last[moved]]]
 

@@ -77,8 +77,8 @@ class ScoreBatch:
     """
 
     users: npt.NDArray[np.void]
-    content_type: npt.NDArray[np.int16]
-    signal_type: npt.NDArray[np.int16]
+    content_type: npt.NDArray[np.int32]
+    signal_type: npt.NDArray[np.int32]
     score: npt.NDArray[np.float64]
     ref_us: npt.NDArray[np.int64]
     event_count: npt.NDArray[np.int64]
@@ -97,7 +97,7 @@ class EmbeddingBatch:
     """
 
     users: npt.NDArray[np.void]
-    model: npt.NDArray[np.int16]
+    model: npt.NDArray[np.int32]
     dim: int
     raw: npt.NDArray[np.float64]
     ref_us: npt.NDArray[np.int64]
@@ -279,8 +279,8 @@ class LearnerTx:
     def batch_cell_scores(
         self,
         users: npt.NDArray[np.void],
-        content_type: npt.NDArray[np.int16],
-        signal_type: npt.NDArray[np.int16],
+        content_type: npt.NDArray[np.int32],
+        signal_type: npt.NDArray[np.int32],
         content_types: list[str],
         signal_types: list[str],
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -294,8 +294,8 @@ class LearnerTx:
                 [
                     ("int4", np.arange(n, dtype=np.int32)),
                     ("uuid", users),
-                    ("int2", content_type),
-                    ("int2", signal_type),
+                    ("int4", content_type),
+                    ("int4", signal_type),
                 ]
             ),
         )
@@ -313,8 +313,8 @@ class LearnerTx:
             encode_rows(
                 [
                     ("uuid", batch.users),
-                    ("int2", batch.content_type),
-                    ("int2", batch.signal_type),
+                    ("int4", batch.content_type),
+                    ("int4", batch.signal_type),
                     ("float8", batch.score),
                     ("timestamptz", batch.ref_us),
                     ("int8", batch.event_count),
@@ -374,7 +374,7 @@ class LearnerTx:
             encode_rows(
                 [
                     ("uuid", batch.users),
-                    ("int2", batch.model),
+                    ("int4", batch.model),
                     ("int4", np.full(n, batch.dim, dtype=np.int32)),
                     ("bytea", raw),
                     ("timestamptz", batch.ref_us),
