@@ -20,7 +20,9 @@ import pytest
 import redis
 
 from personalization.cache import keys
+from personalization.learner import batch
 from personalization.learner.consumer import Learner
+from personalization.learner.envelope import EventRecord, FastInsert, parse_event_message, read_insert_fast
 from personalization.learner.recompute import recompute_users
 from personalization.learner.settings import LearnerSettings
 from personalization.learner.synthetic import key_for, produce, producer
@@ -75,9 +77,22 @@ def _embedding(conn: psycopg.Connection[Any], user: UUID) -> bytes | None:
 
 
 def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
-    stack: tuple[dict[str, str], LearnerSettings], redis_url: str
+    stack: tuple[dict[str, str], LearnerSettings], redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env, settings = stack
+    # What the real relay writes must take the learner's fast insert reader (it hands over
+    # only what is not a plain insert).
+    fast_reads: list[bool] = []
+    missed: list[bytes] = []
+
+    def reading(value: bytes) -> FastInsert | None:
+        got = read_insert_fast(value)
+        fast_reads.append(got is not None)
+        if got is None and isinstance(parse_event_message(None, value), EventRecord):
+            missed.append(value)
+        return got
+
+    monkeypatch.setattr(batch, "read_insert_fast", reading)
     db_url = settings.database_url
     cache = redis.Redis.from_url(redis_url)
     alice, bob, carol, dave, erin = (uuid.uuid4() for _ in range(5))
@@ -189,6 +204,7 @@ def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
                 r.stop()
                 r.close()
 
+    assert any(fast_reads) and not missed, missed[:1]
     counts: dict[UUID, int] = {u: int(n) for u, n in online_counts}
     with psycopg.connect(db_url) as conn:
         stored = conn.execute("SELECT count(*) FROM personalization_events WHERE user_id = %s", (alice,)).fetchone()

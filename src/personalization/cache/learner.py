@@ -7,12 +7,16 @@ come from :mod:`personalization.cache.keys`.  Redis errors leave as ``CacheUnava
 from __future__ import annotations
 
 from collections.abc import Iterable
+from importlib import resources
 from uuid import UUID
 
 import redis
 
 from personalization.cache import keys
 from personalization.cache.client import wrap_exceptions
+
+# Keys per Lua call / DEL command: bounds how long one call holds Redis (about a millisecond).
+CHUNK = 1000
 
 
 class EmbeddingCache:
@@ -21,6 +25,9 @@ class EmbeddingCache:
     def __init__(self, redis_url: str, *, timeout_s: float = 2.0) -> None:
         """A client with bounded socket timeouts (a hung Redis must not hang the consumer)."""
         self._client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._set_many = self._client.register_script(
+            (resources.files("personalization.cache") / "lua" / "set_embeddings.lua").read_text()
+        )
 
     def ping(self) -> None:
         """Raise CacheUnavailable unless Redis answers."""
@@ -28,19 +35,30 @@ class EmbeddingCache:
             self._client.ping()
 
     def apply(self, writes: Iterable[tuple[UUID, bytes]], deletes: Iterable[UUID]) -> None:
-        """SET (with the 6 h TTL) every ``writes`` entry and DEL every ``deletes`` key, in one round trip."""
+        """SET (with the 6 h TTL) every ``writes`` entry and DEL every ``deletes`` key, in one round trip.
+
+        Thousands of keys per batch: the SETs go as Lua calls of ``CHUNK`` keys each and the
+        deletes as DEL commands of ``CHUNK`` keys, all in one pipeline (a command per key
+        costs the client far more than Redis).  Standalone Redis: one call may name keys of
+        any slot (see ``set_embeddings.lua``).
+        """
         ttl = keys.USER_EMBEDDING.ttl_s
+        items = list(writes)
+        gone = [keys.user_embedding(u) for u in deletes]
+        if not items and not gone:
+            return
         with wrap_exceptions():
             pipe = self._client.pipeline(transaction=False)
-            n = 0
-            for user_id, vector in writes:
-                pipe.set(keys.user_embedding(user_id), vector, ex=ttl)
-                n += 1
-            for user_id in deletes:
-                pipe.delete(keys.user_embedding(user_id))
-                n += 1
-            if n:
-                pipe.execute()
+            for i in range(0, len(items), CHUNK):
+                part = items[i : i + CHUNK]
+                self._set_many(
+                    keys=[keys.user_embedding(u) for u, _ in part],
+                    args=[ttl, *(v for _, v in part)],
+                    client=pipe,
+                )
+            for i in range(0, len(gone), CHUNK):
+                pipe.delete(*gone[i : i + CHUNK])
+            pipe.execute()
 
     def close(self) -> None:
         """Release the connection pool."""

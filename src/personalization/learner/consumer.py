@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_NOT_AVAILABLE,
@@ -279,20 +280,18 @@ class Learner:
         # One observation per user key written, from that user's oldest event in the batch
         # (the worst case of the batch for that key): a per-event observe() would cost more
         # than the rest of the bookkeeping at tens of thousands of events per batch.
-        oldest: dict[object, tuple[float, float | None]] = {}
-        for user_id, occurred_at, commit_ms, _ in result.applied:
-            t_occ = occurred_at.timestamp()
-            t_com = None if commit_ms is None else commit_ms / 1000.0
-            prev = oldest.get(user_id)
-            if prev is None:
-                oldest[user_id] = (t_occ, t_com)
-            else:
-                oldest[user_id] = (min(prev[0], t_occ), t_com if prev[1] is None else min(prev[1], t_com or prev[1]))
         occurred = metrics.FRESHNESS.labels("occurred_at")
         committed = metrics.FRESHNESS.labels("commit")
-        for t_occ, t_com in oldest.values():
-            occurred.observe(max(0.0, written_at - t_occ))
-            if t_com is not None:
+        for part in result.applied_events:
+            n_users = len(part.users)
+            oldest_occ = np.full(n_users, np.inf)
+            np.minimum.at(oldest_occ, part.user_index, part.occurred_us / 1e6)
+            oldest_com = np.full(n_users, np.inf)
+            # fmin ignores NaN (events without source.ts_ms).
+            np.fmin.at(oldest_com, part.user_index, part.commit_ms / 1000.0)
+            for t_occ in oldest_occ[np.isfinite(oldest_occ)].tolist():
+                occurred.observe(max(0.0, written_at - t_occ))
+            for t_com in oldest_com[np.isfinite(oldest_com)].tolist():
                 committed.observe(max(0.0, written_at - t_com))
 
     def _check_schema(self) -> None:

@@ -35,14 +35,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
+import msgspec
 import orjson
 
 __all__ = [
     "EventRecord",
+    "FastInsert",
     "Ignored",
     "MalformedMessage",
     "Position",
@@ -50,6 +52,7 @@ __all__ = [
     "UserErased",
     "parse_event_message",
     "parse_profile_message",
+    "read_insert_fast",
 ]
 
 # (commit LSN of the previous transaction, change LSN, event_id): see the module docstring.
@@ -283,3 +286,110 @@ def parse_profile_message(key: bytes | None, value: bytes | None) -> ProfileChan
     if level is not None and not isinstance(level, str):
         raise MalformedMessage(f"after.privacy_level is not text: {level!r}")
     return ProfileChange(_uuid(after["user_id"], "after.user_id"), deleted=False, privacy_level=level)
+
+
+# -- fast path ------------------------------------------------------------------------------
+#
+# Almost every message of the events topic is a plain insert.  ``read_insert_fast`` decodes
+# such a message with msgspec straight into the few fields the learner uses (the rest of the
+# envelope is validated as JSON and skipped, no dicts are built), then applies exactly the
+# checks of ``parse_event_message``.  It only ever answers for the common, well-formed case;
+# for anything else (another op, a wrapped or odd envelope, a value the strict types below
+# do not take, bad JSON) it returns None and the caller uses ``parse_event_message``, which
+# stays the one definition of what is read, ignored or malformed.  The strict types make
+# that safe: a field is typed here only where ``parse_event_message`` requires that type,
+# and integers are limited to int64 (orjson reads those as integers), so every message this
+# path accepts reads the same through both.
+
+_I64 = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_US = timedelta(microseconds=1)
+
+
+class _After(msgspec.Struct):
+    event_id: _I64
+    user_id: str
+    content_id: str
+    content_type: str
+    signal_type: str
+    signal_weight: str | _I64 | float
+    occurred_at: str
+
+
+class _Source(msgspec.Struct):
+    lsn: _I64
+    table: str | None = None
+    sequence: str | None = None
+    ts_ms: _I64 | None = None
+    txId: _I64 | None = None  # Debezium's field name
+
+
+class _Insert(msgspec.Struct):
+    op: str
+    source: _Source
+    after: _After | None = None
+    # A Connect-wrapped envelope ({"schema", "payload"}) is left to the slow path.
+    schema: msgspec.Raw = msgspec.Raw(b"")
+    payload: msgspec.Raw = msgspec.Raw(b"")
+
+
+_INSERT_DECODER = msgspec.json.Decoder(_Insert)
+
+# (user_id, content_id, content_type, signal_type, signal_weight, occurred_at as microseconds
+# since the epoch, position, commit_ts_ms, tx_id)
+FastInsert = tuple[UUID, str, str, str, float, int, Position, int | None, int | None]
+
+
+def read_insert_fast(value: bytes) -> FastInsert | None:
+    """The insert in ``value`` as a plain tuple, or None: then ask ``parse_event_message``."""
+    try:
+        env = _INSERT_DECODER.decode(value)
+    except (msgspec.MsgspecError, ValueError, RecursionError):
+        # Not JSON, not this shape, or nested deeper than msgspec goes (orjson allows more).
+        return None
+    if env.schema or env.payload:
+        return None
+    op = env.op
+    after = env.after
+    source = env.source
+    if (op != "c" and op != "r") or after is None or source.table != "personalization_events":
+        return None
+    weight_raw = after.signal_weight
+    try:
+        weight = float(weight_raw)
+    except ValueError:
+        return None
+    if not math.isfinite(weight) or not after.content_id or not after.content_type or not after.signal_type:
+        return None
+    user_id = _UUIDS.get(after.user_id)
+    try:
+        occurred = datetime.fromisoformat(after.occurred_at)
+        if user_id is None:
+            user_id = _uuid(after.user_id, "after.user_id")
+    except (ValueError, MalformedMessage):
+        return None
+    if occurred.tzinfo is None:
+        return None
+    lsn = source.lsn
+    seq = source.sequence
+    commit = lsn
+    if seq is not None:
+        if not seq.startswith("[") or "," not in seq:
+            return None
+        first = seq[1 : seq.find(",")]
+        if first != "null":
+            try:
+                commit = int(first.strip('"'))
+            except ValueError:
+                return None
+    return (
+        user_id,
+        after.content_id,
+        after.content_type,
+        after.signal_type,
+        weight,
+        (occurred - EPOCH) // ONE_US,
+        (commit, lsn, after.event_id),
+        source.ts_ms,
+        source.txId,
+    )

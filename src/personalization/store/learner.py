@@ -15,10 +15,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import numpy as np
+import numpy.typing as npt
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
+from personalization.errors import StoreError
 from personalization.store.db import wrap_exceptions
+from personalization.store.pgbinary import PG_EPOCH_US, encode_rows
 from personalization.store.queries import q
 
 _SQL = "learner.sql"
@@ -61,6 +65,85 @@ class EmbeddingRow:
     event_count: int
     embedded_count: int
     embedding: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreBatch:
+    """New values of a batch's score cells, one array element per cell.
+
+    ``users`` holds 16-byte user ids; ``content_type``/``signal_type`` are 1-based
+    positions in ``content_types``/``signal_types``; ``ref_us`` is microseconds since the
+    epoch; ``existed`` says whether the cell was stored when the batch read it.
+    """
+
+    users: npt.NDArray[np.void]
+    content_type: npt.NDArray[np.int32]
+    signal_type: npt.NDArray[np.int32]
+    score: npt.NDArray[np.float64]
+    ref_us: npt.NDArray[np.int64]
+    event_count: npt.NDArray[np.int64]
+    existed: npt.NDArray[np.bool_]
+    content_types: list[str]
+    signal_types: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingBatch:
+    """New embedding rows of a batch, one array element (or matrix row) per user.
+
+    ``model`` is a 1-based position in ``models`` (0: no model yet); ``raw`` is the float64
+    sum (n, dim); ``embedding`` the normalised float32 vectors (n, dim), meaningful where
+    ``has_embedding``.
+    """
+
+    users: npt.NDArray[np.void]
+    model: npt.NDArray[np.int32]
+    dim: int
+    raw: npt.NDArray[np.float64]
+    ref_us: npt.NDArray[np.int64]
+    event_count: npt.NDArray[np.int64]
+    embedded_count: npt.NDArray[np.int64]
+    has_embedding: npt.NDArray[np.bool_]
+    embedding: npt.NDArray[np.float32]
+    existed: npt.NDArray[np.bool_]
+    models: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEmbeddings:
+    """Stored embedding rows of a batch's users, one array element (or matrix row) per row.
+
+    ``raw`` rows are meaningful where ``same_dim`` (the row has the expected dimension).
+    """
+
+    users: npt.NDArray[np.void]
+    models: list[str | None]
+    same_dim: npt.NDArray[np.bool_]
+    raw: npt.NDArray[np.float64]
+    ref_us: npt.NDArray[np.int64]
+    event_count: npt.NDArray[np.int64]
+    embedded_count: npt.NDArray[np.int64]
+
+    @staticmethod
+    def empty(dim: int) -> StoredEmbeddings:
+        """No stored rows."""
+        none = np.zeros(0, dtype=np.int64)
+        return StoredEmbeddings(
+            np.zeros(0, dtype="V16"), [], none.astype(bool), np.zeros((0, dim)), none, none, none
+        )
+
+
+def _ints(packed: bytes | None, dtype: str) -> npt.NDArray[np.int64]:
+    return np.frombuffer(packed or b"", dtype=dtype).astype(np.int64)
+
+
+def _floats(packed: bytes | None) -> npt.NDArray[np.float64]:
+    return np.frombuffer(packed or b"", dtype=">f8").astype(np.float64)
+
+
+def _times(packed: bytes | None) -> npt.NDArray[np.int64]:
+    """timestamptz_send values as microseconds since the Unix epoch."""
+    return np.frombuffer(packed or b"", dtype=">i8").astype(np.int64) + PG_EPOCH_US
 
 
 class LearnerTx:
@@ -121,7 +204,9 @@ class LearnerTx:
         """Privacy level of each user that still exists, locked against deletion until commit."""
         if not user_ids:
             return {}
-        return {r["user_id"]: r["privacy_level"] for r in self._all("lock_users", {"user_ids": list(user_ids)})}
+        with self._cur.connection.cursor(row_factory=tuple_row) as cur:
+            cur.execute(_q("lock_users"), {"user_ids": list(user_ids)})
+            return dict(cur.fetchall())
 
     def rebuild_snapshots(self, user_ids: Sequence[UUID]) -> dict[UUID, str]:
         """The snapshot of the last recomputation of each user that has one."""
@@ -177,6 +262,139 @@ class LearnerTx:
             )
             for r in self._all("load_embeddings", {"user_ids": list(user_ids)})
         }
+
+    def _copy_in(self, name: str, data: bytes) -> None:
+        with self._cur.copy(_q(name)) as copy:
+            copy.write(data)
+
+    def _packed_row(self, name: str, params: dict[str, Any]) -> tuple[Any, ...]:
+        """The one row of a packed-columns query (binary: bytea arrives as bytes)."""
+        with self._cur.connection.cursor(row_factory=tuple_row, binary=True) as cur:
+            cur.execute(_q(name), params)
+            row = cur.fetchone()
+        if row is None:
+            raise StoreError(f"{name} returned no row")
+        return tuple(row)
+
+    def batch_cell_scores(
+        self,
+        users: npt.NDArray[np.void],
+        content_type: npt.NDArray[np.int32],
+        signal_type: npt.NDArray[np.int32],
+        content_types: list[str],
+        signal_types: list[str],
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The stored ones among the batch's cells: (cell position, score, ref_us, event_count)."""
+        n = len(users)
+        if not n:
+            return _ints(None, ">i4"), _floats(None), _times(None), _ints(None, ">i8")
+        self._copy_in(
+            "copy_batch_cells",
+            encode_rows(
+                [
+                    ("int4", np.arange(n, dtype=np.int32)),
+                    ("uuid", users),
+                    ("int4", content_type),
+                    ("int4", signal_type),
+                ]
+            ),
+        )
+        cells, scores, refs, counts = self._packed_row(
+            "batch_cell_scores", {"content_types": content_types, "signal_types": signal_types}
+        )
+        return _ints(cells, ">i4"), _floats(scores), _times(refs), _ints(counts, ">i8")
+
+    def write_score_batch(self, batch: ScoreBatch) -> None:
+        """Store a batch's cells: an update of those that existed, an insert of the new ones."""
+        if not len(batch.users):
+            return
+        self._copy_in(
+            "copy_batch_scores",
+            encode_rows(
+                [
+                    ("uuid", batch.users),
+                    ("int4", batch.content_type),
+                    ("int4", batch.signal_type),
+                    ("float8", batch.score),
+                    ("timestamptz", batch.ref_us),
+                    ("int8", batch.event_count),
+                    ("bool", batch.existed),
+                ]
+            ),
+        )
+        names = {"content_types": batch.content_types, "signal_types": batch.signal_types}
+        existed = int(np.count_nonzero(batch.existed))
+        updated = self._run("update_batch_scores", names) if existed else 0
+        inserted = self._run("insert_batch_scores", names) if existed < len(batch.users) else 0
+        if updated != existed or inserted != len(batch.users) - existed:
+            raise StoreError(
+                f"score cells changed under the batch ({updated}/{existed} updated, "
+                f"{inserted}/{len(batch.users) - existed} inserted); the batch is retried"
+            )
+
+    def load_embedding_batch(self, user_ids: Sequence[UUID], dim: int) -> StoredEmbeddings:
+        """The stored embedding rows of ``user_ids`` (the raw sums of rows of ``dim`` values as a matrix)."""
+        if not user_ids:
+            return StoredEmbeddings.empty(dim)
+        users, models, dims, raws, refs, counts, embedded = self._packed_row(
+            "load_embedding_blobs", {"user_ids": list(user_ids)}
+        )
+        if users is None:
+            return StoredEmbeddings.empty(dim)
+        row_dims = _ints(dims, ">i4")
+        same = row_dims == dim
+        ends = np.cumsum(row_dims * 8)
+        if int(ends[-1]) != len(raws):
+            raise StoreError("stored raw sums do not match their dimensions")
+        if same.all():
+            raw = np.frombuffer(raws, dtype="<f8").reshape(len(row_dims), dim).astype(np.float64)
+        else:
+            raw = np.zeros((len(row_dims), dim), dtype=np.float64)
+            for i in np.flatnonzero(same).tolist():
+                raw[i] = np.frombuffer(raws[ends[i] - 8 * dim : ends[i]], dtype="<f8")
+        return StoredEmbeddings(
+            users=np.frombuffer(users, dtype="V16").copy(),
+            models=list(models),
+            same_dim=same,
+            raw=raw,
+            ref_us=_times(refs),
+            event_count=_ints(counts, ">i8"),
+            embedded_count=_ints(embedded, ">i8"),
+        )
+
+    def write_embedding_batch(self, batch: EmbeddingBatch) -> None:
+        """Store a batch's embedding rows: an update of those that existed, an insert of the new ones."""
+        n = len(batch.users)
+        if not n:
+            return
+        raw = np.ascontiguousarray(batch.raw, dtype="<f8").view(np.uint8).reshape(n, 8 * batch.dim)
+        vec = np.ascontiguousarray(batch.embedding, dtype="<f4").view(np.uint8).reshape(n, 4 * batch.dim)
+        self._copy_in(
+            "copy_batch_embeddings",
+            encode_rows(
+                [
+                    ("uuid", batch.users),
+                    ("int4", batch.model),
+                    ("int4", np.full(n, batch.dim, dtype=np.int32)),
+                    ("bytea", raw),
+                    ("timestamptz", batch.ref_us),
+                    ("int8", batch.event_count),
+                    ("int8", batch.embedded_count),
+                    ("bool", batch.has_embedding),
+                    ("bytea", vec),
+                    ("bool", batch.existed),
+                ]
+            ),
+        )
+        models = {"models": batch.models}
+        existed = int(np.count_nonzero(batch.existed))
+        updated = self._run("update_batch_embeddings", models) if existed else 0
+        inserted = self._run("insert_batch_embeddings", models) if existed < n else 0
+        if updated != existed or inserted != n - existed:
+            raise StoreError(
+                f"embedding rows changed under the batch ({updated}/{existed} updated, "
+                f"{inserted}/{n - existed} inserted); the batch is retried"
+            )
 
     def upsert_scores(self, rows: Sequence[ScoreRow]) -> None:
         """Insert or replace score cells."""
@@ -243,7 +461,9 @@ class LearnerTx:
         """Those of ``user_ids`` that still have a profile."""
         if not user_ids:
             return set()
-        return {r["user_id"] for r in self._all("existing_users", {"user_ids": list(user_ids)})}
+        with self._cur.connection.cursor(row_factory=tuple_row) as cur:
+            cur.execute(_q("existing_users"), {"user_ids": list(user_ids)})
+            return {r[0] for r in cur.fetchall()}
 
     def recent_embeddings(self, seconds: float) -> list[tuple[UUID, bytes]]:
         """(user_id, normalised bytes) of embeddings changed in the last ``seconds``."""
@@ -302,6 +522,11 @@ class LearnerStore:
                 # The pid tells members apart in pg_stat_activity (and lets tests kill one mid-batch).
                 application_name=f"personalization-learner {os.getpid()}",
             )
+            # The batch path's session-local tables (emptied at every commit), with room for a
+            # batch's rows in memory and for its hash joins (the defaults spill to disk).
+            self._conn.execute("SET temp_buffers = '128MB'")
+            self._conn.execute("SET work_mem = '64MB'")
+            self._conn.execute(_q("batch_tables"))
         return self._conn
 
     @contextlib.contextmanager

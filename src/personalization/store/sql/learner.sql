@@ -125,3 +125,95 @@ FROM user_signal_scores WHERE user_id = %(user_id)s ORDER BY content_type, signa
 -- name: read_embedding
 SELECT model, dim, raw_sum, ref_time, event_count, embedded_count, embedding
 FROM user_embeddings WHERE user_id = %(user_id)s;
+
+-- Batch path of the online learner: a batch's rows travel as one binary COPY into these
+-- session-local tables (emptied at every commit), then one statement per table moves them.
+-- Content and signal types travel as 1-based positions in the text arrays passed with the
+-- statements (the rows then have a fixed width).
+
+-- name: batch_tables
+CREATE TEMP TABLE IF NOT EXISTS learner_batch_cells (
+    cell INTEGER NOT NULL, user_id UUID NOT NULL, ct INTEGER NOT NULL, st INTEGER NOT NULL
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS learner_batch_scores (
+    user_id UUID NOT NULL, ct INTEGER NOT NULL, st INTEGER NOT NULL, score DOUBLE PRECISION NOT NULL,
+    ref_time TIMESTAMPTZ NOT NULL, event_count BIGINT NOT NULL, existed BOOLEAN NOT NULL
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS learner_batch_embeddings (
+    user_id UUID NOT NULL, model INTEGER NOT NULL, dim INTEGER NOT NULL, raw_sum BYTEA NOT NULL,
+    ref_time TIMESTAMPTZ NOT NULL, event_count BIGINT NOT NULL, embedded_count BIGINT NOT NULL,
+    has_embedding BOOLEAN NOT NULL, embedding BYTEA NOT NULL, existed BOOLEAN NOT NULL
+) ON COMMIT DELETE ROWS;
+
+-- name: copy_batch_cells
+COPY learner_batch_cells (cell, user_id, ct, st) FROM STDIN (FORMAT BINARY);
+
+-- name: batch_cell_scores
+-- The stored ones among the batch's cells, as one row of packed big-endian columns (one
+-- value per cell found, all aggregates reading the join's rows in the same order): tens of
+-- thousands of cells cost no row objects in the client.
+SELECT string_agg(int4send(c.cell), ''::bytea) AS cells,
+       string_agg(float8send(s.score), ''::bytea) AS scores,
+       string_agg(timestamptz_send(s.ref_time), ''::bytea) AS ref_times,
+       string_agg(int8send(s.event_count), ''::bytea) AS counts
+FROM learner_batch_cells c
+JOIN user_signal_scores s
+  ON s.user_id = c.user_id
+ AND s.content_type = (%(content_types)s::text[])[c.ct]
+ AND s.signal_type = (%(signal_types)s::text[])[c.st];
+
+-- name: copy_batch_scores
+COPY learner_batch_scores (user_id, ct, st, score, ref_time, event_count, existed) FROM STDIN (FORMAT BINARY);
+
+-- name: update_batch_scores
+UPDATE user_signal_scores s
+SET score = b.score, ref_time = b.ref_time, event_count = b.event_count, updated_at = now()
+FROM learner_batch_scores b
+WHERE b.existed
+  AND s.user_id = b.user_id
+  AND s.content_type = (%(content_types)s::text[])[b.ct]
+  AND s.signal_type = (%(signal_types)s::text[])[b.st];
+
+-- name: insert_batch_scores
+-- New cells only (the batch read the user's cells under its lock); a conflict means the
+-- state moved under the batch, which the caller turns into a retry.
+INSERT INTO user_signal_scores (user_id, content_type, signal_type, score, ref_time, event_count, updated_at)
+SELECT b.user_id, (%(content_types)s::text[])[b.ct], (%(signal_types)s::text[])[b.st], b.score, b.ref_time,
+       b.event_count, now()
+FROM learner_batch_scores b
+WHERE NOT b.existed
+ON CONFLICT (user_id, content_type, signal_type) DO NOTHING;
+
+-- name: copy_batch_embeddings
+COPY learner_batch_embeddings (user_id, model, dim, raw_sum, ref_time, event_count, embedded_count, has_embedding,
+                               embedding, existed) FROM STDIN (FORMAT BINARY);
+
+-- name: update_batch_embeddings
+UPDATE user_embeddings e
+SET model = (%(models)s::text[])[b.model], dim = b.dim, raw_sum = b.raw_sum, ref_time = b.ref_time,
+    event_count = b.event_count, embedded_count = b.embedded_count,
+    embedding = CASE WHEN b.has_embedding THEN b.embedding END, updated_at = now()
+FROM learner_batch_embeddings b
+WHERE b.existed AND e.user_id = b.user_id;
+
+-- name: insert_batch_embeddings
+INSERT INTO user_embeddings (user_id, model, dim, raw_sum, ref_time, event_count, embedded_count, embedding,
+                             updated_at)
+SELECT b.user_id, (%(models)s::text[])[b.model], b.dim, b.raw_sum, b.ref_time, b.event_count, b.embedded_count,
+       CASE WHEN b.has_embedding THEN b.embedding END, now()
+FROM learner_batch_embeddings b
+WHERE NOT b.existed
+ON CONFLICT (user_id) DO NOTHING;
+
+-- name: load_embedding_blobs
+-- The stored embedding rows of a batch's users, packed like batch_cell_scores (raw sums
+-- concatenated; each is 8 * dim bytes).
+SELECT string_agg(uuid_send(user_id), ''::bytea) AS user_ids,
+       array_agg(model) AS models,
+       string_agg(int4send(dim), ''::bytea) AS dims,
+       string_agg(raw_sum, ''::bytea) AS raw_sums,
+       string_agg(timestamptz_send(ref_time), ''::bytea) AS ref_times,
+       string_agg(int8send(event_count), ''::bytea) AS counts,
+       string_agg(int8send(embedded_count), ''::bytea) AS embedded_counts
+FROM user_embeddings
+WHERE user_id = ANY(%(user_ids)s);
