@@ -188,8 +188,10 @@ class NightlyStore:
                 autocommit=autocommit,
                 connect_timeout=max(1, int(self.connect_timeout_s)),
                 application_name=APPLICATION_NAME,
+                # No parallel query: the job runs its own two statements at once (rebuild and
+                # decay pass), and workers on top of them would only oversubscribe the cores.
                 options=f"-c work_mem={self.work_mem} -c client_connection_check_interval=1000"
-                " -c statement_timeout=0 -c temp_buffers=64MB",
+                " -c statement_timeout=0 -c temp_buffers=64MB -c max_parallel_workers_per_gather=0",
             )
 
     # -- the run lock and the ledger (on the long-lived ledger connection) ---------------
@@ -315,12 +317,16 @@ class NightlyStore:
                 b.execute(_c("create_decay", decay=sql.Identifier(decay_tbl), scale=scale, half_life=half_life, at=at,
                              levels=sql.SQL("{}::text[]").format(sql.Literal(list(privacy.levels))),
                              null_ok=sql.Literal(privacy.null_ok)))
+                # Statistics for the copy's join: without them the planner sorts both sides
+                # for a merge join (2-3x slower than the hash join it picks with them).
+                b.execute(_c("analyze_stage", stage=sql.Identifier(decay_tbl)))
                 b.commit()
 
             def refresh() -> None:
                 if mode == "swap":
                     a.execute(_c("drop_view_if_exists", view=nxt))
                     a.execute(_c("create_next_view", next=nxt, definition=sql.SQL(view.definition)))
+                    a.execute(_c("analyze_next", next=nxt))
                 elif mode == "concurrently":
                     a.execute(_q("refresh_rollups"))
                 else:
@@ -334,18 +340,16 @@ class NightlyStore:
                 if mode == "swap":
                     for i, (_name, definition) in enumerate(view.indexes):
                         b.execute(self._next_index_sql(view, definition, i))
-                    b.execute(_c("analyze_next", next=nxt))
                 b.commit()
 
             def copy() -> None:
                 a.execute(_c("create_stage", stage=sql.Identifier(stage)))
+                a.execute(_q("copy_join_plan"))
                 filled = a.execute(_c("fill_stage", stage=sql.Identifier(stage), decay=sql.Identifier(decay_tbl),
                                       rollups=rollups), {"as_of": as_of}).rowcount
                 a.execute(_c("index_stage", stage=sql.Identifier(stage), check=sql.Identifier(f"{stage}_as_of"),
                              as_of=lit_as_of))
                 a.execute(_c("drop_table", part=sql.Identifier(decay_tbl)))
-                a.commit()
-                a.execute(_c("analyze_stage", stage=sql.Identifier(stage)))
                 a.commit()
                 counts["filled"] = filled
 
@@ -353,14 +357,22 @@ class NightlyStore:
             step("copy")
             _parallel(index_next, copy, "nightly-index")
 
+            def analyze_stage() -> None:
+                b.execute(_c("analyze_stage", stage=sql.Identifier(stage)))
+                b.commit()
+
+            def swap_view() -> None:
+                nonlocal mode
+                if mode == "swap" and not self._swap_view(a, view):
+                    log.warning("the rollup view swap could not get its lock: refreshing CONCURRENTLY instead",
+                                extra={"run_id": run_id, "attempts": self.swap.attempts})
+                    a.execute(_c("drop_view_if_exists", view=nxt))
+                    a.execute(_q("refresh_rollups"))
+                    a.commit()
+                    mode = "concurrently"
+
             step("swap")
-            if mode == "swap" and not self._swap_view(a, view):
-                log.warning("the rollup view swap could not get its lock: refreshing CONCURRENTLY instead",
-                            extra={"run_id": run_id, "attempts": self.swap.attempts})
-                a.execute(_c("drop_view_if_exists", view=nxt))
-                a.execute(_q("refresh_rollups"))
-                a.commit()
-                mode = "concurrently"
+            _parallel(analyze_stage, swap_view, "nightly-analyze")
             # Table lock first, advisory swap lock second: if the swap has to wait for a
             # reader, it waits before it holds the lock that erasures take.
             a.execute(_q("lock_catalogue"))

@@ -144,20 +144,29 @@ REFRESH MATERIALIZED VIEW CONCURRENTLY user_signal_rollups
 -- once per group.  date_part on an interval is float8 (EXTRACT would be numeric, much slower).
 -- Privacy: only users whose level permits personalization (core.privacy.policy_for): the
 -- levels listed, plus NULL when the column default personalizes; unknown levels fail closed.
--- Filtering here (beside the view's rebuild) keeps the profile join off the copy.
+-- Filtering here (beside the view's rebuild) keeps the profile join off the copy.  The few
+-- users left out are a hashed NOT IN list (cheaper per event than joining every profile);
+-- every event's user has a profile (foreign key).
 CREATE UNLOGGED TABLE feature_store.{decay} AS
 SELECT e.user_id, e.content_type, e.signal_type,
        ({scale}) * sum(abs(e.signal_weight::float8)
                        * power(2.0::float8, -date_part('epoch', {at} - e.occurred_at) / ({half_life})))
            AS decayed_weight
   FROM personalization_events e
-  JOIN user_profile p ON p.user_id = e.user_id
- WHERE p.privacy_level = ANY({levels}) OR (p.privacy_level IS NULL AND {null_ok})
+ WHERE e.user_id IS NOT NULL
+   AND e.user_id NOT IN (SELECT p.user_id FROM user_profile p
+                          WHERE NOT (COALESCE(p.privacy_level = ANY({levels}), false)
+                                     OR (p.privacy_level IS NULL AND {null_ok})))
  GROUP BY 1, 2, 3
 
 -- name: create_stage
 CREATE TABLE feature_store.{stage}
   (LIKE feature_store.user_signal_features INCLUDING DEFAULTS INCLUDING CONSTRAINTS)
+
+-- name: copy_join_plan
+-- The copy joins two tables of ~the same rows on their whole key: a hash join reads each
+-- once; the merge join the planner sometimes estimates cheaper sorts both (2-3x slower).
+SET LOCAL enable_mergejoin = off
 
 -- name: fill_stage
 -- {rollups}: the rebuilt view before its swap, or the view itself when refreshed CONCURRENTLY;
