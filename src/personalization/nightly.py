@@ -95,7 +95,7 @@ class NightlySettings(BaseSettings):
     # How user_signal_rollups is refreshed (module docstring): 'swap' or 'concurrently'.
     refresh_mode: RefreshMode = "swap"
     # The swap's longest wait for the view's lock per attempt: the most a reader is held up.
-    swap_lock_timeout_ms: int = Field(default=200, ge=1, le=60_000)
+    swap_lock_timeout_ms: int = Field(default=100, ge=1, le=60_000)
     swap_attempts: int = Field(default=25, ge=1)
 
     @property

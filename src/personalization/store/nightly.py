@@ -112,7 +112,7 @@ class SwapPolicy:
     again, ``attempts`` times; then the run refreshes the view CONCURRENTLY instead.
     """
 
-    lock_timeout_ms: int = 200
+    lock_timeout_ms: int = 100
     attempts: int = 25
     max_backoff_s: float = 2.0
 
