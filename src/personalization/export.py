@@ -46,7 +46,8 @@ _CURSOR_ROWS = 2000
 
 def _default(o: Any) -> Any:
     if isinstance(o, Decimal):
-        return float(o)
+        # Exact, and as the API writes the same values (trait confidence "0.80").
+        return str(o)
     if isinstance(o, bytes | memoryview):
         return {"base64": base64.b64encode(bytes(o)).decode()}
     return str(o)

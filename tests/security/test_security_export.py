@@ -39,6 +39,10 @@ async def test_export_per_privacy_level(
     assert doc["format"] == "personalization-export/1" and doc["user_id"] == str(uid)
     assert doc["profile"]["privacy_level"] == level and doc["privacy"]["level"] == level
     assert sorted(t["trait_type"] for t in doc["traits"]) == ["language", "tone"]
+    # Exact decimals, written as the API writes them.
+    api_traits = (await open_client.get(f"/v1/users/{uid}/traits")).json()
+    listed = api_traits["traits"] if isinstance(api_traits, dict) else api_traits
+    assert {t["confidence"] for t in doc["traits"]} == {t["confidence"] for t in listed} == {"0.90"}
     cached = {c["key"]: c for c in doc["cache"]}
     assert keys.user_preferences(uid) in cached  # profile snapshot: every level
     events = doc["events"]
