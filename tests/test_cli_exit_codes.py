@@ -102,3 +102,19 @@ def test_bad_input_exits_2_with_one_error_line_and_writes_nothing(
 def test_typer_usage_errors_are_2_as_well() -> None:
     proc = subprocess.run([CLI, "users", "erase"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == ExitCode.BAD_INPUT
+
+
+@pytest.mark.parametrize("argv", [["keys", "list"], ["users", "export", str(uuid.UUID(int=1))]])
+def test_postgres_down_exits_4_with_one_error_line(argv: list[str], redis_url: str) -> None:
+    env = os.environ | {
+        # Nothing listens on port 1: every connection attempt is refused at once.
+        "PERSONALIZATION_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/personalization",
+        "PERSONALIZATION_DB_CONNECT_TIMEOUT_S": "1",
+        "PERSONALIZATION_REDIS_URL": redis_url,
+        "PERSONALIZATION_API_KEY_SECRET": "cli-test-secret",
+    }
+    proc = subprocess.run([CLI, *argv], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == ExitCode.UNAVAILABLE == 4, (proc.returncode, proc.stderr)
+    lines = proc.stderr.splitlines()
+    # One line: not a warning per retry of the connection pool before it.
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr

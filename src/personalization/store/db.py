@@ -6,7 +6,9 @@ never import psycopg.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -57,8 +59,25 @@ class Database:
 
     async def open(self) -> None:
         """Open the pool; fails fast with StoreUnavailable when PostgreSQL is unreachable."""
+        timeout = self.settings.db_connect_timeout_s
+        deadline = time.monotonic() + timeout
         with wrap_exceptions():
-            await self.pool.open(wait=True, timeout=self.settings.db_connect_timeout_s)
+            # Direct attempts first, quietly, until the timeout: with PostgreSQL down the caller
+            # gets one error, where the pool would log a warning for every retry (a CLI command
+            # would print them all before its one error line).
+            while True:
+                try:
+                    probe = await AsyncConnection.connect(
+                        self.settings.database_url, connect_timeout=max(1, int(timeout)),
+                        application_name="personalization",
+                    )
+                    break
+                except psycopg.OperationalError:
+                    if time.monotonic() + 0.25 >= deadline:
+                        raise
+                    await asyncio.sleep(0.25)
+            await probe.close()
+            await self.pool.open(wait=True, timeout=timeout)
 
     async def close(self) -> None:
         """Close every connection."""
