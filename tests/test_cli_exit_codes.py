@@ -118,3 +118,14 @@ def test_postgres_down_exits_4_with_one_error_line(argv: list[str], redis_url: s
     lines = proc.stderr.splitlines()
     # One line: not a warning per retry of the connection pool before it.
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+
+
+def test_bad_entities_file_is_bad_input_even_with_postgres_down(tmp_path: Path) -> None:
+    env = os.environ | {"PERSONALIZATION_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/personalization",
+                        "PERSONALIZATION_DB_CONNECT_TIMEOUT_S": "1"}
+    for entities, message in ((tmp_path / "missing.csv", "no such file"), (_bad_entities(tmp_path), "event_timestamp")):
+        proc = subprocess.run([CLI, "features", "export", "--entities", str(entities), "--out",
+                               str(tmp_path / "out.parquet")], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == ExitCode.BAD_INPUT, (proc.returncode, proc.stderr)
+        assert message in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out.parquet").exists()

@@ -33,6 +33,7 @@ level forbids personalization, since a snapshot may predate their change.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -532,9 +533,14 @@ def export_features(database_url: str, entities: Path, out: Path, settings: Nigh
     writer: pq.ParquetWriter | None = None
     try:
         batches = _batches(entities, settings.export_chunk_rows)
+        # The file's columns and first chunk are checked before connecting: bad input is
+        # reported as such (exit 2) even when PostgreSQL is down as well.
+        first = next(batches, None)
+        parsed_first = _parse_entities(first, 1) if first is not None else None
         with store.pit_session() as session:
-            for batch in batches:
-                ids, stamps = _parse_entities(batch, total + 1)
+            for batch in itertools.chain([first] if first is not None else [], batches):
+                ids, stamps = parsed_first if parsed_first is not None else _parse_entities(batch, total + 1)
+                parsed_first = None
                 assigned, feats = session.join(_entities_table(total, ids, stamps), privacy)
                 table, n_feat = _to_table(batch, total, ids, stamps, assigned, feats)
                 if writer is None:
