@@ -35,11 +35,11 @@ import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from personalization.bench.common import percentile, scratch_database
+from personalization.bench.common import bench_relay_env, percentile, scratch_database
 from personalization.config import Settings
 from personalization.stream import pgadmin
 from personalization.stream.broker import LocalBroker
-from personalization.stream.relayproc import RelayProcess, relay_env
+from personalization.stream.relayproc import RelayProcess
 from personalization.stream.settings import CdcSettings
 from personalization.stream.topics import ensure_topics
 
@@ -224,14 +224,7 @@ def run_cdc_bench(
         collector = _Collector(bootstrap, cdc.events_topic)
         collector.start()
         users = [uuid.uuid4() for _ in range(200)]
-        env = relay_env(
-            url,
-            bootstrap,
-            tag,
-            PERSONALIZATION_CDC_SLOT_NAME=tag,
-            PERSONALIZATION_CDC_PUBLICATION_NAME=tag,
-            PERSONALIZATION_CDC_CAPTURE_PROFILE="false",
-        )
+        env = bench_relay_env(url, bootstrap, tag)
         relay = RelayProcess(env)
         try:
             with psycopg.connect(url, autocommit=True) as conn:

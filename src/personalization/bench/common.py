@@ -12,6 +12,7 @@ from psycopg import sql
 
 from personalization.store import migrate
 from personalization.store.urls import dbname_of, with_dbname
+from personalization.stream.relayproc import relay_env
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -47,3 +48,10 @@ def scratch_database(database_url: str, tag: str) -> Iterator[str]:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def bench_relay_env(url: str, bootstrap: str, tag: str) -> dict[str, str]:
+    """Environment of a benchmark's relay: slot and publication named ``tag`` (dropped with the
+    scratch database), events only (the profile table is not captured)."""
+    return relay_env(url, bootstrap, tag, PERSONALIZATION_CDC_SLOT_NAME=tag, PERSONALIZATION_CDC_PUBLICATION_NAME=tag,
+                     PERSONALIZATION_CDC_CAPTURE_PROFILE="false")

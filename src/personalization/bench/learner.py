@@ -40,7 +40,7 @@ from typing import Any, Literal
 import psycopg
 from confluent_kafka import Consumer
 
-from personalization.bench.common import percentile, scratch_database
+from personalization.bench.common import bench_relay_env, percentile, scratch_database
 from personalization.cache.learner import EmbeddingCache
 from personalization.config import Settings
 from personalization.learner.batch import BatchResult
@@ -51,7 +51,7 @@ from personalization.learner.synthetic import envelope, key_for, produce, produc
 from personalization.learner.testing import LearnerProcess, consumed_offsets, fill_population, stream_order
 from personalization.stream import pgadmin
 from personalization.stream.broker import LocalBroker
-from personalization.stream.relayproc import RelayProcess, relay_env
+from personalization.stream.relayproc import RelayProcess
 from personalization.stream.settings import CdcSettings
 from personalization.stream.topics import ensure_topics
 
@@ -181,14 +181,7 @@ def _freshness(
         cdc_metrics_port=0,
     )
     _create_topic(bootstrap, cdc.events_topic)
-    env = relay_env(
-        url,
-        bootstrap,
-        tag,
-        PERSONALIZATION_CDC_SLOT_NAME=tag,
-        PERSONALIZATION_CDC_PUBLICATION_NAME=tag,
-        PERSONALIZATION_CDC_CAPTURE_PROFILE="false",
-    )
+    env = bench_relay_env(url, bootstrap, tag)
     # (commit time, commit -> Redis ms, commit -> Kafka message timestamp ms)
     samples: list[tuple[float, float, float | None]] = []
     lock = threading.Lock()

@@ -129,9 +129,7 @@ def fast_events(raw: Any, limits: InputLimits, *, now: float | None = None) -> l
                 dumped = dumps(meta)
                 if len(dumped) > meta_max or has_nul_escape(dumped):
                     return None
-                meta = dumped.decode()
-                if "\\" in meta:
-                    meta = meta.replace("\\", "\\\\")
+                meta = copy_json(dumped.decode())
             ts = parse_ts(occurred).timestamp()
             if not EPOCH_FLOOR_S <= ts <= latest:
                 return None
@@ -149,6 +147,15 @@ def copy_escape(text: str) -> str:
     return text.translate(_COPY_ESCAPES)
 
 
+def copy_json(text: str) -> str:
+    """Compact JSON as a field of COPY's text format.
+
+    JSON text from orjson holds no raw tab, newline or carriage return (they are escaped
+    inside strings), so only its backslashes need doubling.
+    """
+    return text.replace("\\", "\\\\") if "\\" in text else text
+
+
 def _needs_escape(*texts: str) -> bool:
     return any("\\" in t or "\t" in t or "\n" in t or "\r" in t for t in texts)
 
@@ -156,7 +163,7 @@ def _needs_escape(*texts: str) -> bool:
 def from_model(i: int, e: EventIn) -> ValidEvent:
     """The tuple of an event that passed the full validation and the limits."""
     meta_json = e.metadata_json()
-    meta = None if meta_json is None else meta_json.decode().replace("\\", "\\\\")
+    meta = None if meta_json is None else copy_json(meta_json.decode())
     return (
         i,
         None if e.client_event_id is None else str(e.client_event_id),

@@ -319,14 +319,14 @@ class NightlyStore:
                              null_ok=sql.Literal(privacy.null_ok)))
                 # Statistics for the copy's join: without them the planner sorts both sides
                 # for a merge join (2-3x slower than the hash join it picks with them).
-                b.execute(_c("analyze_stage", stage=sql.Identifier(decay_tbl)))
+                b.execute(_c("analyze", table=sql.Identifier("feature_store", decay_tbl)))
                 b.commit()
 
             def refresh() -> None:
                 if mode == "swap":
-                    a.execute(_c("drop_view_if_exists", view=nxt))
+                    # A leftover of a killed run was dropped by drop_leftovers before this run.
                     a.execute(_c("create_next_view", next=nxt, definition=sql.SQL(view.definition)))
-                    a.execute(_c("analyze_next", next=nxt))
+                    a.execute(_c("analyze", table=nxt))
                 elif mode == "concurrently":
                     a.execute(_q("refresh_rollups"))
                 else:
@@ -358,7 +358,7 @@ class NightlyStore:
             _parallel(index_next, copy, "nightly-index")
 
             def analyze_stage() -> None:
-                b.execute(_c("analyze_stage", stage=sql.Identifier(stage)))
+                b.execute(_c("analyze", table=sql.Identifier("feature_store", stage)))
                 b.commit()
 
             def swap_view() -> None:

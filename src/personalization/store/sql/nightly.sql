@@ -93,9 +93,6 @@ SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END AS 
 -- exported snapshot: readers keep using the current view meanwhile.
 CREATE MATERIALIZED VIEW {next} AS {definition} WITH DATA
 
--- name: analyze_next
-ANALYZE {next}
-
 -- name: next_has_erased_users
 -- Rows of users whose profile is gone (an erasure committed after the job's snapshot):
 -- the rebuilt view must not bring them back.
@@ -190,9 +187,10 @@ ALTER TABLE feature_store.{stage}
 -- name: lock_catalogue
 LOCK TABLE feature_store.snapshots IN SHARE ROW EXCLUSIVE MODE
 
--- name: analyze_stage
--- Fresh statistics before readers see the table (autovacuum would get to it later).
-ANALYZE feature_store.{stage}
+-- name: analyze
+-- Fresh statistics (the staging table before readers see it, the rebuilt view and the decay
+-- table before the copy joins them); autovacuum would get to them only later.
+ANALYZE {table}
 
 -- name: swap_lock
 -- Serialises the swap with erase_user_features (which takes the same key shared), so a user
