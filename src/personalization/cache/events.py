@@ -60,8 +60,8 @@ class EventCache:
         self._claim = client.register_script(_lua("claim_event_ids"))
         self._views = client.register_script(_lua("record_views"))
 
-    async def claim_event_ids(self, per_owner: Mapping[str, Sequence[float | str]]) -> list[bool]:
-        """``ZADD NX`` each (occurred_at, client event id) in its owner's signals set.
+    async def claim_event_ids(self, per_owner: Mapping[str, Sequence[int | str]]) -> list[bool]:
+        """``ZADD NX`` each (occurred_at in whole epoch seconds, client event id) in its owner's signals set.
 
         ``per_owner`` maps a user id (canonical UUID text) to its pairs as one flat
         list ``[score, id, score, id, ...]`` with distinct ids; returns one flag per

@@ -61,7 +61,7 @@ def user_preferences(user_id: UUID | str) -> str:
 
 
 def user_signals(user_id: UUID | str) -> str:
-    """``user:{user_id}:signals``: client event ids scored by occurred_at (epoch seconds)."""
+    """``user:{user_id}:signals``: client event ids scored by occurred_at (whole epoch seconds)."""
     return USER_SIGNALS.pattern.format(user_id=user_id)
 
 
