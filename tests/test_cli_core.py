@@ -69,6 +69,7 @@ def test_bench_ingest_prints_one_json_line(db_url: str, redis_url: str) -> None:
         "library_events_per_s",
         "http_events_per_s",
         "baseline_copy_rows_per_s",
+        "real_table_copy_rows_per_s",
         "library_ratio",
         "http_ratio",
         "http_p50_ms",
@@ -76,5 +77,6 @@ def test_bench_ingest_prints_one_json_line(db_url: str, redis_url: str) -> None:
     ):
         assert k in out
     assert out["events"] == 2000
+    assert 0 < out["real_table_copy_ratio"] < 5
     # Both passes stored every non-replayed event.
     assert out["stored_rows"] == out["accepted"] > 0
