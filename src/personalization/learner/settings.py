@@ -38,7 +38,9 @@ class LearnerSettings(BaseSettings):
     learner_session_timeout_ms: int = Field(default=6000, ge=1000)
     # Messages per poll batch (one PostgreSQL transaction each), and how long a batch may keep
     # collecting already-fetched messages after the first one (a backlog makes big batches).
-    learner_batch_max: int = Field(default=50_000, ge=1, le=200_000)
+    # A batch writes every user it touches once, so on a backlog bigger batches write less:
+    # 100k drained ~25% faster than 50k (5000 users, 384 dims) for ~100 MB more memory.
+    learner_batch_max: int = Field(default=100_000, ge=1, le=200_000)
     learner_batch_wait_s: float = Field(default=0.05, ge=0)
     learner_poll_timeout_s: float = Field(default=0.1, gt=0)
     # Also consume <prefix>.public.user_profile: deletes and privacy changes drop state.
