@@ -43,6 +43,10 @@ class LearnerSettings(BaseSettings):
     learner_batch_max: int = Field(default=100_000, ge=1, le=200_000)
     learner_batch_wait_s: float = Field(default=0.05, ge=0)
     learner_poll_timeout_s: float = Field(default=0.1, gt=0)
+    # Pause Python's cyclic garbage collector while a batch is read and applied (see
+    # learner.consumer._gc_paused); it affects the whole process, so an application that
+    # embeds the Learner in its own process may turn it off.
+    learner_gc_pause: bool = True
     # Also consume <prefix>.public.user_profile: deletes and privacy changes drop state.
     learner_follow_profiles: bool = True
     # Malformed or foreign messages go here (default <prefix>.learner.dlq).
