@@ -1,0 +1,25 @@
+"""The API server freezes its start-up objects out of the cyclic GC (http_gc_freeze)."""
+
+from __future__ import annotations
+
+import gc
+
+from personalization.api.app import create_app
+from personalization.config import Settings
+
+
+async def test_server_start_freezes_startup_objects(settings: Settings) -> None:
+    gc.unfreeze()
+    try:
+        app = create_app(settings.model_copy(update={"http_gc_freeze": True}))
+        async with app.router.lifespan_context(app):
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+async def test_freeze_can_be_turned_off(settings: Settings) -> None:
+    gc.unfreeze()
+    app = create_app(settings.model_copy(update={"http_gc_freeze": False}))
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() == 0
