@@ -17,8 +17,7 @@ import contextlib
 import logging
 import math
 import time
-import uuid
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -498,11 +497,3 @@ class Ingestor:
     async def close(self) -> None:
         """Drain pending batches."""
         await self.committer.close()
-
-
-def group_by_session(views: Iterable[tuple[uuid.UUID, str, float]]) -> dict[uuid.UUID, list[str]]:
-    """Content ids per session, oldest first (so LPUSH leaves the newest at the head)."""
-    per: dict[uuid.UUID, list[tuple[float, str]]] = defaultdict(list)
-    for session, content, ts in views:
-        per[session].append((ts, content))
-    return {s: [c for _, c in sorted(v)] for s, v in per.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from importlib import resources
 
 import redis.asyncio as aioredis
 import redis.exceptions
@@ -21,6 +22,11 @@ def wrap_exceptions() -> Iterator[None]:
         raise CacheUnavailable(str(exc) or type(exc).__name__) from exc
     except redis.exceptions.BusyLoadingError as exc:  # pragma: no cover - startup race
         raise CacheUnavailable(str(exc)) from exc
+
+
+def lua_script(name: str) -> str:
+    """The source of ``cache/lua/<name>.lua`` (registered by the module that runs it)."""
+    return (resources.files("personalization.cache") / "lua" / f"{name}.lua").read_text()
 
 
 def make_client(settings: Settings) -> aioredis.Redis:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from importlib import resources
 
 import orjson
 import redis.asyncio as aioredis
 
 from personalization import metrics
 from personalization.cache import keys
-from personalization.cache.client import wrap_exceptions
+from personalization.cache.client import lua_script, wrap_exceptions
 
 # Items per script call: one call runs atomically and blocks every other Redis
 # client meanwhile, so a large group commit is split into calls of a few
@@ -48,17 +47,13 @@ def _newest_distinct(views: Sequence[tuple[float, str]], cap: int) -> list[str]:
     return newest_first[:cap][::-1]
 
 
-def _lua(name: str) -> str:
-    return (resources.files("personalization.cache") / "lua" / f"{name}.lua").read_text()
-
-
 class EventCache:
     """The two key families the write path maintains."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._r = client
-        self._claim = client.register_script(_lua("claim_event_ids"))
-        self._views = client.register_script(_lua("record_views"))
+        self._claim = client.register_script(lua_script("claim_event_ids"))
+        self._views = client.register_script(lua_script("record_views"))
 
     async def claim_event_ids(self, per_owner: Mapping[str, Sequence[int | str]]) -> list[bool]:
         """``ZADD NX`` each (occurred_at in whole epoch seconds, client event id) in its owner's signals set.

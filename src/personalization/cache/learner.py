@@ -7,13 +7,12 @@ come from :mod:`personalization.cache.keys`.  Redis errors leave as ``CacheUnava
 from __future__ import annotations
 
 from collections.abc import Iterable
-from importlib import resources
 from uuid import UUID
 
 import redis
 
 from personalization.cache import keys
-from personalization.cache.client import wrap_exceptions
+from personalization.cache.client import lua_script, wrap_exceptions
 
 # Keys per Lua call / DEL command: bounds how long one call holds Redis (about a millisecond).
 CHUNK = 1000
@@ -25,9 +24,7 @@ class EmbeddingCache:
     def __init__(self, redis_url: str, *, timeout_s: float = 2.0) -> None:
         """A client with bounded socket timeouts (a hung Redis must not hang the consumer)."""
         self._client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self._set_many = self._client.register_script(
-            (resources.files("personalization.cache") / "lua" / "set_embeddings.lua").read_text()
-        )
+        self._set_many = self._client.register_script(lua_script("set_embeddings"))
 
     def ping(self) -> None:
         """Raise CacheUnavailable unless Redis answers."""

@@ -19,18 +19,13 @@ import secrets
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib import resources
 from typing import Literal
 
 import redis
 import redis.asyncio as aioredis
 
 from personalization.cache import keys
-from personalization.cache.client import wrap_exceptions
-
-
-def _lua(name: str) -> str:
-    return (resources.files("personalization.cache") / "lua" / f"{name}.lua").read_text()
+from personalization.cache.client import lua_script, wrap_exceptions
 
 
 def new_generation() -> str:
@@ -70,9 +65,9 @@ class ServingCache:
 
     def __init__(self, client: aioredis.Redis) -> None:
         self._r = client
-        self._fill = client.register_script(_lua("fill_preferences"))
-        self._prewarm = client.register_script(_lua("prewarm"))
-        self._set_if_greater = client.register_script(_lua("set_if_greater"))
+        self._fill = client.register_script(lua_script("fill_preferences"))
+        self._prewarm = client.register_script(lua_script("prewarm"))
+        self._set_if_greater = client.register_script(lua_script("set_if_greater"))
 
     # ---- preferences ---------------------------------------------------------
     async def preferences(self, user_id: uuid.UUID | str) -> dict[bytes, bytes]:

@@ -156,6 +156,12 @@ class LearnerTx:
         self._cur.execute(_q(name), params)
         return self._cur.fetchall()
 
+    def _tuples(self, name: str, params: dict[str, Any], *, binary: bool = False) -> list[tuple[Any, ...]]:
+        """Rows as plain tuples (the hot paths: no dict per row)."""
+        with self._cur.connection.cursor(row_factory=tuple_row, binary=binary) as cur:
+            cur.execute(_q(name), params)
+            return cur.fetchall()
+
     def _run(self, name: str, params: dict[str, Any]) -> int:
         self._cur.execute(_q(name), params)
         return max(self._cur.rowcount, 0)
@@ -204,9 +210,7 @@ class LearnerTx:
         """Privacy level of each user that still exists, locked against deletion until commit."""
         if not user_ids:
             return {}
-        with self._cur.connection.cursor(row_factory=tuple_row) as cur:
-            cur.execute(_q("lock_users"), {"user_ids": list(user_ids)})
-            return dict(cur.fetchall())
+        return dict(self._tuples("lock_users", {"user_ids": list(user_ids)}))
 
     def rebuild_snapshots(self, user_ids: Sequence[UUID]) -> dict[UUID, str]:
         """The snapshot of the last recomputation of each user that has one."""
@@ -220,30 +224,6 @@ class LearnerTx:
             return {}
         rows = self._all("content_vectors", {"content_ids": list(content_ids)})
         return {r["content_id"]: (r["model"], int(r["dim"]), bytes(r["embedding"])) for r in rows}
-
-    def load_scores(self, user_ids: Sequence[UUID]) -> list[ScoreRow]:
-        """Every score cell of ``user_ids``."""
-        if not user_ids:
-            return []
-        return [
-            ScoreRow(
-                r["user_id"],
-                r["content_type"],
-                r["signal_type"],
-                float(r["score"]),
-                r["ref_time"],
-                int(r["event_count"]),
-            )
-            for r in self._all("load_scores", {"user_ids": list(user_ids)})
-        ]
-
-    def load_score_tuples(self, user_ids: Sequence[UUID]) -> dict[tuple[UUID, str, str], tuple[float, datetime, int]]:
-        """``{(user, content_type, signal_type): (score, ref_time, event_count)}`` (hot path: no row objects)."""
-        if not user_ids:
-            return {}
-        with self._cur.connection.cursor(row_factory=tuple_row) as cur:
-            cur.execute(_q("load_scores"), {"user_ids": list(user_ids)})
-            return {(u, ct, st): (sc, ref, n) for u, ct, st, sc, ref, n in cur.fetchall()}
 
     def load_embeddings(self, user_ids: Sequence[UUID]) -> dict[UUID, EmbeddingRow]:
         """The embedding rows of ``user_ids`` (without the normalised bytes)."""
@@ -269,12 +249,10 @@ class LearnerTx:
 
     def _packed_row(self, name: str, params: dict[str, Any]) -> tuple[Any, ...]:
         """The one row of a packed-columns query (binary: bytea arrives as bytes)."""
-        with self._cur.connection.cursor(row_factory=tuple_row, binary=True) as cur:
-            cur.execute(_q(name), params)
-            row = cur.fetchone()
-        if row is None:
+        rows = self._tuples(name, params, binary=True)
+        if not rows:
             raise StoreError(f"{name} returned no row")
-        return tuple(row)
+        return rows[0]
 
     def batch_cell_scores(
         self,
@@ -461,9 +439,7 @@ class LearnerTx:
         """Those of ``user_ids`` that still have a profile."""
         if not user_ids:
             return set()
-        with self._cur.connection.cursor(row_factory=tuple_row) as cur:
-            cur.execute(_q("existing_users"), {"user_ids": list(user_ids)})
-            return {r[0] for r in cur.fetchall()}
+        return {r[0] for r in self._tuples("existing_users", {"user_ids": list(user_ids)})}
 
     def recent_embeddings(self, seconds: float) -> list[tuple[UUID, bytes]]:
         """(user_id, normalised bytes) of embeddings changed in the last ``seconds``."""

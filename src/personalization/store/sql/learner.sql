@@ -53,11 +53,6 @@ SELECT user_id, snapshot::text AS snapshot FROM learner_rebuilds WHERE user_id =
 -- name: content_vectors
 SELECT content_id, model, dim, embedding FROM content_embeddings WHERE content_id = ANY(%(content_ids)s);
 
--- name: load_scores
-SELECT user_id, content_type, signal_type, score, ref_time, event_count
-FROM user_signal_scores
-WHERE user_id = ANY(%(user_ids)s);
-
 -- name: load_embeddings
 SELECT user_id, model, dim, raw_sum, ref_time, event_count, embedded_count
 FROM user_embeddings
