@@ -9,4 +9,5 @@ python3 -m venv .venv
 bash scripts/services.sh
 .venv/bin/ruff check src tests
 .venv/bin/mypy
+.venv/bin/lint-imports
 exec .venv/bin/pytest -q "$@"

@@ -30,7 +30,7 @@ from personalization.store import migrate
 from personalization.store.urls import with_dbname
 
 # Kafka broker fixtures (session-scoped Tansu broker), shared by every test package.
-pytest_plugins = ["personalization.stream.testing"]
+pytest_plugins = ["personalization_dev.testing.kafka"]
 
 PG_URL = os.environ.get("PERSONALIZATION_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("PERSONALIZATION_TEST_REDIS_URL", "redis://127.0.0.1:6379")

@@ -13,8 +13,8 @@ from personalization.cache.events import EventCache
 from personalization.cache.serving import ServingCache
 from personalization.config import Settings
 from personalization.errors import CacheUnavailable
-from personalization.ingest import Ingestor
-from personalization.profiles import ProfileService
+from personalization.ingest.events import Ingestor
+from personalization.ingest.profiles import ProfileService
 from personalization.serving.service import ServingService
 from personalization.store.db import Database
 from personalization.store.profiles import ProfileStore

@@ -32,10 +32,10 @@ from personalization.learner.envelope import (
     read_insert_fast,
 )
 from personalization.learner.model import add_to_embedding, add_to_score, content_unit_vector
-from personalization.learner.synthetic import SyntheticRow, envelope, key_for
-from personalization.learner.testing import fill_population, stream_order
 from personalization.store.learner import LearnerStore, ScoreBatch
 from personalization.store.pgbinary import encode_rows
+from personalization_dev.synthetic import SyntheticRow, envelope, key_for
+from personalization_dev.testing.learner import fill_population, stream_order
 
 USER = uuid.UUID("0b7c6a52-4d0e-4a41-9d53-2f1f3c1d9e11")
 NOW = datetime(2026, 11, 1, 12, 30, 15, 123456, tzinfo=UTC)

@@ -26,8 +26,8 @@ from personalization.learner.batch import BatchResult
 from personalization.learner.consumer import Learner
 from personalization.learner.recompute import recompute_users
 from personalization.learner.settings import LearnerSettings
-from personalization.learner.synthetic import produce, producer
-from personalization.learner.testing import consumed_offsets, fill_population, stream_order, wait_consumed
+from personalization_dev.synthetic import produce, producer
+from personalization_dev.testing.learner import consumed_offsets, fill_population, stream_order, wait_consumed
 
 DIM = 8
 

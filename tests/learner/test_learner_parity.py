@@ -27,15 +27,15 @@ from personalization.core.decay import DEFAULT_DECAY
 from personalization.learner.envelope import parse_event_message
 from personalization.learner.recompute import recompute_users
 from personalization.learner.settings import LearnerSettings
-from personalization.learner.synthetic import envelope, key_for, produce, producer
-from personalization.learner.testing import (
+from personalization_dev.synthetic import envelope, key_for, produce, producer
+from personalization_dev.testing.kafka import consume, new_consumer
+from personalization_dev.testing.learner import (
     LearnerProcess,
     consumed_offsets,
     fill_population,
     stream_order,
     wait_consumed,
 )
-from personalization.stream.testing import consume, new_consumer
 
 DIM = 8
 

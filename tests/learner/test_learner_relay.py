@@ -25,9 +25,9 @@ from personalization.learner.consumer import Learner
 from personalization.learner.envelope import EventRecord, FastInsert, parse_event_message, read_insert_fast
 from personalization.learner.recompute import recompute_users
 from personalization.learner.settings import LearnerSettings
-from personalization.learner.synthetic import key_for, produce, producer
-from personalization.stream.relayproc import RelayProcess
-from personalization.stream.testing import relay_env
+from personalization_dev.relayproc import RelayProcess
+from personalization_dev.synthetic import key_for, produce, producer
+from personalization_dev.testing.kafka import relay_env
 
 DIM = 8
 INSERT = (

@@ -26,7 +26,7 @@ from personalization.learner.envelope import (
 )
 from personalization.learner.model import ContentVector, add_to_embedding, add_to_score
 from personalization.learner.snapshots import visible_in_snapshot, widen
-from personalization.learner.synthetic import SyntheticRow, envelope, key_for
+from personalization_dev.synthetic import SyntheticRow, envelope, key_for
 
 USER = uuid.uuid4()
 NOW = datetime(2026, 11, 1, tzinfo=UTC)

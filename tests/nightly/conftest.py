@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from nightly_helpers import add_events, add_user
 
-from personalization.nightly import NightlyJob, NightlySettings
+from personalization.nightly.job import NightlyJob, NightlySettings
 
 NOW = datetime.now(UTC)
 

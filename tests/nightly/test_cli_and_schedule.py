@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from apscheduler.triggers.cron import CronTrigger
 from nightly_helpers import ledger, snapshot_rows
 
-from personalization.nightly import NightlyJob, NightlyScheduler, NightlySettings
+from personalization.nightly.job import NightlyJob, NightlyScheduler, NightlySettings
 
 TODAY = datetime.now(UTC).date()
 CLI = str(Path(sys.executable).parent / "personalization")

@@ -15,7 +15,7 @@ import pytest
 from nightly_helpers import add_events
 
 from personalization.errors import InvalidInput
-from personalization.nightly import NightlyJob, NightlySettings, export_features
+from personalization.nightly.job import NightlyJob, NightlySettings, export_features
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()

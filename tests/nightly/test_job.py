@@ -18,7 +18,7 @@ from psycopg import sql
 
 from personalization.core.decay import DEFAULT_DECAY, DecayConfig, SignalDecay, event_score
 from personalization.errors import InvalidInput, StoreUnavailable
-from personalization.nightly import NightlyJob, NightlyRunning, NightlySettings, as_of_start
+from personalization.nightly.job import NightlyJob, NightlyRunning, NightlySettings, as_of_start
 from personalization.store.nightly import decay_sql, erase_user_features, erase_user_features_sync
 
 NOW = datetime.now(UTC)

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from nightly_helpers import add_events, snapshot_rows
 
-from personalization.nightly import NightlyJob, NightlySettings
+from personalization.nightly.job import NightlyJob, NightlySettings
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()

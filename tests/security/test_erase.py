@@ -19,7 +19,7 @@ from personalization.cache import keys
 from personalization.cli.main import app as cli_app
 from personalization.composition import Platform
 from personalization.config import Settings
-from personalization.erase import Eraser
+from personalization.datarights.erase import Eraser
 from personalization.errors import CacheUnavailable
 
 

@@ -15,8 +15,8 @@ from security_helpers import MakeKey, rows_per_table
 from personalization.api.app import create_app
 from personalization.composition import Platform
 from personalization.config import Settings
-from personalization.erase import Eraser, KafkaTombstones, cdc_key, cdc_topics
-from personalization.stream.testing import consume, new_consumer
+from personalization.datarights.erase import Eraser, KafkaTombstones, cdc_key, cdc_topics
+from personalization_dev.testing.kafka import consume, new_consumer
 
 
 def test_cdc_key_is_kafka_connect_compact_json() -> None:

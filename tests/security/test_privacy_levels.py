@@ -83,8 +83,8 @@ async def test_each_level_on_every_path(open_client: httpx.AsyncClient, settings
         assert served["standard"][0] == "personalized"
 
     # Nightly feature snapshot: per-user features only for levels that allow personalization.
-    if _has("personalization.nightly"):
-        from personalization.nightly import NightlyJob
+    if _has("personalization.nightly.job"):
+        from personalization.nightly.job import NightlyJob
 
         await asyncio.to_thread(NightlyJob(db_url).run)
         q_feat = "SELECT count(*) FROM feature_store.user_signal_features WHERE user_id = %s"

@@ -17,7 +17,7 @@ from security_helpers import MakeKey, populate_user
 from personalization.cache import keys
 from personalization.composition import Platform
 from personalization.core.decay import DEFAULT_DECAY, event_score
-from personalization.export import Exporter
+from personalization.datarights.export import Exporter
 
 
 async def _export(client: httpx.AsyncClient, uid: uuid.UUID, headers: dict[str, str]) -> dict[str, Any]:

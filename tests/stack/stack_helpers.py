@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from personalization.stack.state import read_state
+from personalization_dev.stack.state import read_state
 
 
 def pids_of_stack(root: Path) -> set[int]:
@@ -88,7 +88,7 @@ def start_cli_up(root: Path, log: Path, env: dict[str, str]) -> tuple[subprocess
     """Run ``stack up`` in a subprocess and wait for its export lines."""
     with log.open("w") as err:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "personalization.cli.stack", "up", "--root", str(root)],
+            [sys.executable, "-m", "personalization_dev.cli.stack", "up", "--root", str(root)],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,

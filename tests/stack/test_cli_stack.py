@@ -15,8 +15,8 @@ from confluent_kafka.admin import AdminClient
 from stack_helpers import kill_quietly, pids_of_stack, start_cli_up, wait_gone
 from typer.testing import CliRunner
 
-from personalization.cli.stack import app
-from personalization.stack import LocalStack, StackConfig, running_owner
+from personalization_dev.cli.stack import app
+from personalization_dev.stack import LocalStack, StackConfig, running_owner
 
 
 def _env() -> dict[str, str]:
@@ -65,7 +65,7 @@ def test_stack_down_from_another_shell_stops_it(stack_root: Path, tmp_path: Path
     try:
         pids = pids_of_stack(stack_root)
         down = subprocess.run(
-            [sys.executable, "-m", "personalization.cli.stack", "down", "--root", str(stack_root)],
+            [sys.executable, "-m", "personalization_dev.cli.stack", "down", "--root", str(stack_root)],
             capture_output=True,
             text=True,
             env=_env(),
@@ -82,7 +82,7 @@ def test_stack_down_from_another_shell_stops_it(stack_root: Path, tmp_path: Path
         assert proc.stdout is not None
         proc.stdout.close()
     again = subprocess.run(
-        [sys.executable, "-m", "personalization.cli.stack", "down", "--root", str(stack_root)],
+        [sys.executable, "-m", "personalization_dev.cli.stack", "down", "--root", str(stack_root)],
         capture_output=True,
         text=True,
         env=_env(),

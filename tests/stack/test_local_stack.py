@@ -19,8 +19,8 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from stack_helpers import alive, pids_of_stack, wait_gone
 
-from personalization.stack import LocalStack, StackConfig, StackError, StackUrls, running_owner
-from personalization.stack import redis as redis_mod
+from personalization_dev.stack import LocalStack, StackConfig, StackError, StackUrls, running_owner
+from personalization_dev.stack import redis as redis_mod
 
 
 def _check_postgres(urls: StackUrls) -> None:
@@ -256,8 +256,8 @@ def test_alive_helper_sees_a_zombie_as_gone() -> None:
 def test_leftover_servers_of_a_crashed_run_are_stopped_but_never_strangers(
     stack_root: Path,
 ) -> None:
-    from personalization.stack._proc import ProcessIdentity
-    from personalization.stack.state import StackState, write_state
+    from personalization_dev.stack._proc import ProcessIdentity
+    from personalization_dev.stack.state import StackState, write_state
 
     stack_root.mkdir(parents=True)
     leftover = subprocess.Popen(["sleep", "60"])  # stands in for a surviving redis-server
@@ -305,7 +305,7 @@ def test_a_full_disk_is_explained_and_leaves_nothing(stack_root: Path) -> None:
 
 def test_configured_or_local(stack_root: Path, clean_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from personalization.config import get_settings
-    from personalization.stack import configured_or_local
+    from personalization_dev.stack import configured_or_local
 
     with configured_or_local(StackConfig(root=stack_root, apply_migrations=False)) as urls:
         assert os.environ["PERSONALIZATION_DATABASE_URL"] == urls.database_url
@@ -332,7 +332,7 @@ def test_configured_or_local(stack_root: Path, clean_env: None, monkeypatch: pyt
 def test_stack_down_never_signals_a_pid_from_a_stale_state_file(stack_root: Path) -> None:
     import sys
 
-    from personalization.stack.state import StackState, write_state
+    from personalization_dev.stack.state import StackState, write_state
 
     stack_root.mkdir(parents=True)
     stranger = subprocess.Popen(["sleep", "60"])

@@ -24,7 +24,7 @@ def cdc_pg_admin_url() -> Iterator[str]:
     """Admin URL (database ``postgres``) of the cluster the change-stream tests use."""
     # Imported here: importing the plugin module (registered by tests/conftest.py) before
     # pytest registers it would keep pytest from rewriting its asserts.
-    from personalization.stream.testing import postgres_binaries, private_postgres
+    from personalization_dev.testing.kafka import postgres_binaries, private_postgres
 
     external = os.environ.get("PERSONALIZATION_TEST_CDC_PG_URL")
     if external:
@@ -39,7 +39,7 @@ def cdc_pg_admin_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def cdc_template(cdc_pg_admin_url: str) -> Iterator[str]:
     """A migrated template database in that cluster."""
-    from personalization.stream.testing import scratch_database
+    from personalization_dev.testing.kafka import scratch_database
 
     with scratch_database(cdc_pg_admin_url) as url:
         name = url.rsplit("/", 1)[1].split("?")[0]
@@ -54,7 +54,7 @@ def cdc_template(cdc_pg_admin_url: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def cdc_db_url(cdc_pg_admin_url: str, cdc_template: str) -> Iterator[str]:
     """A migrated database for one test module."""
-    from personalization.stream.testing import scratch_database
+    from personalization_dev.testing.kafka import scratch_database
 
     with scratch_database(cdc_pg_admin_url, template=cdc_template) as url:
         yield url
@@ -63,7 +63,7 @@ def cdc_db_url(cdc_pg_admin_url: str, cdc_template: str) -> Iterator[str]:
 @pytest.fixture
 def cdc_fresh_db(cdc_pg_admin_url: str, cdc_template: str) -> Iterator[str]:
     """A migrated database for one test."""
-    from personalization.stream.testing import scratch_database
+    from personalization_dev.testing.kafka import scratch_database
 
     with scratch_database(cdc_pg_admin_url, template=cdc_template) as url:
         yield url

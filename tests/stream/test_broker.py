@@ -9,8 +9,8 @@ import time
 
 from confluent_kafka import Producer
 
-from personalization.stream.broker import LocalBroker
-from personalization.stream.testing import consume, new_consumer
+from personalization_dev.broker import LocalBroker
+from personalization_dev.testing.kafka import consume, new_consumer
 
 
 def test_round_trip(kafka_bootstrap: str) -> None:
@@ -45,7 +45,7 @@ def _alive(pid: int) -> bool:
 def test_broker_dies_with_parent_killed() -> None:
     script = (
         "import os, sys, time\n"
-        "from personalization.stream.broker import LocalBroker\n"
+        "from personalization_dev.broker import LocalBroker\n"
         "b = LocalBroker(); b.start()\n"
         "print(b._proc.pid, flush=True)\n"
         "time.sleep(60)\n"

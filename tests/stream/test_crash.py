@@ -20,8 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from personalization.cli.cdc import app as cdc_app
-from personalization.stream.relayproc import RelayProcess
-from personalization.stream.testing import consume, new_consumer, relay_env
+from personalization_dev.relayproc import RelayProcess
+from personalization_dev.testing.kafka import consume, new_consumer, relay_env
 
 
 class Inserter(threading.Thread):
@@ -156,7 +156,7 @@ def test_kafka_outage_delays_but_loses_nothing(cdc_db_url: str, tmp_path: Path) 
 
     This relay keeps its offsets in a file, which exercises the file store as well.
     """
-    from personalization.stream.broker import LocalBroker
+    from personalization_dev.broker import LocalBroker
 
     broker = LocalBroker()
     bootstrap = broker.start()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from personalization.stream.cdc import debezium_properties
-from personalization.stream.settings import CdcSettings
+from personalization.changestream.relay import debezium_properties
+from personalization.changestream.settings import CdcSettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kafka-connect"
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
-from personalization.stream.kafkalog import KafkaLogThrottle, client_logging
+from personalization.kafka.kafkalog import KafkaLogThrottle, client_logging
 
 
 def _record(facility: str, message: str, level: int = logging.ERROR) -> logging.LogRecord:

@@ -11,10 +11,10 @@ import pytest
 from psycopg import sql
 from typer.testing import CliRunner
 
+from personalization.changestream import pgadmin
+from personalization.changestream.settings import CdcSettings
 from personalization.cli.cdc import app as cdc_app
-from personalization.stream import pgadmin
-from personalization.stream.settings import CdcSettings
-from personalization.stream.testing import postgres_binaries, private_postgres
+from personalization_dev.testing.kafka import postgres_binaries, private_postgres
 
 
 def _settings(db_url: str, **extra: object) -> CdcSettings:

@@ -22,16 +22,16 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from personalization.changestream import pgadmin
+from personalization.changestream.settings import CdcSettings
 from personalization.cli.cdc import app as cdc_app
-from personalization.stream import pgadmin
-from personalization.stream.invalidation import (
+from personalization.serving.invalidation import (
     preferences_key,
     redis_invalidator,
     run_invalidation_consumer,
 )
-from personalization.stream.relayproc import RelayProcess
-from personalization.stream.settings import CdcSettings
-from personalization.stream.testing import consume, new_consumer, relay_env
+from personalization_dev.relayproc import RelayProcess
+from personalization_dev.testing.kafka import consume, new_consumer, relay_env
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kafka-connect"
 

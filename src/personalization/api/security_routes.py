@@ -16,8 +16,8 @@ from pydantic import BaseModel, Field
 from personalization.api.auth import check_scope, require
 from personalization.api.responses import JSONBody
 from personalization.composition import Platform
-from personalization.erase import EraseIncomplete, Eraser, KafkaTombstones
-from personalization.export import Exporter
+from personalization.datarights.erase import EraseIncomplete, Eraser, KafkaTombstones
+from personalization.datarights.export import Exporter
 from personalization.security import audit
 from personalization.security.authenticator import Principal
 from personalization.security.keys import KeyStore

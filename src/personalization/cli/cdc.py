@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from personalization.changestream.settings import CdcSettings, SnapshotMode
 from personalization.cli.common import ExitCode, fail
-from personalization.stream.settings import CdcSettings, SnapshotMode
 
 if TYPE_CHECKING:
     import psycopg
@@ -54,7 +54,7 @@ def _admin(settings: CdcSettings) -> Iterator[psycopg.Connection[tuple[object, .
     """An admin connection; a setup problem exits 2, a slot in use 3, PostgreSQL unreachable 4."""
     import psycopg
 
-    from personalization.stream import pgadmin
+    from personalization.changestream import pgadmin
 
     try:
         with pgadmin.connect(settings) as conn:
@@ -85,7 +85,7 @@ def run(
     offsets_file: Annotated[str | None, typer.Option(help="Store offsets in this file instead of PostgreSQL.")] = None,
 ) -> None:
     """Stream personalization_events (and profile/trait) changes to Kafka until stopped."""
-    from personalization.stream.cdc import run_relay
+    from personalization.changestream.relay import run_relay
 
     _logging()
     settings = _settings(
@@ -110,7 +110,7 @@ def run(
 @app.command()
 def status() -> None:
     """Print the slot, its retained WAL and the stored offset as one JSON line."""
-    from personalization.stream import pgadmin
+    from personalization.changestream import pgadmin
 
     settings = _settings()
     with _admin(settings) as conn:
@@ -130,7 +130,7 @@ def drop_slot(
     keep_offsets: Annotated[bool, typer.Option(help="Keep the stored offsets (default: drop them too).")] = False,
 ) -> None:
     """Retire the relay: drop its replication slot, publication and stored offsets."""
-    from personalization.stream import pgadmin
+    from personalization.changestream import pgadmin
 
     if not yes:
         fail("refusing without --yes: this stops change capture for good", ExitCode.BAD_INPUT)
@@ -143,7 +143,7 @@ def drop_slot(
 @app.command("reset-offsets")
 def reset_offsets(yes: Annotated[bool, _YES] = False) -> None:
     """Recover from a lost slot or stale offsets: forget offsets, re-create the slot now."""
-    from personalization.stream import pgadmin
+    from personalization.changestream import pgadmin
 
     if not yes:
         fail("refusing without --yes: changes not yet streamed may be skipped", ExitCode.BAD_INPUT)
@@ -161,7 +161,7 @@ def invalidate_cache(
 ) -> None:
     """Consume profile/trait changes and delete the users' Redis preference snapshots."""
     from personalization.cache.serving import generation_invalidator
-    from personalization.stream.invalidation import run_invalidation_consumer
+    from personalization.serving.invalidation import run_invalidation_consumer
 
     _logging()
     settings = _settings()

@@ -38,7 +38,7 @@ def _sigterm_exits() -> None:
 def _setup() -> tuple[str, Any]:
     from personalization import logging_setup
     from personalization.config import get_settings
-    from personalization.nightly import NightlySettings
+    from personalization.nightly.job import NightlySettings
 
     logging_setup.configure()
     try:
@@ -64,7 +64,7 @@ def nightly(
     json_out: bool = typer.Option(False, "--json", help="print the outcome as one JSON line"),
 ) -> None:
     """Refresh user_signal_rollups and write the dated feature-store snapshot."""
-    from personalization.nightly import NightlyJob, NightlyRunning
+    from personalization.nightly.job import NightlyJob, NightlyRunning
 
     url, settings = _setup()
     _sigterm_exits()
@@ -95,7 +95,7 @@ def schedule(
     metrics_port: int = typer.Option(0, help="serve Prometheus metrics on this port (0: off)"),
 ) -> None:
     """Run the nightly job on PERSONALIZATION_NIGHTLY_CRON in PERSONALIZATION_NIGHTLY_TIMEZONE (until stopped)."""
-    from personalization.nightly import NightlyJob, NightlyScheduler
+    from personalization.nightly.job import NightlyJob, NightlyScheduler
 
     url, settings = _setup()
     _sigterm_exits()
@@ -121,7 +121,7 @@ def runs(
     """The ledger of nightly runs, newest first."""
     from rich.table import Table
 
-    from personalization.nightly import NightlyJob
+    from personalization.nightly.job import NightlyJob
 
     url, settings = _setup()
     try:
@@ -142,7 +142,7 @@ def runs(
 @app.command("snapshots")
 def snapshots(json_out: bool = typer.Option(False, "--json")) -> None:
     """The feature-store snapshots that exist."""
-    from personalization.nightly import NightlyJob
+    from personalization.nightly.job import NightlyJob
 
     url, settings = _setup()
     try:
@@ -164,7 +164,7 @@ def export(
     json_out: bool = typer.Option(False, "--json", help="print the outcome as one JSON line"),
 ) -> None:
     """Point-in-time join of entity rows with the feature snapshots (no future values)."""
-    from personalization.nightly import export_features
+    from personalization.nightly.job import export_features
 
     url, settings = _setup()
     try:

@@ -39,7 +39,7 @@ def erase(
 ) -> None:
     """Erase the user everywhere (idempotent) and print what was removed."""
     from personalization.composition import open_platform
-    from personalization.erase import EraseIncomplete, Eraser
+    from personalization.datarights.erase import EraseIncomplete, Eraser
     from personalization.security import audit
 
     uid = _user_id(user_id)
@@ -80,7 +80,7 @@ def export(
 ) -> None:
     """Write everything held about the user as one JSON document."""
     from personalization.composition import open_platform
-    from personalization.export import Exporter
+    from personalization.datarights.export import Exporter
     from personalization.security import audit
 
     uid = _user_id(user_id)

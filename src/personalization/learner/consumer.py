@@ -42,11 +42,11 @@ from confluent_kafka import (
 from personalization.cache import keys
 from personalization.cache.learner import EmbeddingCache
 from personalization.errors import CacheUnavailable, PersonalizationError, StoreError, StoreUnavailable
+from personalization.kafka.kafkalog import client_logging
 from personalization.learner import metrics
 from personalization.learner.batch import BatchResult, ContentCache, Incoming, apply_batch, record_outcomes
 from personalization.learner.settings import LearnerSettings
 from personalization.store.learner import LearnerStore
-from personalization.stream.kafkalog import client_logging
 
 __all__ = ["Learner", "LearnerConfigError"]
 

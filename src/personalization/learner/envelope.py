@@ -1,6 +1,6 @@
 """Reading the CDC relay's messages (pure: no I/O).
 
-The relay (``personalization.stream.cdc``) publishes Debezium's JSON envelope without the
+The relay (``personalization.changestream.relay``) publishes Debezium's JSON envelope without the
 Connect schema: ``{"before", "after", "source", "op", "ts_ms"}``, NUMERIC as exact decimal
 strings, TIMESTAMPTZ as ISO-8601 strings, key ``{"user_id": "<uuid>" | null}``.  An
 envelope wrapped as ``{"schema": ..., "payload": ...}`` (schemas enabled) is unwrapped, so a

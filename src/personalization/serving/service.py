@@ -36,7 +36,7 @@ from personalization.core import embedding as emb
 from personalization.core.flags import evaluate
 from personalization.core.privacy import policy_for
 from personalization.errors import CacheUnavailable, FieldError, InvalidInput, NotFound
-from personalization.flags import FlagResult, FlagService, encode_value
+from personalization.serving.flags import FlagResult, FlagService, encode_value
 from personalization.serving.guard import CacheGuard
 from personalization.serving.preferences import Preferences, from_hash, from_row, to_hash
 from personalization.serving.settings import ServingSettings

@@ -3,7 +3,7 @@
 The job runs on plain (synchronous) psycopg connections: it is a batch process with a few
 long statements, and two of them run at once on two connections (the rollup refresh and
 the decay pass, sharing one exported snapshot).  Every driver error leaves through
-``wrap_exceptions`` so the use case (``personalization.nightly``) never sees psycopg.
+``wrap_exceptions`` so the use case (``personalization.nightly.job``) never sees psycopg.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from personalization.errors import StoreError, StoreUnavailable
 from personalization.store.db import wrap_exceptions
 from personalization.store.queries import q
 
-log = logging.getLogger("personalization.nightly")
+log = logging.getLogger("personalization.nightly.job")
 
 SQL_FILE = "nightly.sql"
 APPLICATION_NAME = "personalization-nightly"

@@ -1,0 +1,1 @@
+"""Online learner: time-decayed user scores and embeddings from the CDC stream."""
