@@ -75,6 +75,15 @@ class Settings(BaseSettings):
     # Erase publishes tombstones for the user's key on the CDC topics (off only where no Kafka exists).
     erase_kafka_tombstones: bool = True
 
+    # Faults and bad input (issue 17; docs/faults.md).  /healthz says Redis is degraded while a
+    # Redis call of this process failed less than this long ago: a probe alone cannot see a
+    # refused script (CROSSSLOT) or a clobbered key (WRONGTYPE).
+    redis_health_window_s: float = Field(default=5.0, ge=0)
+    # Signal types accepted besides the built-in ones and the learner's configured ones.
+    signal_types_extra: tuple[str, ...] = ()
+    # Accept any well-formed signal type (the learner still scores only known ones).
+    signal_types_open: bool = False
+
 
 def configured_service_urls() -> bool:
     """True when any service URL variable is set in the environment."""

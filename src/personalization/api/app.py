@@ -122,10 +122,14 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     async def healthz(request: Request) -> JSONBody:
         p = plat(request)
         db_ok = await p.db.ping()
-        cache_ok = await p.cache_ok()
-        status = "ok" if db_ok and cache_ok else ("degraded" if db_ok else "down")
+        # Error replies (out of memory, read-only, ...) count as well as an unreachable Redis.
+        cache_error = await p.cache_error()
+        status = "ok" if db_ok and cache_error is None else ("degraded" if db_ok else "down")
+        if cache_error is not None:
+            # The reason stays in the log: this route is open and must not show internals.
+            log.warning("health: Redis degraded: %s", cache_error)
         return JSONBody(
-            {"status": status, "postgres": db_ok, "redis": cache_ok}, status_code=200 if db_ok else 503
+            {"status": status, "postgres": db_ok, "redis": cache_error is None}, status_code=200 if db_ok else 503
         )
 
     @app.get("/metrics", tags=["ops"])
