@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from personalization.core.signals import check_names
 
 SERVICE_URL_VARS = (
     "PERSONALIZATION_DATABASE_URL",
@@ -79,10 +82,15 @@ class Settings(BaseSettings):
     # Redis call of this process failed less than this long ago: a probe alone cannot see a
     # refused script (CROSSSLOT) or a clobbered key (WRONGTYPE).
     redis_health_window_s: float = Field(default=5.0, ge=0)
-    # Signal types accepted besides the built-in ones and the learner's configured ones.
-    signal_types_extra: tuple[str, ...] = ()
-    # Accept any well-formed signal type (the learner still scores only known ones).
+    # Signal types accepted besides the built-in ones and the learner's configured ones
+    # (core.signals), as JSON: '["prayed", "note_added"]'.
+    signal_types_extra: Annotated[
+        tuple[str, ...], AfterValidator(lambda v: check_names(v, "signal_types_extra"))
+    ] = ()
+    # Accept any signal type (the learner still scores only known ones).
     signal_types_open: bool = False
+    # The learner's per-type decay (its own setting, read here for the type names only).
+    learner_signals: dict[str, Any] = Field(default_factory=dict)
 
 
 def configured_service_urls() -> bool:

@@ -226,7 +226,7 @@ def generation_invalidator(redis_url: str, timeout_s: float = 1.0) -> Callable[[
     client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
     def invalidate(user_id: uuid.UUID) -> None:
-        with client.pipeline(transaction=True) as pipe:
+        with wrap_exceptions(), client.pipeline(transaction=True) as pipe:
             pipe.set(keys.user_preferences_gen(user_id), new_generation(), ex=keys.USER_PREFERENCES_GEN.ttl_s)
             pipe.delete(keys.user_preferences(user_id))
             pipe.execute()

@@ -45,6 +45,7 @@ from personalization.core.fast_events import (
 )
 from personalization.core.models import EventIn, InputLimits, check_event_limits
 from personalization.core.privacy import ANONYMOUS_POLICY, PrivacyPolicy, policy_for
+from personalization.core.signals import signal_types
 from personalization.errors import CacheUnavailable, FieldError, InvalidInput, NotFound
 from personalization.store.db import Database
 from personalization.store.events import copy_event_lines, copy_line, lock_users
@@ -97,6 +98,8 @@ def limits_from(settings: Settings) -> InputLimits:
         max_text_length=settings.max_text_length,
         max_metadata_bytes=settings.max_metadata_bytes,
         max_future_skew_s=settings.max_future_skew_s,
+        signal_types=signal_types(extra=settings.signal_types_extra, learner=settings.learner_signals,
+                                  open_types=settings.signal_types_open),
     )
 
 
@@ -486,9 +489,15 @@ class Ingestor:
     async def ingest_validated(
         self, valid: list[ValidEvent], rejected: list[RejectedEvent], *, atomic: bool
     ) -> IngestResult:
-        """Store already-validated events (``rejected`` is carried into the result)."""
+        """Store already-validated events (``rejected`` is carried into the result).
+
+        A batch with no valid event is InvalidInput (422) with every event's errors: a 200
+        saying ``accepted: 0`` reads like success to a client that checks only the status.
+        """
         if not valid:
-            return IngestResult(rejected=rejected)
+            if rejected:
+                raise InvalidInput([err for r in rejected for err in r.errors])
+            return IngestResult()
         result = await self.committer.submit(valid, atomic)
         if rejected:
             result.rejected = sorted([*rejected, *result.rejected], key=lambda r: r.index)

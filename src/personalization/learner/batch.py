@@ -214,8 +214,14 @@ def apply_batch(
     events_topic: str,
     decay: DecayConfig,
     content: ContentCache,
+    signal_types: frozenset[str] | None = None,
 ) -> BatchResult:
-    """Fold ``messages`` into the state in ``tx`` and advance the stored offsets."""
+    """Fold ``messages`` into the state in ``tx`` and advance the stored offsets.
+
+    ``signal_types``: the types that are scored (the deployment's registry, see
+    core.signals); events of any other type are counted ``unknown_signal`` and skipped.
+    None scores every type (with the default decay where it has none).
+    """
     result = BatchResult()
     out = result.outcomes
     by_topic: dict[str, dict[int, list[Incoming]]] = defaultdict(lambda: defaultdict(list))
@@ -283,14 +289,15 @@ def apply_batch(
         tx.save_offsets(group_id, topic, new_rows)
 
     if profile_changes:
-        _apply_profile_changes(tx, profile_changes, result, decay, content.dim)
+        _apply_profile_changes(tx, profile_changes, result, decay, content.dim, signal_types)
     if events.rows:
-        _apply_events(tx, events, result, decay, content)
+        _apply_events(tx, events, result, decay, content, signal_types)
     return result
 
 
 def _apply_profile_changes(
-    tx: LearnerTx, changes: list[ProfileChange], result: BatchResult, decay: DecayConfig, dim: int
+    tx: LearnerTx, changes: list[ProfileChange], result: BatchResult, decay: DecayConfig, dim: int,
+    signal_types: frozenset[str] | None,
 ) -> None:
     """Deletes and privacy changes, judged by the profile as it is now (not as the message says)."""
     users = sorted({c.user_id for c in changes})
@@ -308,7 +315,7 @@ def _apply_profile_changes(
         elif not tx.load_embeddings([user_id]):
             # Personalization allowed and no embedding yet (new user, or consent given
             # again): build the user from the stored events, as `learner recompute` does.
-            vector = rebuild_user(tx, user_id, level, decay, dim)
+            vector = rebuild_user(tx, user_id, level, decay, dim, signal_types=signal_types)
             if vector is not None:
                 result.redis_writes[user_id] = vector
                 result.redis_deletes.discard(user_id)
@@ -336,7 +343,8 @@ def _decay_factor(
 
 
 def _apply_events(
-    tx: LearnerTx, events: _Events, result: BatchResult, decay: DecayConfig, content: ContentCache
+    tx: LearnerTx, events: _Events, result: BatchResult, decay: DecayConfig, content: ContentCache,
+    signal_types: frozenset[str] | None,
 ) -> None:
     """Fold the batch's events into scores and embeddings, all users at once (numpy)."""
     out = result.outcomes
@@ -357,6 +365,14 @@ def _apply_events(
     unknown = n - int(np.count_nonzero(keep))
     if unknown:
         out["unknown_user"] += unknown
+    if signal_types is not None:
+        # A type outside the registry (stored by a deployment with open types, or by SQL)
+        # is never scored; one membership test per distinct type, not per event.
+        scored = {st: st in signal_types for st in set(st_col)}
+        if not all(scored.values()):
+            typed = np.fromiter(map(scored.__getitem__, st_col), dtype=bool, count=n)
+            out["unknown_signal"] += int(np.count_nonzero(keep & ~typed))
+            keep &= typed
     if snapshots:
         snap_of = [snapshots.get(u) for u in users]
         for e in np.flatnonzero(keep).tolist():
@@ -599,6 +615,7 @@ def rebuild_user(
     dim: int,
     *,
     on_events: Callable[[int], None] | None = None,
+    signal_types: frozenset[str] | None = None,
 ) -> bytes | None:
     """Replace ``user_id``'s state by a fold of its stored events; returns the new vector.
 
@@ -610,6 +627,8 @@ def rebuild_user(
     snapshot, rows = tx.user_events_with_snapshot(user_id)
     if on_events is not None:
         on_events(len(rows))
+    if signal_types is not None:  # the online path skips the same types (apply_batch)
+        rows = [r for r in rows if r["signal_type"] in signal_types]
     tx.delete_scores([user_id])
     tx.delete_embeddings([user_id])
     tx.save_rebuild(user_id, snapshot)

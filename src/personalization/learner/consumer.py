@@ -68,6 +68,7 @@ class Learner:
         self.stop = stop or threading.Event()
         self.on_committed = on_committed
         self.decay = settings.decay()
+        self.signal_types = settings.signal_types()
         self.store = LearnerStore(settings.database_url)
         self.cache = EmbeddingCache(settings.redis_url, timeout_s=settings.learner_redis_timeout_s)
         self.content = ContentCache(settings.embedding_dim)
@@ -248,6 +249,7 @@ class Learner:
                 events_topic=self.settings.events_topic,
                 decay=self.decay,
                 content=self.content,
+                signal_types=self.signal_types,
             )
             # Dead letters are acknowledged before the commit: a crash in between sends
             # them again (at-least-once into the DLQ) but never loses one.

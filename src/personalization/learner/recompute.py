@@ -51,6 +51,7 @@ def recompute_users(
 ) -> RecomputeReport:
     """Rebuild ``user_ids`` (all users when None); NotFound if a named user does not exist."""
     decay = settings.decay()
+    known = settings.signal_types()
     store = LearnerStore(settings.database_url)
     cache = EmbeddingCache(settings.redis_url, timeout_s=settings.learner_redis_timeout_s)
     report = RecomputeReport()
@@ -70,7 +71,8 @@ def recompute_users(
                         raise NotFound("user", "user_id", str(user_id))
                     report.missing += 1
                     continue
-                vector = rebuild_user(tx, user_id, level, decay, settings.embedding_dim, on_events=counted.append)
+                vector = rebuild_user(tx, user_id, level, decay, settings.embedding_dim, on_events=counted.append,
+                                      signal_types=known)
             report.users += 1
             report.events += sum(counted)
             try:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from personalization.core.decay import DAY_S, DEFAULT_SIGNALS, DecayConfig, SignalDecay
+from personalization.core.signals import signal_types
 
 
 class SignalDecaySetting(BaseModel):
@@ -56,6 +57,9 @@ class LearnerSettings(BaseSettings):
     # Half-life of the user embedding (seconds) and per-signal overrides of the decay.
     learner_embedding_half_life_s: float = Field(default=30 * DAY_S, gt=0)
     learner_signals: dict[str, SignalDecaySetting] = Field(default_factory=dict)
+    # The operator's extra signal types (the API's setting of the same name): scored with
+    # the default decay unless learner_signals names them.
+    signal_types_extra: tuple[str, ...] = ()
     # After a restart, embeddings changed this recently are written to Redis again (a crash
     # between a commit and its Redis write would otherwise leave the key stale until TTL).
     learner_redis_resync_s: float = Field(default=600.0, ge=0)
@@ -89,6 +93,10 @@ class LearnerSettings(BaseSettings):
     def topics(self) -> list[str]:
         """Topics the learner subscribes to."""
         return [self.events_topic, *([self.profiles_topic] if self.learner_follow_profiles else [])]
+
+    def signal_types(self) -> frozenset[str]:
+        """The types the learner scores: the registry (core.signals) of this deployment."""
+        return signal_types(extra=self.signal_types_extra, learner=self.learner_signals).known
 
     def decay(self) -> DecayConfig:
         """The decay configuration: the project defaults with this deployment's overrides."""
