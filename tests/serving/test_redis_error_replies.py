@@ -275,3 +275,32 @@ async def test_error_replies_degrade_like_an_outage(fault: Fault, client: httpx.
     body = (await client.get(f"/v1/users/{users[0]}/preferences")).json()
     assert body["profile"]["denomination"] == "methodist"
     assert (await client.get(f"/v1/users/{users[0]}/preferences")).json()["source"] == "cache"
+
+
+async def test_erase_while_redis_refuses_writes_is_503_and_changes_nothing(
+    tmp_path: Path, db_url: str
+) -> None:
+    # Erase deletes the user's Redis keys inside its transaction: a refusing Redis rolls it
+    # back, and the client is told to retry (503), not "internal error".
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        cfg = Settings(database_url=db_url, redis_url=server.url, auth_dev_mode=True, erase_kafka_tombstones=False)
+        async with open_platform(cfg) as platform:
+            app = create_app(cfg, platform=platform)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+                uid = uuid.uuid4()
+                assert (await c.put(f"/v1/users/{uid}", json={"denomination": "baptist"})).status_code == 201
+                assert (await c.post("/v1/events", json={"events": _events([uid], 3)})).status_code == 200
+                with contextlib.closing(server.client()) as admin:
+                    admin.execute_command("REPLICAOF", "127.0.0.1", free_port())
+                    _wait(lambda: _replies_error(admin, "READONLY", "SET", "probe", "1"), "READONLY")
+                r = await c.delete(f"/v1/users/{uid}", params={"erase": "true"})
+                assert r.status_code == 503, r.text
+                assert r.json()["detail"][0]["type"] == "unavailable" and "Retry-After" in r.headers
+                assert (await c.get(f"/v1/users/{uid}")).status_code == 200
+    finally:
+        server.stop()
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT count(*) FROM personalization_events WHERE user_id = %s", (uid,)).fetchone()
+    assert row == (3,)

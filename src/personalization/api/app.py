@@ -21,7 +21,15 @@ from personalization.api.responses import JSONBody
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
 from personalization.core.models import EventBatch, Profile, ProfileIn, ProfilePatch, Trait, TraitIn
-from personalization.errors import Conflict, FieldError, InvalidInput, NotFound, StoreError, StoreUnavailable
+from personalization.errors import (
+    CacheUnavailable,
+    Conflict,
+    FieldError,
+    InvalidInput,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+)
 from personalization.security.authenticator import Principal
 
 log = logging.getLogger("personalization.api")
@@ -102,6 +110,15 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     @app.exception_handler(Conflict)
     async def on_conflict(_: Request, exc: Conflict) -> JSONBody:
         return _error(409, [{"loc": exc.loc, "msg": str(exc), "type": "conflict"}])
+
+    @app.exception_handler(CacheUnavailable)
+    async def on_cache_down(_: Request, exc: CacheUnavailable) -> JSONBody:
+        # Only where Redis is part of the operation itself (erase deletes the user's keys in
+        # its transaction, so nothing was changed); every other path degrades instead.
+        log.error("Redis unavailable: %s", exc)
+        body = _error(503, [{"loc": [], "msg": "cache unavailable, retry later", "type": "unavailable"}])
+        body.headers["Retry-After"] = "5"
+        return body
 
     @app.exception_handler(StoreUnavailable)
     async def on_store_down(_: Request, exc: StoreUnavailable) -> JSONBody:

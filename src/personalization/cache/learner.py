@@ -27,9 +27,9 @@ class EmbeddingCache:
         self._set_many = self._client.register_script(lua_script("set_embeddings"))
 
     def ping(self) -> None:
-        """Raise CacheUnavailable unless Redis answers."""
+        """Raise CacheUnavailable unless Redis accepts a write (a read-only or full Redis answers PING)."""
         with wrap_exceptions():
-            self._client.ping()
+            self._client.set(keys.health_probe(), b"1", ex=keys.HEALTH_PROBE.ttl_s)
 
     def apply(self, writes: Iterable[tuple[UUID, bytes]], deletes: Iterable[UUID]) -> None:
         """SET (with the 6 h TTL) every ``writes`` entry and DEL every ``deletes`` key, in one round trip.
