@@ -54,7 +54,12 @@ def _weight_in_range(v: Decimal) -> Decimal:
     return v
 
 
-SignalWeight = Annotated[Decimal, Field(allow_inf_nan=False), AfterValidator(_weight_in_range)]
+SignalWeight = Annotated[
+    Decimal,
+    Field(allow_inf_nan=False, description=f"signal weight: {WEIGHT_RANGE_MESSAGE}",
+          json_schema_extra={"minimum": float(WEIGHT_MIN), "maximum": float(WEIGHT_MAX)}),
+    AfterValidator(_weight_in_range),
+]
 # NUMERIC(3,2) constrained to the [0, 1] the API promises.
 Confidence = Annotated[Decimal, Field(max_digits=3, decimal_places=2, ge=0, le=1, allow_inf_nan=False)]
 
