@@ -32,6 +32,7 @@ __all__ = [
     "ensure_publication_and_slot",
     "initial_offset",
     "preflight",
+    "prepare",
     "read_slot",
     "seed_jdbc_offsets",
     "slot_lsn",
@@ -292,3 +293,21 @@ def drop_slot_and_publication(
         clear_offsets(conn, settings)
         dropped.append("stored offsets")
     return dropped
+
+
+def prepare(settings: CdcSettings) -> tuple[bool, int | None]:
+    """Check the database and create what the relay needs; ``(slot created now, LSN to seed or None)``.
+
+    On a first start (or after ``reset-offsets``) in ``no_data`` mode the relay must resume
+    exactly at the slot: the slot's LSN is returned, and stored here when offsets live in
+    the JDBC table (the file store is seeded by the relay once the JVM runs).
+    """
+    with connect(settings) as conn:
+        preflight(conn, settings)
+        created = ensure_publication_and_slot(conn, settings)
+        seed_lsn: int | None = None
+        if settings.cdc_snapshot_mode == "no_data" and stored_lsn(conn, settings) is None:
+            seed_lsn = slot_lsn(conn, settings)
+            if not settings.cdc_offsets_file:
+                seed_jdbc_offsets(conn, settings, seed_lsn)
+    return created, seed_lsn
