@@ -27,7 +27,7 @@ from personalization.config import Settings
 from personalization.core.fast_events import fast_events
 from personalization.core.models import DEFAULT_LIMITS
 from personalization.core.signals import BUILTIN_SIGNAL_TYPES
-from personalization.ingest.events import _parse_events_full
+from personalization.ingest.validation import _parse_events_full
 
 NOW = datetime.now(UTC)
 MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]

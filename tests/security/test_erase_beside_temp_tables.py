@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 from personalization.cli.main import app as cli_app
 from personalization.learner.consumer import Learner
 from personalization.learner.settings import LearnerSettings
-from personalization.nightly.job import NightlyJob, NightlySettings, export_features
+from personalization.nightly.export import export_features
+from personalization.nightly.job import NightlyJob, NightlySettings
 from personalization_dev.synthetic import produce, producer
 from personalization_dev.testing.learner import fill_population, stream_order, wait_consumed
 

@@ -26,6 +26,9 @@ from personalization.cache import keys
 from personalization.config import Settings
 from personalization.errors import CacheUnavailable
 
+AsyncRedis = aioredis.Redis
+"""The async client type, for use cases that hold one without importing redis-py."""
+
 
 class RecentFailures:
     """When the last Redis call of this process failed, and why (for ``/healthz``).
