@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from personalization.cache.client import FAILURES, make_client, probe
+from personalization.cache.client import make_client, probe
 from personalization.cache.events import EventCache
 from personalization.cache.serving import ServingCache
 from personalization.config import Settings
@@ -42,7 +42,8 @@ class Platform:
             await probe(self.redis)
         except CacheUnavailable as exc:
             return str(exc)
-        return FAILURES.within(self.settings.redis_health_window_s)
+        window = self.settings.redis_health_window_s
+        return self.events_cache.failures.within(window) or self.serving.guard.failed_within(window)
 
 
 @contextlib.asynccontextmanager

@@ -79,8 +79,8 @@ class Settings(BaseSettings):
     erase_kafka_tombstones: bool = True
 
     # Faults and bad input (issue 17; docs/faults.md).  /healthz says Redis is degraded while a
-    # Redis call of this process failed less than this long ago: a probe alone cannot see a
-    # refused script (CROSSSLOT) or a clobbered key (WRONGTYPE).
+    # Redis call of the write or read path failed less than this long ago: a probe alone cannot
+    # see a refused script (CROSSSLOT) or a clobbered key (WRONGTYPE).
     redis_health_window_s: float = Field(default=5.0, ge=0)
     # Signal types accepted besides the built-in ones and the learner's configured ones
     # (core.signals), as JSON: '["prayed", "note_added"]'.

@@ -31,10 +31,11 @@ AsyncRedis = aioredis.Redis
 
 
 class RecentFailures:
-    """When the last Redis call of this process failed, and why (for ``/healthz``).
+    """When an owner's last Redis call failed, and why (for ``/healthz``).
 
     A probe alone cannot see every refusal: a server that accepts the probe's write may
-    still refuse a script (CROSSSLOT) or one clobbered key (WRONGTYPE).
+    still refuse a script (CROSSSLOT) or one clobbered key (WRONGTYPE).  The write path's
+    adapter keeps one (per platform, not per process).
     """
 
     def __init__(self) -> None:
@@ -55,9 +56,6 @@ class RecentFailures:
             return self._error
 
 
-FAILURES = RecentFailures()
-
-
 def describe(exc: redis.exceptions.RedisError) -> str:
     """One line naming the failure: the class (redis-py drops the reply's code) and the text."""
     text = str(exc).splitlines()[0] if str(exc) else ""
@@ -70,9 +68,7 @@ def wrap_exceptions() -> Iterator[None]:
     try:
         yield
     except redis.exceptions.RedisError as exc:
-        msg = describe(exc)
-        FAILURES.note(msg)
-        raise CacheUnavailable(msg) from exc
+        raise CacheUnavailable(describe(exc)) from exc
 
 
 async def probe(client: aioredis.Redis) -> None:
