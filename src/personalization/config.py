@@ -10,14 +10,46 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from personalization.core.decay import DAY_S, DEFAULT_SIGNALS, DecayConfig, SignalDecay
 
 SERVICE_URL_VARS = (
     "PERSONALIZATION_DATABASE_URL",
     "PERSONALIZATION_REDIS_URL",
     "PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS",
 )
+
+
+class SignalDecaySetting(BaseModel):
+    """One signal type's scale (signed) and half-life in seconds."""
+
+    scale: float
+    half_life_s: float = Field(gt=0)
+
+
+class DecaySettings(BaseSettings):
+    """The decay of signals (:mod:`personalization.core.decay`): the one place that reads it.
+
+    The variables keep their historical ``PERSONALIZATION_LEARNER_`` names, but every consumer
+    (online learner, recompute, nightly snapshot and so the feature export, data-rights export)
+    receives :meth:`config` from here, so an operator's override reaches all of them.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PERSONALIZATION_LEARNER_", extra="ignore", populate_by_name=True)
+
+    # Per-signal overrides of core.decay.DEFAULT_SIGNALS, e.g. {"skip": {"scale": -1, "half_life_s": 259200}}.
+    signals: dict[str, SignalDecaySetting] = Field(default_factory=dict)
+    # Half-life of the user embedding (seconds).
+    embedding_half_life_s: float = Field(default=30 * DAY_S, gt=0)
+
+    def config(self) -> DecayConfig:
+        """The decay configuration: the project defaults with this deployment's overrides."""
+        signals = dict(DEFAULT_SIGNALS)
+        for name, s in self.signals.items():
+            signals[name] = SignalDecay(s.scale, s.half_life_s)
+        return DecayConfig(signals=signals, embedding_half_life_s=self.embedding_half_life_s)
 
 
 class Settings(BaseSettings):
@@ -74,6 +106,9 @@ class Settings(BaseSettings):
     kafka_timeout_s: float = Field(default=5.0, gt=0)
     # Erase publishes tombstones for the user's key on the CDC topics (off only where no Kafka exists).
     erase_kafka_tombstones: bool = True
+
+    # Decay of signals, shared by every consumer (PERSONALIZATION_LEARNER_SIGNALS, ...).
+    decay: DecaySettings = Field(default_factory=DecaySettings)
 
 
 def configured_service_urls() -> bool:

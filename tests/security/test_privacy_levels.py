@@ -17,6 +17,7 @@ import psycopg
 from security_helpers import populate_user
 
 from personalization.config import Settings
+from personalization.core.decay import DEFAULT_DECAY
 
 DIM = 384
 LEVELS = ("standard", "limited", "private")
@@ -86,6 +87,6 @@ async def test_each_level_on_every_path(open_client: httpx.AsyncClient, settings
     if _has("personalization.nightly.job"):
         from personalization.nightly.job import NightlyJob
 
-        await asyncio.to_thread(NightlyJob(db_url).run)
+        await asyncio.to_thread(NightlyJob(db_url, decay=DEFAULT_DECAY).run)
         q_feat = "SELECT count(*) FROM feature_store.user_signal_features WHERE user_id = %s"
         assert [_count(db_url, q_feat, users[lv]) > 0 for lv in LEVELS] == [True, False, False]

@@ -37,7 +37,6 @@ def _sigterm_exits() -> None:
 
 def _setup() -> tuple[str, Any]:
     from personalization import logging_setup
-    from personalization.config import get_settings
     from personalization.nightly.job import NightlySettings
 
     logging_setup.configure()
@@ -45,7 +44,23 @@ def _setup() -> tuple[str, Any]:
         nightly = NightlySettings()
     except ValueError as exc:
         fail(f"invalid PERSONALIZATION_NIGHTLY_* setting: {exc}", ExitCode.BAD_INPUT)
-    return get_settings().database_url, nightly
+    return _app_settings().database_url, nightly
+
+
+def _app_settings() -> Any:
+    from personalization.config import get_settings
+
+    try:
+        return get_settings()
+    except ValueError as exc:
+        fail(f"invalid setting: {exc}", ExitCode.BAD_INPUT)
+
+
+def _job(url: str, settings: Any) -> Any:
+    from personalization.nightly.job import NightlyJob
+
+    # The deployment's decay (PERSONALIZATION_LEARNER_SIGNALS), as the online learner has it.
+    return NightlyJob(url, settings, decay=_app_settings().decay.config())
 
 
 def _quiet(json_out: bool) -> bool:
@@ -64,11 +79,11 @@ def nightly(
     json_out: bool = typer.Option(False, "--json", help="print the outcome as one JSON line"),
 ) -> None:
     """Refresh user_signal_rollups and write the dated feature-store snapshot."""
-    from personalization.nightly.job import NightlyJob, NightlyRunning
+    from personalization.nightly.job import NightlyRunning
 
     url, settings = _setup()
     _sigterm_exits()
-    job = NightlyJob(url, settings)
+    job = _job(url, settings)
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                       transient=True, disable=_quiet(json_out)) as progress:
@@ -95,7 +110,7 @@ def schedule(
     metrics_port: int = typer.Option(0, help="serve Prometheus metrics on this port (0: off)"),
 ) -> None:
     """Run the nightly job on PERSONALIZATION_NIGHTLY_CRON in PERSONALIZATION_NIGHTLY_TIMEZONE (until stopped)."""
-    from personalization.nightly.job import NightlyJob, NightlyScheduler
+    from personalization.nightly.job import NightlyScheduler
 
     url, settings = _setup()
     _sigterm_exits()
@@ -104,7 +119,7 @@ def schedule(
 
         start_http_server(metrics_port, addr="127.0.0.1")
     try:
-        sched = NightlyScheduler(NightlyJob(url, settings))
+        sched = NightlyScheduler(_job(url, settings))
         err.print(f"scheduler: cron {settings.cron!r} in {settings.timezone}", highlight=False)
         sched.start(blocking=True)
     except InvalidInput as exc:
@@ -121,11 +136,9 @@ def runs(
     """The ledger of nightly runs, newest first."""
     from rich.table import Table
 
-    from personalization.nightly.job import NightlyJob
-
     url, settings = _setup()
     try:
-        rows = NightlyJob(url, settings).runs(limit)
+        rows = _job(url, settings).runs(limit)
     except PersonalizationError as exc:
         fail(str(exc), exit_code_for(exc))
     if json_out:
@@ -142,11 +155,9 @@ def runs(
 @app.command("snapshots")
 def snapshots(json_out: bool = typer.Option(False, "--json")) -> None:
     """The feature-store snapshots that exist."""
-    from personalization.nightly.job import NightlyJob
-
     url, settings = _setup()
     try:
-        rows = NightlyJob(url, settings).snapshots()
+        rows = _job(url, settings).snapshots()
     except PersonalizationError as exc:
         fail(str(exc), exit_code_for(exc))
     for r in rows:

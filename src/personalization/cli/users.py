@@ -88,7 +88,7 @@ def export(
 
     async def main() -> None:
         async with open_platform(settings) as p:
-            exporter = Exporter(p.db, p.redis)
+            exporter = Exporter(p.db, p.redis, p.settings.decay.config())
             await exporter.check(uid)
             sink = out.open("wb") if out else sys.stdout.buffer
             try:

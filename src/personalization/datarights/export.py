@@ -30,7 +30,7 @@ from psycopg.rows import dict_row
 
 from personalization.cache import keys
 from personalization.cache.client import wrap_exceptions as redis_errors
-from personalization.core.decay import DEFAULT_DECAY, DecayConfig, event_score
+from personalization.core.decay import DecayConfig, event_score
 from personalization.core.privacy import policy_for
 from personalization.errors import CacheUnavailable, NotFound
 from personalization.security import audit
@@ -121,7 +121,7 @@ async def _other_tables(conn: AsyncConnection[Any], user_id: uuid.UUID) -> dict[
 class Exporter:
     """The export use case: check the user exists, then stream the document."""
 
-    def __init__(self, db: Database, redis: aioredis.Redis, decay: DecayConfig = DEFAULT_DECAY) -> None:
+    def __init__(self, db: Database, redis: aioredis.Redis, decay: DecayConfig) -> None:
         self.db = db
         self.redis = redis
         self.decay = decay

@@ -6,17 +6,11 @@ URLs plus its own ``PERSONALIZATION_LEARNER_*`` knobs.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from personalization.core.decay import DAY_S, DEFAULT_SIGNALS, DecayConfig, SignalDecay
-
-
-class SignalDecaySetting(BaseModel):
-    """One signal type's scale (signed) and half-life in seconds."""
-
-    scale: float
-    half_life_s: float = Field(gt=0)
+from personalization.config import DecaySettings
+from personalization.core.decay import DecayConfig
 
 
 class LearnerSettings(BaseSettings):
@@ -53,9 +47,9 @@ class LearnerSettings(BaseSettings):
     learner_dlq_topic: str | None = None
     # The one embedding dimension (content vectors of another length are counted, not used).
     embedding_dim: int = Field(default=384, ge=1, le=8192)
-    # Half-life of the user embedding (seconds) and per-signal overrides of the decay.
-    learner_embedding_half_life_s: float = Field(default=30 * DAY_S, gt=0)
-    learner_signals: dict[str, SignalDecaySetting] = Field(default_factory=dict)
+    # PERSONALIZATION_LEARNER_SIGNALS and _EMBEDDING_HALF_LIFE_S: read by config.DecaySettings,
+    # the one owner of the decay that the nightly job and the exports use as well.
+    decay_settings: DecaySettings = Field(default_factory=DecaySettings)
     # After a restart, embeddings changed this recently are written to Redis again (a crash
     # between a commit and its Redis write would otherwise leave the key stale until TTL).
     learner_redis_resync_s: float = Field(default=600.0, ge=0)
@@ -91,8 +85,5 @@ class LearnerSettings(BaseSettings):
         return [self.events_topic, *([self.profiles_topic] if self.learner_follow_profiles else [])]
 
     def decay(self) -> DecayConfig:
-        """The decay configuration: the project defaults with this deployment's overrides."""
-        signals = dict(DEFAULT_SIGNALS)
-        for name, s in self.learner_signals.items():
-            signals[name] = SignalDecay(s.scale, s.half_life_s)
-        return DecayConfig(signals=signals, embedding_half_life_s=self.learner_embedding_half_life_s)
+        """The decay configuration (:meth:`personalization.config.DecaySettings.config`)."""
+        return self.decay_settings.config()

@@ -55,7 +55,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from personalization.core.decay import DEFAULT_DECAY, DecayConfig
+from personalization.core.decay import DecayConfig
 from personalization.core.privacy import DEFAULT_PRIVACY_LEVEL, POLICIES
 from personalization.errors import Conflict, FieldError, InvalidInput
 from personalization.store.nightly import NightlyStore, PrivacyFilter, RefreshMode, SwapPolicy
@@ -172,8 +172,10 @@ class RunResult:
 class NightlyJob:
     """Refresh rollups and write the dated feature snapshot."""
 
-    def __init__(self, database_url: str, settings: NightlySettings | None = None,
-                 decay: DecayConfig = DEFAULT_DECAY) -> None:
+    def __init__(self, database_url: str, settings: NightlySettings | None = None, *,
+                 decay: DecayConfig) -> None:
+        # No default decay: the caller passes the deployment's (config.DecaySettings), the
+        # same one the online learner uses, so snapshots and online scores agree.
         self.settings = settings or NightlySettings()
         self.decay = decay
         self.store = NightlyStore(database_url, work_mem=self.settings.work_mem,

@@ -111,7 +111,7 @@ def run_nightly_bench(settings: Settings, *, events: int, users: int, entities: 
     with scratch_database(settings, "nightly") as url, Progress(disable=not progress, transient=True) as prog:
         task = prog.add_task("loading events (COPY)", total=None)
         ids = load(url, events=events, users=users)
-        job = NightlyJob(url, nightly)
+        job = NightlyJob(url, nightly, decay=settings.decay.config())
         base_s: list[float] = []
         refresh_s: list[float] = []
         job_s: list[float] = []
