@@ -22,8 +22,7 @@ import pytest
 
 from personalization.core.decay import DEFAULT_DECAY
 from personalization.errors import StoreError
-from personalization.learner.batch import BatchResult, ContentCache, Incoming, apply_batch
-from personalization.learner.envelope import (
+from personalization.kafka.envelope import (
     EPOCH,
     ONE_US,
     EventRecord,
@@ -31,6 +30,7 @@ from personalization.learner.envelope import (
     parse_event_message,
     read_insert_fast,
 )
+from personalization.learner.batch import BatchResult, ContentCache, Incoming, apply_batch
 from personalization.learner.model import add_to_embedding, add_to_score, content_unit_vector
 from personalization.store.learner import LearnerStore, ScoreBatch
 from personalization.store.pgbinary import encode_rows

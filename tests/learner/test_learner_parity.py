@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from personalization.cache import keys
 from personalization.core.decay import DEFAULT_DECAY
-from personalization.learner.envelope import parse_event_message
+from personalization.kafka.envelope import parse_event_message
 from personalization.learner.recompute import recompute_users
 from personalization.learner.settings import LearnerSettings
 from personalization_dev.synthetic import envelope, key_for, produce, producer

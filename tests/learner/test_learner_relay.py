@@ -20,9 +20,9 @@ import pytest
 import redis
 
 from personalization.cache import keys
+from personalization.kafka.envelope import EventRecord, FastInsert, parse_event_message, read_insert_fast
 from personalization.learner import batch
 from personalization.learner.consumer import Learner
-from personalization.learner.envelope import EventRecord, FastInsert, parse_event_message, read_insert_fast
 from personalization.learner.recompute import recompute_users
 from personalization.learner.settings import LearnerSettings
 from personalization_dev.relayproc import RelayProcess

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from personalization.cli.learner import app as learner_app
 from personalization.core.decay import DEFAULT_DECAY
-from personalization.learner.envelope import (
+from personalization.kafka.envelope import (
     EventRecord,
     Ignored,
     MalformedMessage,

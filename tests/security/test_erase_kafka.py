@@ -93,6 +93,6 @@ async def test_kafka_down_is_503_partial_and_audited(
 
 
 def test_the_learner_reads_the_tombstone_as_an_erase() -> None:
-    envelope = pytest.importorskip("personalization.learner.envelope")
+    envelope = pytest.importorskip("personalization.kafka.envelope")
     uid = uuid.uuid4()
     assert envelope.parse_event_message(cdc_key(uid), None) == envelope.UserErased(uid)

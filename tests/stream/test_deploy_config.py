@@ -7,6 +7,7 @@ from pathlib import Path
 
 from personalization.changestream.relay import debezium_properties
 from personalization.changestream.settings import CdcSettings
+from personalization.kafka import names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kafka-connect"
 
@@ -46,3 +47,15 @@ def test_documented_topics_follow_the_connector_config() -> None:
     assert sorted(documented["topics"]) == sorted(f"{connector['topic.prefix']}.{t}" for t in tables)
     assert CdcSettings().events_topic in documented["topics"]
     assert documented["decimal_encoding"] == connector["decimal.handling.mode"]
+
+
+def test_connector_captures_what_the_consumers_read() -> None:
+    """The learner's topics and the cache-invalidation consumer's (profile, traits) are all produced."""
+    connector = json.loads((DEPLOY / "personalization-events-connector.json").read_text())["config"]
+    prefix = connector["topic.prefix"]
+    tables = [t.removeprefix(f"{names.SCHEMA}.") for t in connector["table.include.list"].split(",")]
+    captured = set(names.cdc_topics(prefix, tables))
+    assert set(names.invalidation_topics(prefix)) <= captured
+    assert names.events_topic(prefix) in captured and names.profile_topic(prefix) in captured
+    # Trait rows are keyed by their user, like events, so one user's changes share a partition.
+    assert "public.user_traits:user_id" in connector["message.key.columns"].split(";")

@@ -22,14 +22,12 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from personalization.cache import keys
+from personalization.cache.serving import generation_invalidator
 from personalization.changestream import pgadmin
 from personalization.changestream.settings import CdcSettings
 from personalization.cli.cdc import app as cdc_app
-from personalization.serving.invalidation import (
-    preferences_key,
-    redis_invalidator,
-    run_invalidation_consumer,
-)
+from personalization.serving.invalidation import run_invalidation_consumer
 from personalization_dev.relayproc import RelayProcess
 from personalization_dev.testing.kafka import consume, new_consumer, relay_env
 
@@ -203,13 +201,13 @@ def test_profile_and_trait_changes_invalidate_preferences(relay: Relay, redis_ur
     client = redis.Redis.from_url(redis_url)
     user, other = uuid.uuid4(), uuid.uuid4()
     for u in (user, other):
-        client.hset(preferences_key(u), "tone", "gentle")
+        client.hset(keys.user_preferences(u), "tone", "gentle")
     seen: list[UUID] = []
-    delete_in_redis = redis_invalidator(redis_url)
+    api_protocol = generation_invalidator(redis_url)
 
     def invalidate(user_id: UUID) -> None:
+        api_protocol(user_id)
         seen.append(user_id)
-        delete_in_redis(user_id)
 
     stop = threading.Event()
     thread = threading.Thread(
@@ -237,7 +235,7 @@ def test_profile_and_trait_changes_invalidate_preferences(relay: Relay, redis_ur
             )
             wait_for(user, other)
             for u in (user, other):
-                client.hset(preferences_key(u), "tone", "gentle")
+                client.hset(keys.user_preferences(u), "tone", "gentle")
             seen.clear()
             # Writes that bypass the API: a trait deleted and a profile updated in SQL.
             conn.execute("DELETE FROM user_traits WHERE trait_id = %s", (trait_id,))
@@ -247,8 +245,8 @@ def test_profile_and_trait_changes_invalidate_preferences(relay: Relay, redis_ur
     finally:
         stop.set()
         thread.join(timeout=30)
-    assert client.exists(preferences_key(user)) == 0
-    assert client.exists(preferences_key(other)) == 0
+    assert client.exists(keys.user_preferences(user)) == 0
+    assert client.exists(keys.user_preferences(other)) == 0
 
 
 def test_retained_wal_metric_is_exposed(relay: Relay) -> None:

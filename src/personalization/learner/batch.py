@@ -7,7 +7,7 @@ come from three checks made under the partition's offset-row lock:
 1. offset: a message below the stored ``next_offset`` was applied by an earlier batch
    (possibly of another member before a rebalance) and is skipped;
 2. source position: a message at or below the partition's high-water position is a
-   re-send of the at-least-once relay and is skipped (see ``learner.envelope``);
+   re-send of the at-least-once relay and is skipped (see ``kafka.envelope``);
 3. recomputation snapshot: a record whose transaction is visible in the user's last
    ``learner recompute`` snapshot is already counted and is skipped.
 
@@ -40,8 +40,7 @@ import numpy.typing as npt
 
 from personalization.core.decay import DecayConfig
 from personalization.core.privacy import policy_for
-from personalization.learner import metrics
-from personalization.learner.envelope import (
+from personalization.kafka.envelope import (
     EPOCH,
     ONE_US,
     EventRecord,
@@ -55,6 +54,7 @@ from personalization.learner.envelope import (
     parse_profile_message,
     read_insert_fast,
 )
+from personalization.learner import metrics
 from personalization.learner.model import (
     ContentVector,
     add_to_embedding,

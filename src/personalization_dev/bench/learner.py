@@ -44,10 +44,10 @@ from personalization.cache.learner import EmbeddingCache
 from personalization.changestream import pgadmin
 from personalization.changestream.settings import CdcSettings
 from personalization.config import Settings
+from personalization.kafka.envelope import parse_event_message, read_insert_fast
 from personalization.kafka.topics import ensure_topics
 from personalization.learner.batch import BatchResult
 from personalization.learner.consumer import Learner
-from personalization.learner.envelope import parse_event_message, read_insert_fast
 from personalization.learner.settings import LearnerSettings
 from personalization_dev.bench.common import bench_relay_env, percentile, scratch_database
 from personalization_dev.broker import LocalBroker
