@@ -22,6 +22,7 @@ import pytest
 
 from personalization.core.decay import DEFAULT_DECAY
 from personalization.errors import StoreError
+from personalization.kafka import names
 from personalization.kafka.envelope import (
     EPOCH,
     ONE_US,
@@ -171,7 +172,7 @@ def test_binary_copy_rows_round_trip(db_url: str) -> None:
 
 
 DIM = 8
-TOPIC = "pz.public.personalization_events"
+TOPIC = names.events_topic("pz")
 
 
 def test_batch_fold_equals_the_per_user_fold(db_url: str) -> None:

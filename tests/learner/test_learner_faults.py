@@ -21,6 +21,7 @@ import redis
 from prometheus_client import generate_latest
 
 from personalization.cache import keys
+from personalization.kafka import names
 from personalization.learner import metrics
 from personalization.learner.batch import BatchResult
 from personalization.learner.consumer import Learner
@@ -116,7 +117,7 @@ def test_outage_pauses_without_committing_and_resumes_without_loss(
         else Cuttable(rd.hostname or "127.0.0.1", rd.port or 6379)
     )
     prefix = f"lf{uuid.uuid4().hex[:8]}"
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     group = f"g-{uuid.uuid4().hex[:8]}"
     pop = fill_population(db_url, users=6, contents=10, events=600, dim=DIM, seed=5)
     stream = stream_order(pop.rows)

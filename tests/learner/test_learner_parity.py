@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING
 
 from personalization.cache import keys
 from personalization.core.decay import DEFAULT_DECAY
+from personalization.kafka import names
 from personalization.kafka.envelope import parse_event_message
 from personalization.learner.recompute import recompute_users
 from personalization.learner.settings import LearnerSettings
@@ -86,7 +87,7 @@ def test_online_state_equals_recompute_after_replays_reordering_and_kill_9(
     limited, private = pop.users[0], pop.users[1]
     stream = stream_order(pop.rows)
     rng = random.Random(3)
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     malformed: list[tuple[bytes | None, bytes | None]] = [
         (b'{"user_id":null}', b"not json at all"),
         (key_for(pop.users[2]), b'{"hello": "world"}'),
@@ -191,7 +192,7 @@ def test_online_state_equals_recompute_after_replays_reordering_and_kill_9(
         assert cached[u] == vec
 
     # The malformed messages went to the dead-letter topic with their origin.
-    dlq = new_consumer(kafka_bootstrap, f"{prefix}.learner.dlq")
+    dlq = new_consumer(kafka_bootstrap, names.learner_dlq_topic(prefix))
     try:
         dead = consume(dlq, len(malformed), timeout_s=30)
     finally:

@@ -16,6 +16,7 @@ from personalization.api.app import create_app
 from personalization.composition import Platform
 from personalization.config import Settings
 from personalization.datarights.erase import Eraser, KafkaTombstones, cdc_key, cdc_topics
+from personalization.kafka import names
 from personalization_dev.testing.kafka import consume, new_consumer
 
 
@@ -32,7 +33,7 @@ async def test_erase_sends_tombstones_to_the_users_partition(
                                                           "kafka_topic_prefix": prefix,
                                                           "erase_kafka_tombstones": True}))
     topics = cdc_topics(settings)
-    assert topics[0] == f"{prefix}.public.personalization_events" and len(topics) == 3
+    assert topics == names.cdc_topics(prefix)
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     for f in admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=1) for t in topics]).values():
         f.result(30)

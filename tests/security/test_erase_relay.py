@@ -14,6 +14,7 @@ import pytest
 from personalization.composition import open_platform
 from personalization.config import Settings
 from personalization.datarights.erase import Eraser, KafkaTombstones, cdc_key
+from personalization.kafka import names
 from personalization_dev.testing.kafka import consume, new_consumer, relay_env, scratch_database
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,7 @@ async def test_tombstone_key_and_partition_match_the_relay(
 
     prefix = f"er{uuid.uuid4().hex[:8]}"
     env = relay_env(relay_db, kafka_bootstrap, prefix)
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     users = [uuid.uuid4() for _ in range(4)]
     with RelayProcess(env) as relay:
         relay.start()

@@ -27,6 +27,7 @@ from personalization.cache.serving import generation_invalidator
 from personalization.changestream import pgadmin
 from personalization.changestream.settings import CdcSettings
 from personalization.cli.cdc import app as cdc_app
+from personalization.kafka import names
 from personalization.serving.invalidation import run_invalidation_consumer
 from personalization_dev.relayproc import RelayProcess
 from personalization_dev.testing.kafka import consume, new_consumer, relay_env
@@ -152,7 +153,7 @@ def test_envelope_matches_kafka_connect_documentation(relay: Relay) -> None:
         _insert_event(conn, user, f"{marker}-x", "0.500")
     [message] = _events_for(relay, marker, 1)
     envelope = json.loads(message.value())
-    topic_doc = documented["topics"]["personalization.public.personalization_events"]
+    topic_doc = documented["topics"][names.events_topic("personalization")]
     assert message.topic() == relay.settings.events_topic
     assert relay.settings.events_topic.split(".", 1)[1] == "public.personalization_events"
     assert set(envelope) == set(documented["envelope"])

@@ -57,6 +57,7 @@ from personalization.changestream.metrics import (
     WalMonitor,
 )
 from personalization.changestream.settings import CdcSettings
+from personalization.kafka import names
 from personalization.kafka.kafkalog import client_logging
 
 __all__ = [
@@ -134,7 +135,9 @@ def debezium_properties(settings: CdcSettings) -> dict[str, str]:
         "publication.autocreate.mode": "disabled",
         "slot.name": settings.cdc_slot_name,
         "snapshot.mode": settings.cdc_snapshot_mode,
-        "message.key.columns": ("public.personalization_events:user_id;public.user_traits:user_id"),
+        # Events and traits are keyed by their user (user_profile's primary key already is).
+        "message.key.columns": ";".join(f"{names.qualified_table(t)}:user_id"
+                                        for t in (names.EVENTS_TABLE, names.TRAITS_TABLE)),
         "decimal.handling.mode": "string",
         "tombstones.on.delete": "false",
         "converter.schemas.enable": "false",

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from personalization.kafka import names
+
 SnapshotMode = Literal["no_data", "initial", "when_needed"]
 
 
@@ -60,12 +62,19 @@ class CdcSettings(BaseSettings):
     @property
     def events_topic(self) -> str:
         """Debezium's topic name: ``<prefix>.public.personalization_events``."""
-        return f"{self.kafka_topic_prefix}.public.personalization_events"
+        return names.events_topic(self.kafka_topic_prefix)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The captured tables (unqualified), events first."""
+        return names.CAPTURED_TABLES if self.cdc_capture_profile else (names.EVENTS_TABLE,)
 
     @property
     def captured_tables(self) -> list[str]:
         """Schema-qualified tables in the publication."""
-        tables = ["public.personalization_events"]
-        if self.cdc_capture_profile:
-            tables += ["public.user_profile", "public.user_traits"]
-        return tables
+        return [names.qualified_table(t) for t in self.tables]
+
+    @property
+    def captured_topics(self) -> list[str]:
+        """The topics the relay produces to (one per captured table)."""
+        return names.cdc_topics(self.kafka_topic_prefix, self.tables)

@@ -110,7 +110,7 @@ def cdc_topics(settings: Settings) -> list[str]:
 
     cdc = CdcSettings(kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
                       kafka_topic_prefix=settings.kafka_topic_prefix)
-    return [f"{settings.kafka_topic_prefix}.{table}" for table in cdc.captured_tables]
+    return cdc.captured_topics
 
 
 def cdc_key(user_id: uuid.UUID) -> bytes:

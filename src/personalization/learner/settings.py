@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from personalization.config import DecaySettings
 from personalization.core.decay import DecayConfig
+from personalization.kafka import names
 
 
 class LearnerSettings(BaseSettings):
@@ -67,17 +68,17 @@ class LearnerSettings(BaseSettings):
     @property
     def events_topic(self) -> str:
         """Debezium's topic of personalization_events."""
-        return f"{self.kafka_topic_prefix}.public.personalization_events"
+        return names.events_topic(self.kafka_topic_prefix)
 
     @property
     def profiles_topic(self) -> str:
         """Debezium's topic of user_profile."""
-        return f"{self.kafka_topic_prefix}.public.user_profile"
+        return names.profile_topic(self.kafka_topic_prefix)
 
     @property
     def dlq_topic(self) -> str:
         """Where unreadable messages are parked."""
-        return self.learner_dlq_topic or f"{self.kafka_topic_prefix}.learner.dlq"
+        return self.learner_dlq_topic or names.learner_dlq_topic(self.kafka_topic_prefix)
 
     @property
     def topics(self) -> list[str]:

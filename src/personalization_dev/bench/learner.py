@@ -44,6 +44,7 @@ from personalization.cache.learner import EmbeddingCache
 from personalization.changestream import pgadmin
 from personalization.changestream.settings import CdcSettings
 from personalization.config import Settings
+from personalization.kafka import names
 from personalization.kafka.envelope import parse_event_message, read_insert_fast
 from personalization.kafka.topics import ensure_topics
 from personalization.learner.batch import BatchResult
@@ -285,7 +286,7 @@ def run_learner_bench(
         fill_started = time.perf_counter()
         pop = fill_population(url, users=users, contents=contents, events=events, dim=dim, seed=11)
         prefix = f"lb{os.getpid()}{uuid.uuid4().hex[:4]}"
-        topic = f"{prefix}.public.personalization_events"
+        topic = names.events_topic(prefix)
         _create_topic(bootstrap, topic)
         ordered = stream_order(pop.rows)
         ends = produce(producer(bootstrap), topic, ordered, topic_prefix=prefix)
