@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from personalization.changestream.settings import CdcSettings
+from personalization.changestream.capture import captured_tables, captured_topics
+from personalization.config import Settings
 from personalization.kafka import names
 
 
@@ -16,7 +17,8 @@ def test_debezium_topic_names() -> None:
 
 
 def test_relay_settings_name_the_same_topics() -> None:
-    cdc = CdcSettings(kafka_topic_prefix="pz")
-    assert cdc.captured_topics == names.cdc_topics("pz")
-    assert cdc.captured_tables == ["public.personalization_events", "public.user_profile", "public.user_traits"]
-    assert CdcSettings(kafka_topic_prefix="pz", cdc_capture_profile=False).captured_topics == [names.events_topic("pz")]
+    settings = Settings(kafka={"topic_prefix": "pz"}, cdc={"capture_profile": True})
+    assert captured_topics(settings) == names.cdc_topics("pz")
+    assert captured_tables(settings) == ["public.personalization_events", "public.user_profile", "public.user_traits"]
+    events_only = settings.replace(cdc={"capture_profile": False})
+    assert captured_topics(events_only) == [names.events_topic("pz")]

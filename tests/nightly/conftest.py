@@ -11,8 +11,9 @@ import psycopg
 import pytest
 from nightly_helpers import add_events, add_user
 
+from personalization.config import NightlySettings
 from personalization.core.decay import DEFAULT_DECAY
-from personalization.nightly.job import NightlyJob, NightlySettings
+from personalization.nightly.job import NightlyJob
 
 NOW = datetime.now(UTC)
 

@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 from apscheduler.triggers.cron import CronTrigger
 from nightly_helpers import ledger, snapshot_rows
 
+from personalization.config import NightlySettings
 from personalization.core.decay import DEFAULT_DECAY
-from personalization.nightly.job import NightlyJob, NightlyScheduler, NightlySettings
+from personalization.nightly.job import NightlyJob, NightlyScheduler
 
 TODAY = datetime.now(UTC).date()
 CLI = str(Path(sys.executable).parent / "personalization")

@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 from nightly_helpers import add_events
 
+from personalization.config import NightlySettings
 from personalization.core.decay import DEFAULT_DECAY
 from personalization.errors import InvalidInput
-from personalization.nightly.job import NightlyJob, NightlySettings, export_features
+from personalization.nightly.job import NightlyJob, export_features
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()

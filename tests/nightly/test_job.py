@@ -16,9 +16,10 @@ import pytest
 from nightly_helpers import add_events, add_user, ledger, snapshot_rows
 from psycopg import sql
 
+from personalization.config import NightlySettings
 from personalization.core.decay import DEFAULT_DECAY, DecayConfig, SignalDecay, event_score
 from personalization.errors import InvalidInput, StoreUnavailable
-from personalization.nightly.job import NightlyJob, NightlyRunning, NightlySettings, as_of_start
+from personalization.nightly.job import NightlyJob, NightlyRunning, as_of_start
 from personalization.store.nightly import decay_sql, erase_user_features, erase_user_features_sync
 
 NOW = datetime.now(UTC)

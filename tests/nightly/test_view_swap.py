@@ -12,8 +12,9 @@ from typing import Any
 import psycopg
 from nightly_helpers import add_events, snapshot_rows
 
+from personalization.config import NightlySettings
 from personalization.core.decay import DEFAULT_DECAY
-from personalization.nightly.job import NightlyJob, NightlySettings
+from personalization.nightly.job import NightlyJob
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()

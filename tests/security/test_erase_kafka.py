@@ -29,9 +29,10 @@ async def test_erase_sends_tombstones_to_the_users_partition(
     platform: Platform, auth_settings: Settings, db_url: str, kafka_bootstrap: str
 ) -> None:
     prefix = f"erase{uuid.uuid4().hex[:8]}"
-    settings = Settings(**(auth_settings.model_dump() | {"kafka_bootstrap_servers": kafka_bootstrap,
-                                                          "kafka_topic_prefix": prefix,
-                                                          "erase_kafka_tombstones": True}))
+    settings = auth_settings.replace(
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+        erase={"kafka_tombstones": True},
+    )
     topics = cdc_topics(settings)
     assert topics == names.cdc_topics(prefix)
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
@@ -72,8 +73,10 @@ async def test_erase_sends_tombstones_to_the_users_partition(
 async def test_kafka_down_is_503_partial_and_audited(
     platform: Platform, auth_settings: Settings, db_url: str, make_key: MakeKey
 ) -> None:
-    settings = Settings(**(auth_settings.model_dump() | {"kafka_bootstrap_servers": "127.0.0.1:1",
-                                                          "kafka_timeout_s": 1.0, "erase_kafka_tombstones": True}))
+    settings = auth_settings.replace(
+        kafka={"bootstrap_servers": "127.0.0.1:1", "timeout_s": 1.0},
+        erase={"kafka_tombstones": True},
+    )
     app = create_app(settings, platform=platform)
     uid = uuid.uuid4()
     with psycopg.connect(db_url) as conn:

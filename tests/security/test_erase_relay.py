@@ -49,8 +49,11 @@ async def test_tombstone_key_and_partition_match_the_relay(
             victim = users[0]
             # Byte for byte the relay's key: compaction matches keys by bytes.
             assert cdc_key(victim) in relayed, list(relayed)
-            settings = Settings(database_url=relay_db, redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap,
-                                kafka_topic_prefix=prefix)
+            settings = Settings(
+                database={"url": relay_db},
+                redis={"url": redis_url},
+                kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+            )
             async with open_platform(settings) as p:
                 tomb = KafkaTombstones(settings)
                 try:

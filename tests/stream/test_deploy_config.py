@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from personalization.changestream.relay import debezium_properties
-from personalization.changestream.settings import CdcSettings
+from personalization.config import Settings
 from personalization.kafka import names
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kafka-connect"
@@ -34,7 +34,7 @@ SEMANTIC = (
 def test_connector_config_matches_relay_properties() -> None:
     connector = json.loads((DEPLOY / "personalization-events-connector.json").read_text())
     config = connector["config"]
-    relay = debezium_properties(CdcSettings())
+    relay = debezium_properties(Settings())
     for name in SEMANTIC:
         assert config[name] == relay[name], name
     assert config["key.converter"] == config["value.converter"] == ("org.apache.kafka.connect.json.JsonConverter")
@@ -45,7 +45,7 @@ def test_documented_topics_follow_the_connector_config() -> None:
     documented = json.loads((DEPLOY / "envelope-fields.json").read_text())
     tables = connector["table.include.list"].split(",")
     assert sorted(documented["topics"]) == sorted(f"{connector['topic.prefix']}.{t}" for t in tables)
-    assert CdcSettings().events_topic in documented["topics"]
+    assert names.events_topic(Settings().kafka.topic_prefix) in documented["topics"]
     assert documented["decimal_encoding"] == connector["decimal.handling.mode"]
 
 

@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             return
         async with open_platform(cfg) as p:
             app.state.platform = p
-            if cfg.http_gc_tuning:
+            if cfg.http.gc_tuning:
                 # Everything made so far lives as long as the server: a full collection
                 # would walk it all again and again.  Frozen objects are skipped (and never
                 # freed, nor meant to be).  A request of 500 events keeps a few thousand
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
 
     if platform is not None:
         app.state.platform = platform
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.http.max_body_bytes)
     # API keys on every /v1 route (issue 6): handlers, header guard, audit, dev-mode notice.
     install_security(app, cfg)
 
@@ -211,8 +211,8 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     ) -> JSONBody:
         """Ingest 1..N events; returns after commit.  The body is parsed by pydantic-core directly."""
         body = await request.body()
-        if len(body) > cfg.max_body_bytes:
-            too_large = FieldError(["body"], f"request body over {cfg.max_body_bytes} bytes", "too_large")
+        if len(body) > cfg.http.max_body_bytes:
+            too_large = FieldError(["body"], f"request body over {cfg.http.max_body_bytes} bytes", "too_large")
             raise InvalidInput([too_large], 413)
         result = await plat(request).ingestor.ingest_json(body, atomic=atomic)
         return JSONBody(result.as_dict())

@@ -45,7 +45,7 @@ def _eraser(request: Request) -> Eraser:
     p = _platform(request)
     settings = request.app.state.auth_settings
     tomb: KafkaTombstones | None = getattr(request.app.state, "kafka_tombstones", None)
-    if tomb is None and settings.erase_kafka_tombstones:
+    if tomb is None and settings.erase.kafka_tombstones:
         # One producer per app: its connection is reused by later erases.
         tomb = request.app.state.kafka_tombstones = KafkaTombstones(settings)
     return Eraser(p.db, p.redis, settings, tombstones=tomb)

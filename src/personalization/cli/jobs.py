@@ -10,15 +10,22 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from personalization.cli.common import ExitCode, err, exit_code_for, fail
+from personalization.cli.common import ExitCode, err, exit_code_for, fail, load_settings
+from personalization.config import NightlySettings
 from personalization.errors import InvalidInput, PersonalizationError
+
+if TYPE_CHECKING:
+    pass
+
+if TYPE_CHECKING:
+    from personalization.nightly.job import NightlyJob
 
 app = typer.Typer(no_args_is_help=True, help="Nightly feature-store job and its scheduler.")
 features_app = typer.Typer(no_args_is_help=True, help="Feature-store data for training.")
@@ -35,32 +42,19 @@ def _sigterm_exits() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _setup() -> tuple[str, Any]:
+def _setup() -> tuple[str, NightlySettings]:
     from personalization import logging_setup
-    from personalization.nightly.job import NightlySettings
 
     logging_setup.configure()
-    try:
-        nightly = NightlySettings()
-    except ValueError as exc:
-        fail(f"invalid PERSONALIZATION_NIGHTLY_* setting: {exc}", ExitCode.BAD_INPUT)
-    return _app_settings().database_url, nightly
+    settings = load_settings()
+    return settings.database.url, settings.nightly
 
 
-def _app_settings() -> Any:
-    from personalization.config import get_settings
-
-    try:
-        return get_settings()
-    except ValueError as exc:
-        fail(f"invalid setting: {exc}", ExitCode.BAD_INPUT)
-
-
-def _job(url: str, settings: Any) -> Any:
+def _job(url: str, nightly: NightlySettings) -> NightlyJob:
     from personalization.nightly.job import NightlyJob
 
     # The deployment's decay (PERSONALIZATION_LEARNER_SIGNALS), as the online learner has it.
-    return NightlyJob(url, settings, decay=_app_settings().decay.config())
+    return NightlyJob(url, nightly, decay=load_settings().decay.config())
 
 
 def _quiet(json_out: bool) -> bool:

@@ -105,12 +105,10 @@ class EraseReport:
 
 
 def cdc_topics(settings: Settings) -> list[str]:
-    """The CDC topics keyed by user id (the relay's naming: ``<prefix>.public.<table>``)."""
-    from personalization.changestream.settings import CdcSettings
+    """The CDC topics keyed by user id (kafka.names: ``<prefix>.public.<table>``)."""
+    from personalization.changestream.capture import captured_topics
 
-    cdc = CdcSettings(kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
-                      kafka_topic_prefix=settings.kafka_topic_prefix)
-    return cdc.captured_topics
+    return captured_topics(settings)
 
 
 def cdc_key(user_id: uuid.UUID) -> bytes:
@@ -129,10 +127,10 @@ class KafkaTombstones:
     def _make(self) -> Any:
         from confluent_kafka import Producer
 
-        timeout_ms = int(self.settings.kafka_timeout_s * 1000)
+        timeout_ms = int(self.settings.kafka.timeout_s * 1000)
         return Producer(
             {
-                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                "bootstrap.servers": self.settings.kafka.bootstrap_servers,
                 "acks": "all",
                 "enable.idempotence": True,
                 # The relay's partitioner: the tombstone must land in the partition of the key.
@@ -148,7 +146,7 @@ class KafkaTombstones:
         """Open the producer's connection now (a long-lived API process has it open already)."""
         if self._producer is None:
             self._producer = self._make()
-        self._producer.list_topics(timeout=self.settings.kafka_timeout_s)
+        self._producer.list_topics(timeout=self.settings.kafka.timeout_s)
 
     def publish(self, user_id: uuid.UUID) -> int:
         """Send and flush the tombstones (blocking, bounded by ``kafka_timeout_s``); returns how many."""
@@ -157,7 +155,7 @@ class KafkaTombstones:
         if self._producer is None:
             self._producer = self._make()
         p = self._producer
-        timeout = self.settings.kafka_timeout_s
+        timeout = self.settings.kafka.timeout_s
         try:
             meta = p.list_topics(timeout=timeout)
         except KafkaException as exc:
@@ -181,7 +179,7 @@ class KafkaTombstones:
     def close(self) -> None:
         """Flush and drop the producer."""
         if self._producer is not None:
-            self._producer.flush(self.settings.kafka_timeout_s)
+            self._producer.flush(self.settings.kafka.timeout_s)
             self._producer = None
 
 
@@ -286,7 +284,7 @@ class Eraser:
         self.redis = redis
         self.settings = settings
         self.tombstones = tombstones if tombstones is not None else (
-            KafkaTombstones(settings) if settings.erase_kafka_tombstones else None
+            KafkaTombstones(settings) if settings.erase.kafka_tombstones else None
         )
 
     async def erase(self, user_id: uuid.UUID, actor: str) -> EraseReport:

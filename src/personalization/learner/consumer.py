@@ -41,11 +41,13 @@ from confluent_kafka import (
 
 from personalization.cache import keys
 from personalization.cache.learner import EmbeddingCache
+from personalization.config import Settings
 from personalization.errors import CacheUnavailable, PersonalizationError, StoreError, StoreUnavailable
+from personalization.kafka import names
 from personalization.kafka.kafkalog import client_logging
 from personalization.learner import metrics
 from personalization.learner.batch import BatchResult, ContentCache, Incoming, apply_batch, record_outcomes
-from personalization.learner.settings import LearnerSettings
+from personalization.learner.settings import dlq_topic, subscribed_topics
 from personalization.store.learner import LearnerStore
 
 __all__ = ["Learner", "LearnerConfigError"]
@@ -58,7 +60,7 @@ class Learner:
 
     def __init__(
         self,
-        settings: LearnerSettings,
+        settings: Settings,
         *,
         stop: threading.Event | None = None,
         on_committed: Callable[[BatchResult, float], None] | None = None,
@@ -67,10 +69,10 @@ class Learner:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.on_committed = on_committed
-        self.decay = settings.decay()
-        self.store = LearnerStore(settings.database_url)
-        self.cache = EmbeddingCache(settings.redis_url, timeout_s=settings.learner_redis_timeout_s)
-        self.content = ContentCache(settings.embedding_dim)
+        self.decay = settings.decay.config()
+        self.store = LearnerStore(settings.database.url)
+        self.cache = EmbeddingCache(settings.redis.url, timeout_s=settings.learner.redis_timeout_s)
+        self.content = ContentCache(settings.embedding.dim)
         self.batches = 0
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -82,14 +84,14 @@ class Learner:
     def _consumer_config(self) -> dict[str, Any]:
         s = self.settings
         return {
-            "bootstrap.servers": s.kafka_bootstrap_servers,
-            "group.id": s.learner_kafka_group_id or s.learner_group_id,
+            "bootstrap.servers": s.kafka.bootstrap_servers,
+            "group.id": s.learner.kafka_group_id or s.learner.group_id,
             # Positions live in PostgreSQL with the state; Kafka's commit is never used.
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": s.learner_session_timeout_ms,
-            "heartbeat.interval.ms": max(100, s.learner_session_timeout_ms // 6),
+            "session.timeout.ms": s.learner.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, s.learner.session_timeout_ms // 6),
             # The relay creates topics on first change; notice them quickly.
             "topic.metadata.refresh.interval.ms": 2000,
             # Short broker long-poll: bounds the added latency at a trickle.
@@ -104,12 +106,12 @@ class Learner:
         for tp in partitions:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
         stored: dict[tuple[str, int], int] = {}
-        delay = self.settings.learner_retry_initial_s
+        delay = self.settings.learner.retry_initial_s
         while True:
             try:
                 with self.store.transaction() as tx:
                     for topic, parts in by_topic.items():
-                        for p, off in tx.stored_offsets(self.settings.learner_group_id, topic, parts).items():
+                        for p, off in tx.stored_offsets(self.settings.learner.group_id, topic, parts).items():
                             stored[(topic, p)] = off
                 break
             except PersonalizationError as exc:
@@ -118,7 +120,7 @@ class Learner:
                 metrics.RETRIES.labels("postgres").inc()
                 if self.stop.wait(delay):
                     break
-                delay = min(delay * 2, self.settings.learner_retry_max_s)
+                delay = min(delay * 2, self.settings.learner.retry_max_s)
         for tp in partitions:
             tp.offset = stored.get((tp.topic, tp.partition), OFFSET_BEGINNING)
         log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
@@ -135,7 +137,7 @@ class Learner:
         if self._producer is None:
             self._producer = Producer(
                 {
-                    "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                    "bootstrap.servers": self.settings.kafka.bootstrap_servers,
                     "acks": "all",
                     "enable.idempotence": True,
                     "message.timeout.ms": 10_000,
@@ -151,7 +153,7 @@ class Learner:
         for bad in result.malformed:
             m = bad.message
             self._producer.produce(
-                self.settings.dlq_topic,
+                dlq_topic(self.settings),
                 key=m.key,
                 value=m.value,
                 headers=[
@@ -174,7 +176,7 @@ class Learner:
                 import redis
 
                 self._version_client = redis.Redis.from_url(
-                    self.settings.redis_url, socket_timeout=self.settings.learner_redis_timeout_s
+                    self.settings.redis.url, socket_timeout=self.settings.learner.redis_timeout_s
                 )
             return self._version_client.get(keys.content_embeddings_version())
         except Exception:
@@ -195,10 +197,10 @@ class Learner:
 
     def resync_redis(self) -> int:
         """Write recently changed embeddings to Redis again (after a restart); returns how many."""
-        if self.settings.learner_redis_resync_s <= 0:
+        if self.settings.learner.redis_resync_s <= 0:
             return 0
         with self.store.transaction() as tx:
-            rows = tx.recent_embeddings(self.settings.learner_redis_resync_s)
+            rows = tx.recent_embeddings(self.settings.learner.redis_resync_s)
         for i in range(0, len(rows), 1000):
             self.cache.apply(rows[i : i + 1000], [])
         return len(rows)
@@ -207,7 +209,7 @@ class Learner:
 
     def _wait_for_services(self, cause: str, exc: Exception) -> None:
         """Back off until PostgreSQL and Redis both answer (or stop is set)."""
-        delay = self.settings.learner_retry_initial_s
+        delay = self.settings.learner.retry_initial_s
         log.warning("%s unavailable (%s); pausing, nothing committed for the failed batch", cause, exc)
         while not self.stop.wait(delay):
             try:
@@ -218,7 +220,7 @@ class Learner:
                 return
             except PersonalizationError as again:
                 log.debug("still unavailable: %s", again)
-            delay = min(delay * 2, self.settings.learner_retry_max_s)
+            delay = min(delay * 2, self.settings.learner.retry_max_s)
 
     def _rewind(self, consumer: Consumer, messages: list[Incoming]) -> None:
         """Seek each partition of a failed batch back to its first message."""
@@ -244,16 +246,16 @@ class Learner:
             result = apply_batch(
                 tx,
                 messages,
-                group_id=self.settings.learner_group_id,
-                events_topic=self.settings.events_topic,
+                group_id=self.settings.learner.group_id,
+                events_topic=names.events_topic(self.settings.kafka.topic_prefix),
                 decay=self.decay,
                 content=self.content,
             )
             # Dead letters are acknowledged before the commit: a crash in between sends
             # them again (at-least-once into the DLQ) but never loses one.
             self._dead_letter(result)
-            if self.settings.learner_debug_commit_delay_s:
-                time.sleep(self.settings.learner_debug_commit_delay_s)
+            if self.settings.learner.debug_commit_delay_s:
+                time.sleep(self.settings.learner.debug_commit_delay_s)
         record_outcomes(result)
         self._flush_redis(result)
         written_at = time.time()
@@ -321,13 +323,13 @@ class Learner:
         s = self.settings
         # poll() returns as soon as one message is there (consume() would wait for the full
         # count or the timeout, adding the timeout to every event's latency at a trickle).
-        first = consumer.poll(s.learner_poll_timeout_s)
+        first = consumer.poll(s.learner.poll_timeout_s)
         if first is None:
             return []
         raw = [first]
-        deadline = time.monotonic() + s.learner_batch_wait_s
-        while raw and len(raw) < s.learner_batch_max and time.monotonic() < deadline:
-            more = consumer.consume(num_messages=min(s.learner_batch_max - len(raw), 10_000), timeout=0)
+        deadline = time.monotonic() + s.learner.batch_wait_s
+        while raw and len(raw) < s.learner.batch_max and time.monotonic() < deadline:
+            more = consumer.consume(num_messages=min(s.learner.batch_max - len(raw), 10_000), timeout=0)
             if not more:
                 break
             raw.extend(more)
@@ -358,15 +360,15 @@ class Learner:
             if on_assigned is not None:
                 on_assigned()
 
-        consumer.subscribe(s.topics, on_assign=assigned, on_revoke=self._on_revoke)
-        log.info("learner %s consuming %s", s.learner_group_id, ", ".join(s.topics))
+        consumer.subscribe(subscribed_topics(s), on_assign=assigned, on_revoke=self._on_revoke)
+        log.info("learner %s consuming %s", s.learner.group_id, ", ".join(subscribed_topics(s)))
         try:
             while not self.stop.is_set():
                 raw = self._poll_batch(consumer)
                 if not raw:
                     continue
                 failed: PersonalizationError | None = None
-                with _gc_paused(s.learner_gc_pause):
+                with _gc_paused(s.learner.gc_pause):
                     messages = _incoming(raw)
                     if not messages:
                         continue

@@ -18,13 +18,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Literal, assert_never
+from typing import Any, assert_never
 
 import psycopg
 import pyarrow as pa
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
+from personalization.config import RefreshMode
 from personalization.core.decay import DecayConfig
 from personalization.errors import StoreError, StoreUnavailable
 from personalization.store.db import wrap_exceptions
@@ -38,7 +39,6 @@ ROLLUPS_VIEW = "user_signal_rollups"
 # The rebuilt view before its swap; a run killed before the swap leaves it behind and the
 # next run drops it.
 NEXT_VIEW = f"{ROLLUPS_VIEW}__next"
-RefreshMode = Literal["swap", "concurrently"]
 # Advisory lock keys (bigint).  RUN_LOCK: one nightly run at a time, across processes and
 # hosts.  SWAP_LOCK: the snapshot swap against erase_user_features.
 RUN_LOCK_KEY = 0x7A6E_6967_6874_0001

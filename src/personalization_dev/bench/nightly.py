@@ -25,7 +25,7 @@ import psycopg
 from rich.progress import Progress
 
 from personalization.config import Settings
-from personalization.nightly.job import NightlyJob, NightlySettings, export_features
+from personalization.nightly.job import NightlyJob, export_features
 from personalization_dev.bench.ingest import scratch_database
 
 CONTENT_TYPES = ("passage", "devotional", "plan_day")
@@ -107,7 +107,7 @@ def write_entities(path: Path, ids: list[str], n: int, seed: int = 9) -> None:
 def run_nightly_bench(settings: Settings, *, events: int, users: int, entities: int, repeat: int = 3,
                       progress: bool = True) -> dict[str, Any]:
     """Load, time baseline/job alternately and the export; return the figures."""
-    nightly = NightlySettings()
+    nightly = settings.nightly
     with scratch_database(settings, "nightly") as url, Progress(disable=not progress, transient=True) as prog:
         task = prog.add_task("loading events (COPY)", total=None)
         ids = load(url, events=events, users=users)
