@@ -2,10 +2,11 @@
 
 * A batch in which no event is accepted answers 422 with every event's errors (a partial
   batch keeps 200 and its ``rejected`` list); nothing is written.
-* Signal types are a registry: the built-in ones, the learner's configured ones
+* Signal types are a registry: the built-in ones, the decay's configured ones
   (``PERSONALIZATION_LEARNER_SIGNALS``) and the operator's
   (``PERSONALIZATION_SIGNAL_TYPES_EXTRA``); an unknown type is 422 naming the known ones,
-  unless ``PERSONALIZATION_SIGNAL_TYPES_OPEN`` allows any.
+  unless ``PERSONALIZATION_SIGNAL_TYPES_OPEN`` allows any.  A malformed extra type stops a
+  CLI command with exit 2 and one line naming the variable.
 * A weight outside NUMERIC(4,3) names the range; the fast path and the full model agree.
 """
 
@@ -20,10 +21,13 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from pydantic import ValidationError
+from typer.testing import CliRunner
 
 from personalization.api.app import create_app
+from personalization.cli.main import app as cli_app
 from personalization.composition import open_platform
-from personalization.config import Settings
+from personalization.config import Settings, describe_error
 from personalization.core.fast_events import fast_events
 from personalization.core.models import DEFAULT_LIMITS
 from personalization.core.signals import BUILTIN_SIGNAL_TYPES
@@ -44,8 +48,8 @@ def _event(**kw: Any) -> dict[str, Any]:
 @pytest.fixture
 def make_client(settings: Settings) -> MakeClient:
     @asynccontextmanager
-    async def make(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        cfg = Settings(**(settings.model_dump() | {"auth_dev_mode": True} | overrides))
+    async def make(**sections: dict[str, Any]) -> AsyncIterator[httpx.AsyncClient]:
+        cfg = settings.replace(auth={"dev_mode": True}, **sections)
         async with open_platform(cfg) as platform:
             app = create_app(cfg, platform=platform)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
@@ -96,8 +100,8 @@ async def test_unknown_signal_type_names_the_known_ones(client: httpx.AsyncClien
 
 
 async def test_operator_and_learner_types_and_open_types(make_client: MakeClient, db_url: str) -> None:
-    async with make_client(signal_types_extra=("prayed", "note_added"),
-                           learner_signals={"memorized": {"scale": 2, "half_life_s": 86400}}) as c:
+    async with make_client(ingest={"signal_types_extra": ("prayed", "note_added")},
+                           decay={"signals": {"memorized": {"scale": 2, "half_life_s": 86400}}}) as c:
         r = await c.post("/v1/events", json={"events": [_event(signal_type=t)
                                                          for t in ("prayed", "note_added", "memorized")]})
         assert r.status_code == 200 and r.json()["accepted"] == 3, r.text
@@ -105,15 +109,24 @@ async def test_operator_and_learner_types_and_open_types(make_client: MakeClient
         assert r.status_code == 422
         msg = r.json()["detail"][0]["msg"]
         assert "prayed" in msg and "memorized" in msg
-    async with make_client(signal_types_open=True) as c:
+    async with make_client(ingest={"signal_types_open": True}) as c:
         r = await c.post("/v1/events", json={"events": [_event(signal_type="lik")]})
         assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
     assert _stored(db_url) == 4
 
 
-def test_a_bad_extra_signal_type_setting_is_refused() -> None:
-    with pytest.raises(ValueError, match="signal_types_extra"):
-        Settings(signal_types_extra=("",))
+def test_a_bad_extra_signal_type_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="signal_types_extra"):
+        Settings(ingest={"signal_types_extra": ("",)})
+    monkeypatch.setenv("PERSONALIZATION_SIGNAL_TYPES_EXTRA", '["prayed", "Bad Type"]')
+    with pytest.raises(ValidationError) as exc:
+        Settings()
+    assert describe_error(exc.value).startswith("PERSONALIZATION_SIGNAL_TYPES_EXTRA: Value error, 'Bad Type' is not")
+    # A CLI command stops before connecting anywhere: exit 2, one line, no traceback.
+    res = CliRunner().invoke(cli_app, ["db", "upgrade"])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().startswith("error: invalid settings: PERSONALIZATION_SIGNAL_TYPES_EXTRA:"), res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
 
 
 @pytest.mark.parametrize("weight", [99, 10, -10, "10.0", 9.9995, 0.1234, -0.0001, "1E+1"])

@@ -161,7 +161,7 @@ def _rows(db_url: str) -> list[tuple[Any, ...]]:
 async def test_text_copy_round_trips_exact_values(settings: Settings, db_url: str) -> None:
     """Characters COPY's text format escapes, odd timestamp spellings, both validation paths."""
     # Free text in signal_type too: a deployment that accepts any signal type.
-    async with open_platform(settings.model_copy(update={"signal_types_open": True})) as platform:
+    async with open_platform(settings.replace(ingest={"signal_types_open": True})) as platform:
         await _round_trip(platform, db_url)
 
 
@@ -263,8 +263,9 @@ async def test_backlog_is_shared_among_idle_flushers(
     """Four waiting requests of 10 rows, split at 10 rows: two groups when two flushers are idle."""
     from personalization.composition import open_platform
 
-    cfg = settings.model_copy(update={"group_commit_window_ms": 50.0, "group_commit_split_rows": 10,
-                                      "group_commit_concurrency": concurrency})
+    cfg = settings.replace(
+        ingest={"group_commit_window_ms": 50.0, "group_commit_split_rows": 10, "group_commit_concurrency": concurrency},
+    )
     async with open_platform(cfg) as p:
         before = _flush_count()
         batches = [[_base(user_id=None, client_event_id=str(uuid.uuid4())) for _ in range(10)] for _ in range(4)]

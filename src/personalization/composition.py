@@ -42,7 +42,7 @@ class Platform:
             await probe(self.redis)
         except CacheUnavailable as exc:
             return str(exc)
-        window = self.settings.redis_health_window_s
+        window = self.settings.redis.health_window_s
         return self.events_cache.failures.within(window) or self.serving.guard.failed_within(window)
 
 
@@ -56,7 +56,8 @@ async def open_platform(settings: Settings) -> AsyncIterator[Platform]:
     profiles = ProfileService(ProfileStore(db))
 
     # Generation-checked invalidation of the read path (see cache/serving.py).
-    serving = ServingService(db, ServingCache(redis), view_signal_types=settings.view_signal_types)
+    serving = ServingService(db, ServingCache(redis), settings.serving, embedding_dim=settings.embedding.dim,
+                             view_signal_types=settings.ingest.view_signal_types)
     profiles.on_change(serving.invalidate)
     ingestor = Ingestor(db, events_cache, settings)
     platform = Platform(settings, db, redis, events_cache, ingestor, profiles, serving)

@@ -17,9 +17,10 @@ from pathlib import Path
 import psycopg
 
 from personalization.cache import keys
+from personalization.config import Settings
+from personalization.kafka import names
 from personalization.learner import metrics
 from personalization.learner.consumer import Learner
-from personalization.learner.settings import LearnerSettings
 from personalization_dev.synthetic import produce, producer
 from personalization_dev.testing.learner import consumed_offsets, fill_population, stream_order, wait_consumed
 from personalization_dev.testing.redis_server import RedisServer, free_port
@@ -36,14 +37,17 @@ def test_read_only_redis_pauses_without_committing(tmp_path: Path, db_url: str, 
     server.start()
     admin = server.client()
     prefix = f"lr{uuid.uuid4().hex[:8]}"
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     group = f"g-{uuid.uuid4().hex[:8]}"
     pop = fill_population(db_url, users=4, contents=6, events=300, dim=DIM, seed=9)
     stream = stream_order(pop.rows)
-    settings = LearnerSettings(
-        database_url=db_url, redis_url=server.url, kafka_bootstrap_servers=kafka_bootstrap, kafka_topic_prefix=prefix,
-        learner_group_id=group, learner_kafka_group_id=f"k-{uuid.uuid4().hex[:8]}", learner_session_timeout_ms=3000,
-        learner_follow_profiles=False, learner_retry_initial_s=0.1, learner_retry_max_s=0.3, embedding_dim=DIM,
+    settings = Settings(
+        database={"url": db_url},
+        redis={"url": server.url},
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+        learner={"group_id": group, "kafka_group_id": f"k-{uuid.uuid4().hex[:8]}", "session_timeout_ms": 3000,
+                 "follow_profiles": False, "retry_initial_s": 0.1, "retry_max_s": 0.3},
+        embedding={"dim": DIM},
     )
     stop = threading.Event()
     thread = threading.Thread(target=Learner(settings, stop=stop).run, daemon=True)

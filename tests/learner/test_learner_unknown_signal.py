@@ -13,10 +13,11 @@ import uuid
 
 import psycopg
 
+from personalization.config import Settings
+from personalization.kafka import names
 from personalization.learner.batch import BatchResult
 from personalization.learner.consumer import Learner
 from personalization.learner.recompute import recompute_users
-from personalization.learner.settings import LearnerSettings
 from personalization_dev.synthetic import produce, producer
 from personalization_dev.testing.learner import fill_population, stream_order, wait_consumed
 
@@ -31,7 +32,7 @@ def _cells(db_url: str) -> dict[tuple[uuid.UUID, str, str], int]:
 
 def test_unknown_signal_types_are_never_scored(db_url: str, redis_url: str, kafka_bootstrap: str) -> None:
     prefix = f"us{uuid.uuid4().hex[:8]}"
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     group = f"g-{uuid.uuid4().hex[:8]}"
     pop = fill_population(db_url, users=3, contents=5, events=90, dim=DIM, seed=7)
     # Every third event becomes a typo ("lik") or an operator's type ("prayed"), in PostgreSQL
@@ -42,10 +43,14 @@ def test_unknown_signal_types_are_never_scored(db_url: str, redis_url: str, kafk
             conn.execute("UPDATE personalization_events SET signal_type = %s WHERE event_id = %s", (st, event_id))
     rows = [dataclasses.replace(r, signal_type=renamed.get(r.event_id, r.signal_type)) for r in pop.rows]
     unknown = sum(1 for st in renamed.values() if st == "lik")
-    settings = LearnerSettings(
-        database_url=db_url, redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap, kafka_topic_prefix=prefix,
-        learner_group_id=group, learner_kafka_group_id=f"k-{uuid.uuid4().hex[:8]}", learner_session_timeout_ms=3000,
-        learner_follow_profiles=False, embedding_dim=DIM, signal_types_extra=("prayed",),
+    settings = Settings(
+        database={"url": db_url},
+        redis={"url": redis_url},
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+        learner={"group_id": group, "kafka_group_id": f"k-{uuid.uuid4().hex[:8]}", "session_timeout_ms": 3000,
+                 "follow_profiles": False},
+        embedding={"dim": DIM},
+        ingest={"signal_types_extra": ("prayed",)},
     )
     committed: list[BatchResult] = []
     stop = threading.Event()

@@ -21,10 +21,11 @@ from security_helpers import populate_user, rows_per_table
 from typer.testing import CliRunner
 
 from personalization.cli.main import app as cli_app
+from personalization.config import NightlySettings, Settings
+from personalization.kafka import names
 from personalization.learner.consumer import Learner
-from personalization.learner.settings import LearnerSettings
 from personalization.nightly.export import export_features
-from personalization.nightly.job import NightlyJob, NightlySettings
+from personalization.nightly.job import NightlyJob
 from personalization_dev.synthetic import produce, producer
 from personalization_dev.testing.learner import fill_population, stream_order, wait_consumed
 
@@ -106,13 +107,16 @@ async def test_erase_and_export_while_the_learner_and_a_feature_export_run(
     db_url: str, redis_url: str, kafka_bootstrap: str, tmp_path: Path,
 ) -> None:
     prefix = f"tt{uuid.uuid4().hex[:8]}"
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     group = f"g-{uuid.uuid4().hex[:8]}"
     pop = fill_population(db_url, users=4, contents=6, events=120, dim=DIM, seed=11)
-    settings = LearnerSettings(
-        database_url=db_url, redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_topic_prefix=prefix, learner_group_id=group, learner_kafka_group_id=f"k-{uuid.uuid4().hex[:8]}",
-        learner_session_timeout_ms=3000, learner_follow_profiles=False, embedding_dim=DIM,
+    settings = Settings(
+        database={"url": db_url},
+        redis={"url": redis_url},
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+        learner={"group_id": group, "kafka_group_id": f"k-{uuid.uuid4().hex[:8]}", "session_timeout_ms": 3000,
+                 "follow_profiles": False},
+        embedding={"dim": DIM},
     )
     stop = threading.Event()
     learner = Learner(settings, stop=stop)
@@ -120,7 +124,7 @@ async def test_erase_and_export_while_the_learner_and_a_feature_export_run(
     learner_thread.start()
 
     # A feature export held between two chunks: its session keeps its temporary tables.
-    NightlyJob(db_url, NightlySettings(timezone="UTC")).run()
+    NightlyJob(db_url, NightlySettings(timezone="UTC"), decay=settings.decay.config()).run()
     entities = tmp_path / "entities.csv"
     entities.write_text("user_id,event_timestamp\n" + "".join(f"{u},2099-01-01T00:00:00Z\n" for u in pop.users))
     in_chunk, release = threading.Event(), threading.Event()

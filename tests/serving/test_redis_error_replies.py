@@ -191,10 +191,9 @@ def fault(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fault]:
 
 
 @pytest.fixture
-async def client(fault: Fault, db_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
-    monkeypatch.setenv("PERSONALIZATION_CACHE_RETRY_S", "0.1")
-    cfg = Settings(database_url=db_url, redis_url=fault.server.url, auth_dev_mode=True, group_commit_window_ms=1.0,
-                   redis_health_window_s=1.0)
+async def client(fault: Fault, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    cfg = Settings(database={"url": db_url}, redis={"url": fault.server.url, "health_window_s": 1.0},
+                   auth={"dev_mode": True}, ingest={"group_commit_window_ms": 1.0}, serving={"cache_retry_s": 0.1})
     async with open_platform(cfg) as platform:
         app = create_app(cfg, platform=platform)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
@@ -285,7 +284,8 @@ async def test_erase_while_redis_refuses_writes_is_503_and_changes_nothing(
     server = RedisServer(tmp_path)
     server.start()
     try:
-        cfg = Settings(database_url=db_url, redis_url=server.url, auth_dev_mode=True, erase_kafka_tombstones=False)
+        cfg = Settings(database={"url": db_url}, redis={"url": server.url}, auth={"dev_mode": True},
+                       erase={"kafka_tombstones": False})
         async with open_platform(cfg) as platform:
             app = create_app(cfg, platform=platform)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:

@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             return
         async with open_platform(cfg) as p:
             app.state.platform = p
-            if cfg.http_gc_tuning:
+            if cfg.http.gc_tuning:
                 _tune_gc()
             yield
 
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     if platform is not None:
         app.state.platform = platform
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.http.max_body_bytes)
     # API keys on every /v1 route: scope dependencies, header guard, audit, dev-mode notice.
     install_security(app, cfg)
     install_error_handlers(app)

@@ -85,9 +85,9 @@ def lua_script(name: str) -> str:
 def make_client(settings: Settings) -> aioredis.Redis:
     """An async client; every call is bounded by ``redis_timeout_s`` so a slow Redis degrades, not blocks."""
     return aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
+        settings.redis.url,
+        socket_timeout=settings.redis.timeout_s,
+        socket_connect_timeout=settings.redis.timeout_s,
         health_check_interval=30,
         max_connections=64,
     )

@@ -6,11 +6,12 @@ by the learner with the default decay.  The known set is the union of
 
 * the built-in types: the decay defaults of :mod:`personalization.core.decay` (view, read,
   complete, bookmark, share, skip) and ``highlight`` (scored with the default decay);
-* the learner's configured types (the keys of ``PERSONALIZATION_LEARNER_SIGNALS``);
-* the types an operator adds (``PERSONALIZATION_SIGNAL_TYPES_EXTRA``).
+* the decay's configured types (the keys of ``PERSONALIZATION_LEARNER_SIGNALS``, ``decay.signals``);
+* the types an operator adds (``PERSONALIZATION_SIGNAL_TYPES_EXTRA``, ``ingest.signal_types_extra``).
 
-A deployment may accept any well-formed type (``PERSONALIZATION_SIGNAL_TYPES_OPEN``);
-the learner still scores only known types then.
+A deployment may accept any well-formed type (``PERSONALIZATION_SIGNAL_TYPES_OPEN``,
+``ingest.signal_types_open``); the learner still scores only known types then.  A process
+gets its registry from :meth:`personalization.config.Settings.signal_types`.
 """
 
 from __future__ import annotations
@@ -29,12 +30,15 @@ SIGNAL_TYPE_NAME: Final = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
 UNKNOWN_SIGNAL_TYPE: Final = "unknown_signal_type"
 
 
-def check_names(names: Iterable[str], setting: str) -> tuple[str, ...]:
-    """``names`` unchanged if each is a valid signal type name; ValueError naming ``setting`` otherwise."""
+def check_names(names: Iterable[str]) -> tuple[str, ...]:
+    """``names`` unchanged if each is a valid signal type name; ValueError naming the bad one otherwise.
+
+    The settings tree (``ingest.signal_types_extra``) names the variable in front of the message.
+    """
     out = tuple(names)
     for name in out:
         if not SIGNAL_TYPE_NAME.fullmatch(name):
-            raise ValueError(f"{setting}: {name!r} is not a signal type name (lowercase letters, digits, "
+            raise ValueError(f"{name!r} is not a signal type name (lowercase letters, digits, "
                              "'_', '.', ':' or '-', starting with a letter, at most 64 characters)")
     return out
 

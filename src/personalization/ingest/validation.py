@@ -19,7 +19,6 @@ from personalization import metrics
 from personalization.config import Settings
 from personalization.core.fast_events import ValidEvent, fast_events, from_models
 from personalization.core.models import EventIn, InputLimits, check_event_limits
-from personalization.core.signals import signal_types
 from personalization.errors import FieldError, InvalidInput
 
 __all__ = ["RejectedEvent", "limits_from", "parse_events", "parse_events_json"]
@@ -46,11 +45,10 @@ def _pydantic_errors(errs: Iterable[ErrorDetails], prefix: list[str | int]) -> l
 def limits_from(settings: Settings) -> InputLimits:
     """The validation limits configured in ``settings``."""
     return InputLimits(
-        max_text_length=settings.max_text_length,
-        max_metadata_bytes=settings.max_metadata_bytes,
-        max_future_skew_s=settings.max_future_skew_s,
-        signal_types=signal_types(extra=settings.signal_types_extra, learner=settings.learner_signals,
-                                  open_types=settings.signal_types_open),
+        max_text_length=settings.ingest.max_text_length,
+        max_metadata_bytes=settings.ingest.max_metadata_bytes,
+        max_future_skew_s=settings.ingest.max_future_skew_s,
+        signal_types=settings.signal_types(),
     )
 
 

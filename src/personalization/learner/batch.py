@@ -7,7 +7,7 @@ come from three checks made under the partition's offset-row lock:
 1. offset: a message below the stored ``next_offset`` was applied by an earlier batch
    (possibly of another member before a rebalance) and is skipped;
 2. source position: a message at or below the partition's high-water position is a
-   re-send of the at-least-once relay and is skipped (see ``learner.envelope``);
+   re-send of the at-least-once relay and is skipped (see ``kafka.envelope``);
 3. recomputation snapshot: a record whose transaction is visible in the user's last
    ``learner recompute`` snapshot is already counted and is skipped.
 
@@ -38,8 +38,7 @@ import numpy.typing as npt
 from personalization.core.decay import DecayConfig
 from personalization.core.privacy import policy_for
 from personalization.kafka.consumer import Incoming
-from personalization.learner import metrics
-from personalization.learner.envelope import (
+from personalization.kafka.envelope import (
     EPOCH,
     ONE_US,
     EventRecord,
@@ -53,6 +52,7 @@ from personalization.learner.envelope import (
     parse_profile_message,
     read_insert_fast,
 )
+from personalization.learner import metrics
 from personalization.learner.fold import ContentCache, codes, fold_embeddings, fold_scores, uuid_bytes
 from personalization.learner.recompute import rebuild_user
 from personalization.learner.snapshots import visible_in_snapshot

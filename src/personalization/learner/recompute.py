@@ -16,11 +16,11 @@ from datetime import datetime
 from uuid import UUID
 
 from personalization.cache.learner import EmbeddingCache
+from personalization.config import Settings
 from personalization.core.decay import DecayConfig
 from personalization.core.privacy import policy_for
 from personalization.errors import NotFound, PersonalizationError
 from personalization.learner.model import add_to_embedding, add_to_score, content_unit_vector
-from personalization.learner.settings import LearnerSettings
 from personalization.store.learner import EmbeddingRow, LearnerStore, LearnerTx, ScoreRow
 
 __all__ = ["RecomputeReport", "rebuild_user", "recompute_users"]
@@ -48,16 +48,16 @@ class RecomputeReport:
 
 
 def recompute_users(
-    settings: LearnerSettings,
+    settings: Settings,
     user_ids: Iterable[UUID] | None = None,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> RecomputeReport:
     """Rebuild ``user_ids`` (all users when None); NotFound if a named user does not exist."""
-    decay = settings.decay()
-    known = settings.signal_types()
-    store = LearnerStore(settings.database_url)
-    cache = EmbeddingCache(settings.redis_url, timeout_s=settings.learner_redis_timeout_s)
+    decay = settings.decay.config()
+    known = settings.signal_types().known
+    store = LearnerStore(settings.database.url)
+    cache = EmbeddingCache(settings.redis.url, timeout_s=settings.learner.redis_timeout_s)
     report = RecomputeReport()
     explicit = user_ids is not None
     try:
@@ -75,7 +75,7 @@ def recompute_users(
                         raise NotFound("user", "user_id", str(user_id))
                     report.missing += 1
                     continue
-                vector = rebuild_user(tx, user_id, level, decay, settings.embedding_dim, on_events=counted.append,
+                vector = rebuild_user(tx, user_id, level, decay, settings.embedding.dim, on_events=counted.append,
                                       signal_types=known)
             report.users += 1
             report.events += sum(counted)

@@ -39,7 +39,7 @@ async def post_events(
 ) -> JSONBody:
     """Ingest 1..N events; returns after commit.  The body is parsed by pydantic-core directly."""
     body = await request.body()
-    max_bytes = settings(request).max_body_bytes
+    max_bytes = settings(request).http.max_body_bytes
     if len(body) > max_bytes:
         raise InvalidInput([FieldError(["body"], f"request body over {max_bytes} bytes", "too_large")], 413)
     result = await platform(request).ingestor.ingest_json(body, atomic=atomic)
