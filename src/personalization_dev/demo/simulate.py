@@ -74,11 +74,13 @@ class World:
 def make_world(passages: list[Passage], n_users: int, seed: int = 42) -> World:
     """A population of ``n_users`` readers over ``passages`` (deterministic for ``seed``)."""
     rng = np.random.default_rng(seed)
-    topic_names = list(TOPICS)
     translations = list(passages[0].texts)
-    by_topic: dict[str, list[int]] = {t: [] for t in topic_names}
+    by_topic: dict[str, list[int]] = {t: [] for t in TOPICS}
     for i, c in enumerate(passages):
         by_topic[c.topic].append(i)
+    # Only the topics the passages cover (all of them for the whole canon).
+    topic_names = [t for t in TOPICS if by_topic[t]]
+    by_topic = {t: by_topic[t] for t in topic_names}
     popularity = np.zeros(len(passages))
     for idxs in by_topic.values():
         ranks = rng.permutation(len(idxs)) + 1
