@@ -112,7 +112,7 @@ CREATE TEMP TABLE content_import (
 
 -- name: copy_content_import
 COPY content_import (row_no, content_id, model, dim, embedding, has_catalog, content_type, title, body,
-                     passage_id, translation, series, position, tags, metadata) FROM STDIN;
+                     passage_id, translation, series, position, tags, metadata) FROM STDIN (FORMAT BINARY);
 
 -- name: upsert_content_embeddings
 INSERT INTO content_embeddings (content_id, model, dim, embedding)
