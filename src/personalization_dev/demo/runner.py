@@ -289,11 +289,11 @@ def run_demo(opts: DemoOptions, console: Console, quiet: bool = False) -> dict[s
 
 def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress: Progress, console: Console,
                        t_start: float, quiet: bool) -> dict[str, Any]:
-    from personalization.serving.settings import ServingSettings
+    from personalization.config import Settings
 
     work = opts.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    dim = opts.embedding_dim or ServingSettings().embedding_dim
+    dim = opts.embedding_dim or Settings().embedding.dim
     env = {**os.environ, **service_env, "PERSONALIZATION_EMBEDDING_DIM": str(dim),
            # The candidates' prior is popularity in [0, 1]; cosines of TF-IDF/SVD vectors are
            # smaller, so the demo weighs the similarity more than the default blend does.
