@@ -75,6 +75,18 @@ class Settings(BaseSettings):
     # Erase publishes tombstones for the user's key on the CDC topics (off only where no Kafka exists).
     erase_kafka_tombstones: bool = True
 
+    # Experiments (issue 15).  First exposures of readers to flags, group-committed: the
+    # first read waits for a window shared by concurrent first reads, then one INSERT.
+    experiments_record_exposures: bool = True
+    exposure_window_ms: float = Field(default=2.0, ge=0, le=1000)
+    exposure_max_rows: int = Field(default=2000, ge=1)
+    # (flag, user, rules version) remembered in process as recorded (for reads without Redis).
+    exposure_memory_size: int = Field(default=100_000, ge=0)
+    # Shutdown keeps retrying pending exposures this long while PostgreSQL is unreachable.
+    exposure_drain_timeout_s: float = Field(default=10.0, ge=0)
+    # work_mem of the results statement (one hash entry per exposed reader).
+    experiments_results_work_mem: str = Field(default="256MB", pattern=r"^[0-9]+(kB|MB|GB)$")
+
 
 def configured_service_urls() -> bool:
     """True when any service URL variable is set in the environment."""

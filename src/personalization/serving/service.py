@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from personalization.cache import keys
 from personalization.cache.serving import RerankState, ServingCache
 from personalization.core import embedding as emb
+from personalization.core.experiments import ExposureSink
 from personalization.core.flags import evaluate
 from personalization.core.privacy import policy_for
 from personalization.errors import CacheUnavailable, FieldError, InvalidInput, NotFound
@@ -176,12 +177,13 @@ class ServingService:
         settings: ServingSettings | None = None,
         *,
         view_signal_types: Sequence[str] = ("view", "read", "complete"),
+        exposures: ExposureSink | None = None,
     ) -> None:
         self.settings = settings or ServingSettings()
         self.store = ServingStore(db)
         self.cache = cache
         self.guard = CacheGuard(cache, self.settings.cache_retry_s)
-        self.flags = FlagService(self.store, cache, self.guard, self.preferences)
+        self.flags = FlagService(self.store, cache, self.guard, self.preferences, exposures)
         self.view_signal_types = tuple(view_signal_types)
         self._content = _ContentVectors(self.settings.content_cache_size, self.settings.content_cache_max_age_s)
         self._popularity: dict[str, float] = {}
@@ -264,9 +266,11 @@ class ServingService:
         rules = await self.flags.rules(PERSONALIZATION, state.rules_version if state else None)
         decision = evaluate(rules, PERSONALIZATION, user_id, prefs.attributes())
         flag = FlagResult(PERSONALIZATION, user_id, decision.on, decision.reason, rules.version, "evaluated")
+        # The login answers with the flag: its exposure is durable before the answer.
+        exposed = await self.flags.expose(PERSONALIZATION, user_id, decision, rules.version, prefs.privacy_level)
         warmed = False
         if state is not None and self.guard.up:
-            value = encode_value(decision, rules.version, state.generation)
+            value = encode_value(decision, rules.version, state.generation, exposed=exposed)
             try:
                 warmed = await self.cache.prewarm(user_id, state.generation, to_hash(prefs), mode, vector, value)
             except CacheUnavailable as exc:
