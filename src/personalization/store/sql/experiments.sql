@@ -74,20 +74,21 @@ DELETE FROM experiment_metrics WHERE name = %(name)s;
 -- (events in [first exposure, + window)) and covariate x (the same metric over
 -- [first exposure - window, first exposure)) the sums, sums of squares and the cross
 -- product.  Readers without a matching event count in ``users`` with y = x = 0, which add
--- nothing to the sums, so the event join only needs the readers who have events.
-WITH x AS MATERIALIZED (
-    SELECT user_id, variant, first_exposed_at
-    FROM experiment_exposures
-    WHERE flag = %(flag)s AND phase = %(phase)s AND reason = 'rollout'
-), per_user AS (
+-- nothing to the sums, so the event join only needs the readers who have events: one
+-- (parallel) hash join of the events of the metric's signal types against the phase's
+-- exposures, aggregated per reader, then per arm.  The exposures are read twice (the
+-- counts) rather than through a materialised CTE, which would hide their statistics from
+-- the planner and turn the join into two large sorts.
+WITH per_user AS (
     SELECT x.variant,
            count(*) FILTER (WHERE e.occurred_at >= x.first_exposed_at)::float8 AS n_post,
            COALESCE(sum(e.signal_weight) FILTER (WHERE e.occurred_at >= x.first_exposed_at), 0)::float8 AS w_post,
            count(*) FILTER (WHERE e.occurred_at < x.first_exposed_at)::float8 AS n_pre,
            COALESCE(sum(e.signal_weight) FILTER (WHERE e.occurred_at < x.first_exposed_at), 0)::float8 AS w_pre
-    FROM x
+    FROM experiment_exposures x
     JOIN personalization_events e ON e.user_id = x.user_id
-    WHERE e.occurred_at >= x.first_exposed_at - make_interval(days => %(window_days)s::int)
+    WHERE x.flag = %(flag)s AND x.phase = %(phase)s AND x.reason = 'rollout'
+      AND e.occurred_at >= x.first_exposed_at - make_interval(days => %(window_days)s::int)
       AND e.occurred_at < x.first_exposed_at + make_interval(days => %(window_days)s::int)
       AND e.signal_type = ANY(%(signal_types)s::text[])
       AND (%(content_types)s::text[] IS NULL OR e.content_type = ANY(%(content_types)s::text[]))
@@ -104,7 +105,9 @@ WITH x AS MATERIALIZED (
            sum(y * c) AS sum_xy
     FROM v GROUP BY variant
 ), counts AS (
-    SELECT variant, count(*) AS users FROM x GROUP BY variant
+    SELECT variant, count(*) AS users FROM experiment_exposures
+    WHERE flag = %(flag)s AND phase = %(phase)s AND reason = 'rollout'
+    GROUP BY variant
 )
 SELECT counts.variant, counts.users,
        COALESCE(sums.sum_y, 0) AS sum_y, COALESCE(sums.sum_y2, 0) AS sum_y2,
