@@ -127,16 +127,26 @@ async def test_results_route_matches_the_statistics_on_the_raw_data(client: http
     exp = exposures(db_url, "reading-plan")
     rng = np.random.default_rng(7)
     rows = []
-    values: dict[str, tuple[list[float], list[float]]] = {"off": ([], []), "on": ([], [])}
+    # Per aggregation and variant: the per-reader (y, x) values the events below imply.
+    values: dict[str, dict[str, tuple[list[float], list[float]]]] = {
+        agg: {"off": ([], []), "on": ([], [])} for agg in ("count", "sum_weight", "any")
+    }
     for u in readers:
         _, variant, _, t0 = exp[u]
         y, x = _per_user_values(rng, 1, 0.2 if variant == "on" else 0.0)
-        values[variant][0].append(float(y[0]))
-        values[variant][1].append(float(x[0]))
-        for k in range(int(y[0])):
-            rows.append((u, "bookmark", "devotional", 1.0, t0 + timedelta(hours=1 + k)))
-        for k in range(int(x[0])):
-            rows.append((u, "bookmark", "devotional", 1.0, t0 - timedelta(days=2, minutes=k)))
+        ny, nx = int(y[0]), int(x[0])
+        weight = [0.5 if k % 2 else 1.0 for k in range(max(ny, nx))]
+        for agg, vy, vx in (
+            ("count", ny, nx),
+            ("sum_weight", sum(weight[:ny]), sum(weight[:nx])),
+            ("any", float(ny > 0), float(nx > 0)),
+        ):
+            values[agg][variant][0].append(float(vy))
+            values[agg][variant][1].append(float(vx))
+        for k in range(ny):
+            rows.append((u, "bookmark", "devotional", weight[k], t0 + timedelta(hours=1 + k)))
+        for k in range(nx):
+            rows.append((u, "bookmark", "devotional", weight[k], t0 - timedelta(days=2, minutes=k)))
         # Outside the window, another signal, another content type: none of them count.
         rows.append((u, "bookmark", "devotional", 1.0, t0 + timedelta(days=7, seconds=1)))
         rows.append((u, "bookmark", "devotional", 1.0, t0 - timedelta(days=7, seconds=1)))
@@ -144,20 +154,26 @@ async def test_results_route_matches_the_statistics_on_the_raw_data(client: http
         rows.append((u, "bookmark", "chapter", 1.0, t0 + timedelta(hours=3)))
     add_events(db_url, rows)
 
-    arms = {}
-    for v in ("off", "on"):
-        y, x = np.array(values[v][0]), np.array(values[v][1])
-        arms[v] = ArmMoments(v, len(y), y.sum(), (y * y).sum(), x.sum(), (x * x).sum(), (x * y).sum())
-    for cuped in (False, True):
+    for agg in ("sum_weight", "any"):
+        body = {**BOOKMARKS, "aggregation": agg, "content_types": ["devotional"]}
+        assert (await client.put(f"/v1/metrics/bm-{agg}", json=body)).status_code == 201
+    for agg, name, cuped in (
+        ("count", "bookmarks", False), ("count", "bookmarks", True), ("sum_weight", "bm-sum_weight", True),
+        ("any", "bm-any", False),
+    ):
+        arms = {}
+        for v in ("off", "on"):
+            y, x = np.array(values[agg][v][0]), np.array(values[agg][v][1])
+            arms[v] = ArmMoments(v, len(y), y.sum(), (y * y).sum(), x.sum(), (x * x).sum(), (x * y).sum())
         r = await client.get(
-            "/v1/experiments/reading-plan/results", params={"metric": "bookmarks", "cuped": str(cuped).lower()}
+            "/v1/experiments/reading-plan/results", params={"metric": name, "cuped": str(cuped).lower()}
         )
         assert r.status_code == 200, r.text
         body = r.json()
-        assert body["flag"] == "reading-plan" and body["metric"] == "bookmarks" and body["phase"] == 1
+        assert body["flag"] == "reading-plan" and body["metric"] == name and body["phase"] == 1
         assert body["warning"] is None and body["expected_split"] == {"off": 0.5, "on": 0.5}
         for got, v in zip(body["variants"], ("off", "on"), strict=True):
-            y = np.array(values[v][0])
+            y = np.array(values[agg][v][0])
             assert got["variant"] == v and got["users"] == len(y)
             assert got["mean"] == pytest.approx(y.mean()) and got["variance"] == pytest.approx(y.var(ddof=1))
         want = analyse(arms["off"], arms["on"], on_share=0.5, cuped=cuped)

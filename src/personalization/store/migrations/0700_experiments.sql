@@ -86,6 +86,8 @@ CREATE TABLE experiment_exposures (
 
 -- Erase, export and the cascade of a profile delete find a reader's rows by user.
 CREATE INDEX experiment_exposures_user_idx ON experiment_exposures (user_id);
+-- The first and last exposure of a phase (the time range of the events a result reads).
+CREATE INDEX experiment_exposures_phase_time_idx ON experiment_exposures (flag, phase, first_exposed_at);
 
 -- Metric definitions: what counts for a reader in [first exposure, + window_days).
 CREATE TABLE experiment_metrics (

@@ -69,36 +69,47 @@ FROM experiment_metrics ORDER BY name;
 -- name: delete_metric
 DELETE FROM experiment_metrics WHERE name = %(name)s;
 
+-- name: phase_event_range
+-- The events a result of the phase can read: from the first exposure minus the window to
+-- the last exposure plus the window (two index lookups).  Passed to metric_aggregates as
+-- values, so the planner estimates the events it keeps (years of history, one experiment).
+SELECT min(first_exposed_at) - make_interval(days => %(window_days)s::int) AS lo,
+       max(first_exposed_at) + make_interval(days => %(window_days)s::int) AS hi
+FROM experiment_exposures
+WHERE flag = %(flag)s AND phase = %(phase)s;
+
 -- name: metric_aggregates
 -- Per arm of one phase: randomised readers, and over their per-reader metric value y
 -- (events in [first exposure, + window)) and covariate x (the same metric over
 -- [first exposure - window, first exposure)) the sums, sums of squares and the cross
 -- product.  Readers without a matching event count in ``users`` with y = x = 0, which add
 -- nothing to the sums, so the event join only needs the readers who have events: one
--- (parallel) hash join of the events of the metric's signal types against the phase's
--- exposures, aggregated per reader, then per arm.  The exposures are read twice (the
--- counts) rather than through a materialised CTE, which would hide their statistics from
--- the planner and turn the join into two large sorts.
+-- (parallel) hash join of the phase's exposures with the events of the metric's signal
+-- types in the phase's time range, two sums per reader (after and before the exposure;
+-- ``v`` is 1 per event, or its weight for ``sum_weight``), then per arm.  The exposures are
+-- read twice (the counts) rather than through a materialised CTE, which would hide their
+-- statistics from the planner and turn the join into two large sorts.
 WITH per_user AS (
     SELECT x.variant,
-           count(*) FILTER (WHERE e.occurred_at >= x.first_exposed_at)::float8 AS n_post,
-           COALESCE(sum(e.signal_weight) FILTER (WHERE e.occurred_at >= x.first_exposed_at), 0)::float8 AS w_post,
-           count(*) FILTER (WHERE e.occurred_at < x.first_exposed_at)::float8 AS n_pre,
-           COALESCE(sum(e.signal_weight) FILTER (WHERE e.occurred_at < x.first_exposed_at), 0)::float8 AS w_pre
+           sum(e.v) FILTER (WHERE e.occurred_at >= x.first_exposed_at) AS post,
+           sum(e.v) FILTER (WHERE e.occurred_at < x.first_exposed_at) AS pre
     FROM experiment_exposures x
-    JOIN personalization_events e ON e.user_id = x.user_id
+    JOIN (
+        SELECT user_id, occurred_at,
+               CASE WHEN %(aggregation)s = 'sum_weight' THEN signal_weight::float8 ELSE 1.0::float8 END AS v
+        FROM personalization_events
+        WHERE signal_type = ANY(%(signal_types)s::text[])
+          AND occurred_at >= %(lo)s::timestamptz AND occurred_at < %(hi)s::timestamptz
+          AND (%(content_types)s::text[] IS NULL OR content_type = ANY(%(content_types)s::text[]))
+    ) e ON e.user_id = x.user_id
     WHERE x.flag = %(flag)s AND x.phase = %(phase)s AND x.reason = 'rollout'
       AND e.occurred_at >= x.first_exposed_at - make_interval(days => %(window_days)s::int)
       AND e.occurred_at < x.first_exposed_at + make_interval(days => %(window_days)s::int)
-      AND e.signal_type = ANY(%(signal_types)s::text[])
-      AND (%(content_types)s::text[] IS NULL OR e.content_type = ANY(%(content_types)s::text[]))
     GROUP BY x.user_id, x.variant
 ), v AS (
     SELECT variant,
-           CASE %(aggregation)s WHEN 'count' THEN n_post WHEN 'sum_weight' THEN w_post
-                ELSE (n_post > 0)::int::float8 END AS y,
-           CASE %(aggregation)s WHEN 'count' THEN n_pre WHEN 'sum_weight' THEN w_pre
-                ELSE (n_pre > 0)::int::float8 END AS c
+           CASE WHEN %(aggregation)s = 'any' THEN (post > 0)::int::float8 ELSE COALESCE(post, 0) END AS y,
+           CASE WHEN %(aggregation)s = 'any' THEN (pre > 0)::int::float8 ELSE COALESCE(pre, 0) END AS c
     FROM per_user
 ), sums AS (
     SELECT variant, sum(y) AS sum_y, sum(y * y) AS sum_y2, sum(c) AS sum_x, sum(c * c) AS sum_x2,
