@@ -61,6 +61,7 @@ async def open_platform(settings: Settings) -> AsyncIterator[Platform]:
             experiment_store,
             window_ms=settings.exposure_window_ms,
             max_rows=settings.exposure_max_rows,
+            concurrency=settings.exposure_concurrency,
             memory_size=settings.exposure_memory_size,
             drain_timeout_s=settings.exposure_drain_timeout_s,
         )

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     experiments_record_exposures: bool = True
     exposure_window_ms: float = Field(default=2.0, ge=0, le=1000)
     exposure_max_rows: int = Field(default=2000, ge=1)
+    # Group commits in flight at once (the next group fills while one commits).
+    exposure_concurrency: int = Field(default=2, ge=1, le=16)
     # (flag, user, rules version) remembered in process as recorded (for reads without Redis).
     exposure_memory_size: int = Field(default=100_000, ge=0)
     # Shutdown keeps retrying pending exposures this long while PostgreSQL is unreachable.

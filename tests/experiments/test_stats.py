@@ -2,8 +2,8 @@
 
 Calibration bound: with N simulated experiments and a test of level 5%, the number of
 rejections is Binomial(N, 0.05) when the test is calibrated; the test asserts it lies in
-the central 99.9% interval of that distribution (for N = 2000: 73..128 rejections,
-3.65%..6.4%), so a calibrated implementation fails it once in a thousand runs at most —
+the central 99.9% interval of that distribution (for N = 2000: 69..133 rejections,
+3.45%..6.65%), so a calibrated implementation fails it once in a thousand runs at most —
 never here, the seeds are fixed.  Coverage is checked the same way against
 Binomial(N, 0.95).
 """

@@ -7,7 +7,7 @@ first (or re-evaluated) read waits for a *group commit*: every caller that arriv
 the first one waits ``window_ms`` (a few ms, shared) joins one ``INSERT ... ON CONFLICT
 DO NOTHING``; the callers are released after the commit, so a read that returned a variant
 is acknowledged only once its exposure is in PostgreSQL (a process killed at any moment
-loses no acknowledged exposure).
+loses no acknowledged exposure).  Up to ``concurrency`` groups commit at once.
 
 When PostgreSQL fails the batch is put back at the head of the queue and retried with
 back-off; its callers are released with ``False`` (the read is still served and the flag
@@ -85,6 +85,7 @@ class ExposureRecorder:
         *,
         window_ms: float = 2.0,
         max_rows: int = 2000,
+        concurrency: int = 2,
         memory_size: int = 100_000,
         retry_max_s: float = 5.0,
         drain_timeout_s: float = 10.0,
@@ -92,6 +93,7 @@ class ExposureRecorder:
         self.store = store
         self.window_s = window_ms / 1000.0
         self.max_rows = max_rows
+        self.concurrency = concurrency
         self.retry_max_s = retry_max_s
         self.drain_timeout_s = drain_timeout_s
         self._seen = _Seen(memory_size)
@@ -137,15 +139,23 @@ class ExposureRecorder:
             self._pending.clear()
 
     async def _run(self) -> None:
+        # Up to ``concurrency`` group commits in flight: while one waits for PostgreSQL's
+        # commit, the next group fills and goes, so a first read waits about one window plus
+        # one commit, not a queue of them.
+        slots = asyncio.Semaphore(self.concurrency)
+        inflight: set[asyncio.Task[None]] = set()
         drain_deadline: float | None = None
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             if self._closing and drain_deadline is None:
                 drain_deadline = time.monotonic() + self.drain_timeout_s
-            if not self._pending:
+            if not self._pending or (drain_deadline is not None and time.monotonic() >= drain_deadline):
                 if self._closing:
-                    return
+                    await asyncio.gather(*inflight, return_exceptions=True)
+                    if not self._pending or time.monotonic() >= (drain_deadline or 0.0):
+                        return
+                    self._wakeup.set()
                 continue
             if self.window_s > 0 and len(self._pending) < self.max_rows and not self._closing and not self._failures:
                 # Let concurrent first reads join this group.
@@ -154,18 +164,32 @@ class ExposureRecorder:
                     self._wakeup.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wakeup.wait(), left)
+            await slots.acquire()
             group = [self._pending.popleft() for _ in range(min(self.max_rows, len(self._pending)))]
-            ok = await self._flush(group)
-            if not ok:
-                self._pending.extendleft(reversed(group))
-                if drain_deadline is not None and time.monotonic() >= drain_deadline:
-                    return
-                delay = min(self.retry_max_s, 0.05 * 2 ** min(self._failures, 10))
-                if drain_deadline is not None:
-                    delay = min(delay, max(0.0, drain_deadline - time.monotonic()))
-                await asyncio.sleep(delay)
-            if self._pending or self._closing:
+            if not group:
+                slots.release()
+                continue
+            task = asyncio.create_task(self._flush_or_requeue(group, drain_deadline))
+            inflight.add(task)
+
+            def _done(t: asyncio.Task[None]) -> None:
+                inflight.discard(t)
+                slots.release()
                 self._wakeup.set()
+
+            task.add_done_callback(_done)
+            if self._pending:
+                self._wakeup.set()
+
+    async def _flush_or_requeue(self, group: list[_Pending], drain_deadline: float | None) -> None:
+        if await self._flush(group):
+            return
+        self._pending.extendleft(reversed(group))
+        # The back-off holds the slot, so a failing PostgreSQL is not retried in a spin.
+        delay = min(self.retry_max_s, 0.05 * 2 ** min(self._failures, 10))
+        if drain_deadline is not None:
+            delay = min(delay, max(0.0, drain_deadline - time.monotonic()))
+        await asyncio.sleep(delay)
 
     async def _flush(self, group: list[_Pending]) -> bool:
         started = time.perf_counter()

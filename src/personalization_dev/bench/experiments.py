@@ -18,6 +18,7 @@ One run, real PostgreSQL and Redis, in a scratch database:
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 import uuid
@@ -228,6 +229,8 @@ def run_experiments_bench(
     up, upc = doc["relative_uplift"], doc_cuped["relative_uplift"]
     return {
         "bench": "experiments",
+        # The machine is shared: its load while the figures were taken.
+        "load_average_1m": round(os.getloadavg()[0], 2),
         "exposures": readers,
         "events": loaded_events,
         **{k: round(v, 2) for k, v in timings.items()},
