@@ -232,3 +232,20 @@ async def test_privacy_levels_erase_and_export(
     report = await eraser.erase(limited, "test")
     assert report.removed["public.experiment_exposures"] == 1
     assert set(exposures(db_url, "personalization")) == {private}
+
+
+async def test_a_reader_recreated_under_the_same_id_is_exposed_again(
+    client: httpx.AsyncClient, db_url: str
+) -> None:
+    (reader,) = make_readers(db_url, 1)
+    assert (await client.post(f"/v1/users/{reader}/login")).status_code == 200
+    assert (await client.post(f"/v1/users/{reader}/login")).status_code == 200
+    assert count_exposures(db_url, "personalization") == 1
+    # A plain profile delete cascades to the exposures; the cached, marked flag value of the
+    # old reader must not stand for the new one.
+    assert (await client.delete(f"/v1/users/{reader}")).status_code == 204
+    assert count_exposures(db_url, "personalization") == 0
+    assert (await client.put(f"/v1/users/{reader}", json={})).status_code == 201
+    for _ in range(2):
+        assert (await client.get(f"/v1/users/{reader}/flags/personalization")).status_code == 200
+    assert count_exposures(db_url, "personalization") == 1

@@ -44,8 +44,12 @@ class Exposure:
 class ExposureSink(Protocol):
     """Where the read path hands exposures (implemented by experiments.exposures)."""
 
-    async def record(self, exposure: Exposure) -> bool:
-        """Return True once the exposure is durable (or known to be), False if it could not be made so."""
+    async def record(self, exposure: Exposure, *, use_memory: bool = False) -> bool:
+        """Return True once the exposure is durable, False if it could not be made so.
+
+        ``use_memory``: an exposure the process recorded recently may be taken as durable
+        without a statement (for reads that have no cached value to tell, Redis being down).
+        """
         ...
 
 

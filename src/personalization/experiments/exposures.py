@@ -13,7 +13,7 @@ When PostgreSQL fails the batch is put back at the head of the queue and retried
 back-off; its callers are released with ``False`` (the read is still served and the flag
 value is cached without the mark, so the next read of the reader records again).  Closing
 drains what is pending, retrying until ``drain_timeout_s``.  An in-process LRU remembers
-recent exposures so a process that cannot use Redis does not insert per read.
+recent exposures so a process that cannot use Redis does not insert per read (``use_memory``).
 """
 
 from __future__ import annotations
@@ -108,9 +108,14 @@ class ExposureRecorder:
         """Exposures waiting for their group commit (or its retry)."""
         return len(self._pending)
 
-    async def record(self, exposure: Exposure) -> bool:
-        """Queue the exposure and wait for its commit; True if durable, False if PostgreSQL failed."""
-        if _key(exposure) in self._seen:
+    async def record(self, exposure: Exposure, *, use_memory: bool = False) -> bool:
+        """Queue the exposure and wait for its commit; True if durable, False if PostgreSQL failed.
+
+        With ``use_memory`` an exposure recorded by this process lately returns at once.  It is
+        not the default: a reader deleted and re-created under the same id must be recorded
+        again, which the cached flag value (its generation) tells and the memory cannot.
+        """
+        if use_memory and _key(exposure) in self._seen:
             return True
         loop = asyncio.get_running_loop()
         if self._closing:

@@ -75,6 +75,18 @@ def decode_value(value: str) -> tuple[bool, str, int, str, bool] | None:
     return parts[0] == "1", parts[1], int(parts[2]), parts[3], len(parts) == 5
 
 
+def exposed_in_cache(state: FlagState | None, version: int) -> bool:
+    """True when the cached value is current (rules ``version``, the reader's generation) and marked.
+
+    The generation must match too: a profile delete replaces it, so a reader re-created
+    under the same id is recorded again instead of trusting the old reader's mark.
+    """
+    if state is None or state.cached is None:
+        return False
+    parsed = decode_value(state.cached)
+    return parsed is not None and parsed[2] == version and parsed[3] == state.generation and parsed[4]
+
+
 def check_flag_name(flag: str) -> None:
     """InvalidInput naming the ``flag`` path field unless ``flag`` is a valid flag name."""
     if not _FLAG_NAME.fullmatch(flag):
@@ -184,7 +196,9 @@ class FlagService:
             prefs = await self._preferences(user_id)
         rules = await self.rules(flag, state.rules_version if state is not None else None)
         decision = evaluate(rules, flag, user_id, prefs.attributes())
-        exposed = await self.expose(flag, user_id, decision, rules.version, prefs.privacy_level)
+        exposed = await self.expose(
+            flag, user_id, decision, rules.version, prefs.privacy_level, degraded=state is None
+        )
         if state is not None and self.guard.up:
             value = encode_value(decision, rules.version, state.generation, exposed=exposed)
             try:
@@ -194,15 +208,25 @@ class FlagService:
         return FlagResult(flag, user_id, decision.on, decision.reason, rules.version, "evaluated")
 
     async def expose(
-        self, flag: str, user_id: uuid.UUID, decision: Decision, version: int, privacy_level: str | None
+        self,
+        flag: str,
+        user_id: uuid.UUID,
+        decision: Decision,
+        version: int,
+        privacy_level: str | None,
+        *,
+        degraded: bool = False,
     ) -> bool:
         """Record the evaluation as an exposure; True once it is durable (False: not recorded).
 
         Returns after the exposure's group commit, so the caller may cache the value as
         exposed and answer the read: an acknowledged variant always has its exposure.
+        ``degraded`` (no Redis state for the read) lets the recorder's in-process memory
+        stand in for the cached mark.
         """
         if self.exposures is None:
             return False
         at = exposure_time(privacy_level, datetime.now(UTC))
         variant: Literal["on", "off"] = "on" if decision.on else "off"
-        return await self.exposures.record(Exposure(flag, user_id, variant, decision.reason, version, at))
+        exposure = Exposure(flag, user_id, variant, decision.reason, version, at)
+        return await self.exposures.record(exposure, use_memory=degraded)

@@ -37,7 +37,7 @@ from personalization.core.experiments import ExposureSink
 from personalization.core.flags import evaluate
 from personalization.core.privacy import policy_for
 from personalization.errors import CacheUnavailable, FieldError, InvalidInput, NotFound
-from personalization.serving.flags import FlagResult, FlagService, encode_value
+from personalization.serving.flags import FlagResult, FlagService, encode_value, exposed_in_cache
 from personalization.serving.guard import CacheGuard
 from personalization.serving.preferences import Preferences, from_hash, from_row, to_hash
 from personalization.serving.settings import ServingSettings
@@ -266,8 +266,11 @@ class ServingService:
         rules = await self.flags.rules(PERSONALIZATION, state.rules_version if state else None)
         decision = evaluate(rules, PERSONALIZATION, user_id, prefs.attributes())
         flag = FlagResult(PERSONALIZATION, user_id, decision.on, decision.reason, rules.version, "evaluated")
-        # The login answers with the flag: its exposure is durable before the answer.
-        exposed = await self.flags.expose(PERSONALIZATION, user_id, decision, rules.version, prefs.privacy_level)
+        # The login answers with the flag: its exposure is durable before the answer (a
+        # current, marked cached value says it is already).
+        exposed = exposed_in_cache(state, rules.version) or await self.flags.expose(
+            PERSONALIZATION, user_id, decision, rules.version, prefs.privacy_level, degraded=state is None
+        )
         warmed = False
         if state is not None and self.guard.up:
             value = encode_value(decision, rules.version, state.generation, exposed=exposed)
