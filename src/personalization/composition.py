@@ -55,22 +55,28 @@ async def open_platform(settings: Settings) -> AsyncIterator[Platform]:
     events_cache = EventCache(redis)
     profiles = ProfileService(ProfileStore(db))
 
-    experiment_store = ExperimentStore(db, results_work_mem=settings.experiments_results_work_mem)
+    xp = settings.experiments
+    experiment_store = ExperimentStore(db, results_work_mem=xp.results_work_mem)
     exposures = (
         ExposureRecorder(
             experiment_store,
-            window_ms=settings.exposure_window_ms,
-            max_rows=settings.exposure_max_rows,
-            concurrency=settings.exposure_concurrency,
-            memory_size=settings.exposure_memory_size,
-            drain_timeout_s=settings.exposure_drain_timeout_s,
+            window_ms=xp.exposure_window_ms,
+            max_rows=xp.exposure_max_rows,
+            concurrency=xp.exposure_concurrency,
+            memory_size=xp.exposure_memory_size,
+            drain_timeout_s=xp.exposure_drain_timeout_s,
         )
-        if settings.experiments_record_exposures
+        if xp.record_exposures
         else None
     )
     # Generation-checked invalidation of the read path (see cache/serving.py).
     serving = ServingService(
-        db, ServingCache(redis), view_signal_types=settings.view_signal_types, exposures=exposures
+        db,
+        ServingCache(redis),
+        settings.serving,
+        embedding_dim=settings.embedding.dim,
+        view_signal_types=settings.ingest.view_signal_types,
+        exposures=exposures,
     )
     profiles.on_change(serving.invalidate)
     ingestor = Ingestor(db, events_cache, settings)

@@ -228,7 +228,7 @@ async def test_privacy_levels_erase_and_export(
     assert r.status_code == 200
     assert r.json()["other_tables"]["public.experiment_exposures"][0]["flag"] == "personalization"
     # This test has no Kafka: the erase without its tombstones step.
-    eraser = Eraser(platform.db, platform.redis, settings.model_copy(update={"erase_kafka_tombstones": False}))
+    eraser = Eraser(platform.db, platform.redis, settings.replace(erase={"kafka_tombstones": False}))
     report = await eraser.erase(limited, "test")
     assert report.removed["public.experiment_exposures"] == 1
     assert set(exposures(db_url, "personalization")) == {private}

@@ -139,7 +139,7 @@ async def test_every_acknowledged_read_has_its_exposure(db_url: str, redis_url: 
 
 async def test_close_drains_and_failures_are_retried(settings: Settings, db_url: str) -> None:
     readers = make_readers(db_url, 50)
-    db = Database(settings.model_copy(update={"db_statement_timeout_ms": 300}))
+    db = Database(settings.replace(database={"statement_timeout_ms": 300}))
     await db.open()
     recorder = ExposureRecorder(ExperimentStore(db), window_ms=1.0, retry_max_s=0.1, drain_timeout_s=20)
     now = datetime.now(UTC)

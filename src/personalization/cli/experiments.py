@@ -21,8 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from personalization.cli.common import ExitCode, exit_code_for, fail
-from personalization.config import get_settings
+from personalization.cli.common import ExitCode, exit_code_for, fail, load_settings
 from personalization.core.experiments import MetricIn
 from personalization.errors import PersonalizationError
 from personalization.experiments.service import ExperimentService
@@ -39,7 +38,8 @@ def _run(work: Callable[[ExperimentService], Awaitable[T]]) -> T:
     """Run ``work`` against the configured services; library errors become exit codes."""
     from personalization.composition import open_platform
 
-    settings = get_settings().model_copy(update={"experiments_record_exposures": False})
+    # A reader of results records no exposures.
+    settings = load_settings(experiments={"record_exposures": False})
 
     async def main() -> T:
         async with open_platform(settings) as p:

@@ -137,7 +137,7 @@ async def _results(
             mark = time.perf_counter()
             doc_cuped = await p.experiments.results(FLAG, "bookmarks", cuped=True)
             cuped.append(time.perf_counter() - mark)
-            bare.append(await asyncio.to_thread(bare_aggregate, url, settings.experiments_results_work_mem))
+            bare.append(await asyncio.to_thread(bare_aggregate, url, settings.experiments.results_work_mem))
     return doc, doc_cuped, {
         "results_median_s": statistics.median(plain),
         "results_cuped_median_s": statistics.median(cuped),
@@ -181,14 +181,14 @@ def _read_figures(settings: Settings, url: str, readers: int, concurrency: int) 
     figures: dict[str, Any] = {}
     try:
         for label, record, users in (("without", False, ids[:readers]), ("with", True, ids[readers:])):
-            cfg = settings.model_copy(update={"experiments_record_exposures": record})
+            cfg = settings.replace(experiments={"record_exposures": record})
             first, cached = asyncio.run(_reads(cfg, users, flag, concurrency))
             figures[f"first_read_p50_ms_{label}_exposures"] = round(percentile(first, 50) * 1000, 3)
             figures[f"first_read_p99_ms_{label}_exposures"] = round(percentile(first, 99) * 1000, 3)
             figures[f"cached_read_p50_ms_{label}_exposures"] = round(percentile(cached, 50) * 1000, 3)
             figures[f"cached_read_p99_ms_{label}_exposures"] = round(percentile(cached, 99) * 1000, 3)
     finally:
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(settings.redis.url)
         for i in range(0, len(ids), 1000):
             client.unlink(*(keys.feature_flag(flag, u) for u in ids[i : i + 1000]))
         client.unlink(keys.feature_flag_version(flag))
@@ -212,10 +212,10 @@ def run_experiments_bench(
     """Load, time results against the bare statement, time flag reads; return one flat figure set."""
     from rich.progress import Progress
 
-    with scratch_database(settings.database_url, "experiments") as url, Progress(
+    with scratch_database(settings.database.url, "experiments") as url, Progress(
         disable=not progress, transient=True
     ) as prog:
-        bench_settings = settings.model_copy(update={"database_url": url, "experiments_record_exposures": False})
+        bench_settings = settings.replace(database={"url": url}, experiments={"record_exposures": False})
         task = prog.add_task(f"loading {readers:,} exposures and {events:,} events", total=3)
         timings = load(url, readers=readers, events=events, lift=lift)
         with psycopg.connect(url) as conn:

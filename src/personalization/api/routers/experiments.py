@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request, Response
 
 from personalization.api.auth import require
+from personalization.api.deps import platform
 from personalization.api.responses import JSONBody
 from personalization.core.experiments import MetricIn
 from personalization.experiments.service import ExperimentService
@@ -17,8 +18,7 @@ _read = [require("read")]
 
 
 def _svc(request: Request) -> ExperimentService:
-    svc: ExperimentService = request.app.state.platform.experiments
-    return svc
+    return platform(request).experiments
 
 
 @router.put("/v1/metrics/{name}", dependencies=[require("admin", audit_action="metric.put")])
