@@ -13,10 +13,13 @@ from personalization.cache.events import EventCache
 from personalization.cache.serving import ServingCache
 from personalization.config import Settings
 from personalization.errors import CacheUnavailable
+from personalization.experiments.exposures import ExposureRecorder
+from personalization.experiments.service import ExperimentService
 from personalization.ingest.events import Ingestor
 from personalization.ingest.profiles import ProfileService
 from personalization.serving.service import ServingService
 from personalization.store.db import Database
+from personalization.store.experiments import ExperimentStore
 from personalization.store.profiles import ProfileStore
 
 
@@ -31,6 +34,8 @@ class Platform:
     ingestor: Ingestor
     profiles: ProfileService
     serving: ServingService
+    experiments: ExperimentService
+    exposures: ExposureRecorder | None
 
     async def cache_ok(self) -> bool:
         """True when Redis accepts a write within its timeout and no Redis call failed lately."""
@@ -55,16 +60,41 @@ async def open_platform(settings: Settings) -> AsyncIterator[Platform]:
     events_cache = EventCache(redis)
     profiles = ProfileService(ProfileStore(db))
 
+    xp = settings.experiments
+    experiment_store = ExperimentStore(db, results_work_mem=xp.results_work_mem)
+    exposures = (
+        ExposureRecorder(
+            experiment_store,
+            window_ms=xp.exposure_window_ms,
+            max_rows=xp.exposure_max_rows,
+            concurrency=xp.exposure_concurrency,
+            memory_size=xp.exposure_memory_size,
+            drain_timeout_s=xp.exposure_drain_timeout_s,
+        )
+        if xp.record_exposures
+        else None
+    )
     # Generation-checked invalidation of the read path (see cache/serving.py).
-    serving = ServingService(db, ServingCache(redis), settings.serving, embedding_dim=settings.embedding.dim,
-                             view_signal_types=settings.ingest.view_signal_types)
+    serving = ServingService(
+        db,
+        ServingCache(redis),
+        settings.serving,
+        embedding_dim=settings.embedding.dim,
+        view_signal_types=settings.ingest.view_signal_types,
+        exposures=exposures,
+    )
     profiles.on_change(serving.invalidate)
     ingestor = Ingestor(db, events_cache, settings)
-    platform = Platform(settings, db, redis, events_cache, ingestor, profiles, serving)
+    platform = Platform(
+        settings, db, redis, events_cache, ingestor, profiles, serving, ExperimentService(experiment_store), exposures
+    )
     try:
         yield platform
     finally:
         await serving.close()
+        if exposures is not None:
+            # Drained before the pool closes: every pending exposure gets its commit.
+            await exposures.close()
         await ingestor.close()
         await redis.aclose()
         await db.close()

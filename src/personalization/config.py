@@ -356,6 +356,28 @@ class NightlySettings(Section):
         return ZoneInfo(self.timezone)
 
 
+class ExperimentsSettings(Section):
+    """Experiments (issue 15): exposure recording and the results statement.
+
+    First exposures of readers to flags are group-committed: the first read waits for a
+    window shared by concurrent first reads, then one INSERT.
+    """
+
+    env_prefix: ClassVar[str] = ENV_PREFIX + "EXPERIMENTS_"
+
+    record_exposures: bool = True
+    exposure_window_ms: float = env("EXPOSURE_WINDOW_MS", default=2.0, ge=0, le=1000)
+    exposure_max_rows: int = env("EXPOSURE_MAX_ROWS", default=2000, ge=1)
+    # Group commits in flight at once (the next group fills while one commits).
+    exposure_concurrency: int = env("EXPOSURE_CONCURRENCY", default=2, ge=1, le=16)
+    # (flag, user, rules version) remembered in process as recorded (for reads without Redis).
+    exposure_memory_size: int = env("EXPOSURE_MEMORY_SIZE", default=100_000, ge=0)
+    # Shutdown keeps retrying pending exposures this long while PostgreSQL is unreachable.
+    exposure_drain_timeout_s: float = env("EXPOSURE_DRAIN_TIMEOUT_S", default=10.0, ge=0)
+    # work_mem of the results statement (one hash entry per exposed reader).
+    results_work_mem: str = Field(default="256MB", pattern=r"^[0-9]+(kB|MB|GB)$")
+
+
 class _FlatEnvironment(PydanticBaseSettingsSource):
     """Reads the flat ``PERSONALIZATION_*`` variables into the tree's sections."""
 
@@ -408,6 +430,7 @@ class Settings(BaseSettings):
     cdc: CdcSettings = CdcSettings()
     learner: LearnerSettings = LearnerSettings()
     nightly: NightlySettings = NightlySettings()
+    experiments: ExperimentsSettings = ExperimentsSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -450,7 +473,6 @@ def describe_error(exc: ValidationError) -> str:
         loc = tuple(str(p) for p in e["loc"])
         parts.append(f"{names.get(loc[:2], '.'.join(loc))}: {e['msg']}")
     return "; ".join(parts)
-
 
 def configured_service_urls() -> bool:
     """True when any service URL variable is set in the environment."""

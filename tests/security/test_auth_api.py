@@ -42,6 +42,12 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/v1/keys"): "admin",
     ("DELETE", "/v1/keys/{key_id}"): "admin",
     ("GET", "/v1/audit"): "admin",
+    ("PUT", "/v1/metrics/{name}"): "admin",
+    ("GET", "/v1/metrics"): "read",
+    ("GET", "/v1/metrics/{name}"): "read",
+    ("DELETE", "/v1/metrics/{name}"): "admin",
+    ("GET", "/v1/experiments/{flag}"): "read",
+    ("GET", "/v1/experiments/{flag}/results"): "read",
 }
 
 

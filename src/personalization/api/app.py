@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from personalization.api.auth import install_security
 from personalization.api.errors import install_error_handlers
 from personalization.api.middleware import BodyLimitMiddleware
-from personalization.api.routers import datarights, events, keys, ops, profiles, serving
+from personalization.api.routers import datarights, events, experiments, keys, ops, profiles, serving
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
 
@@ -61,6 +61,14 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     # API keys on every /v1 route: scope dependencies, header guard, audit, dev-mode notice.
     install_security(app, cfg)
     install_error_handlers(app)
-    for router in (ops.router, profiles.router, events.router, serving.router, datarights.router, keys.router):
+    for router in (
+        ops.router,
+        profiles.router,
+        events.router,
+        serving.router,
+        datarights.router,
+        keys.router,
+        experiments.router,
+    ):
         app.include_router(router)
     return app

@@ -82,6 +82,7 @@ def _register_optional() -> None:
         ("personalization.cli.keys", "keys"),
         ("personalization.cli.users", "users"),
         ("personalization.cli.content", "content"),
+        ("personalization.cli.experiments", "experiments"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -34,10 +34,11 @@ from personalization.cache import keys
 from personalization.cache.serving import RerankState, ServingCache
 from personalization.config import ServingSettings
 from personalization.core import embedding as emb
+from personalization.core.experiments import ExposureSink
 from personalization.core.flags import evaluate
 from personalization.core.privacy import policy_for
 from personalization.errors import CacheUnavailable, FieldError, InvalidInput, NotFound
-from personalization.serving.flags import FlagResult, FlagService, encode_value
+from personalization.serving.flags import FlagResult, FlagService, encode_value, exposed_in_cache
 from personalization.serving.guard import CacheGuard
 from personalization.serving.preferences import Preferences, from_hash, from_row, to_hash
 from personalization.store.db import Database
@@ -177,6 +178,7 @@ class ServingService:
         *,
         embedding_dim: int,
         view_signal_types: Sequence[str],
+        exposures: ExposureSink | None = None,
     ) -> None:
         self.settings = settings
         # The deployment's one dimension (settings.embedding.dim), users and content alike.
@@ -184,7 +186,7 @@ class ServingService:
         self.store = ServingStore(db)
         self.cache = cache
         self.guard = CacheGuard(cache, self.settings.cache_retry_s)
-        self.flags = FlagService(self.store, cache, self.guard, self.preferences)
+        self.flags = FlagService(self.store, cache, self.guard, self.preferences, exposures)
         self.view_signal_types = tuple(view_signal_types)
         self._content = _ContentVectors(self.settings.content_cache_size, self.settings.content_cache_max_age_s)
         self._popularity: dict[str, float] = {}
@@ -267,9 +269,14 @@ class ServingService:
         rules = await self.flags.rules(PERSONALIZATION, state.rules_version if state else None)
         decision = evaluate(rules, PERSONALIZATION, user_id, prefs.attributes())
         flag = FlagResult(PERSONALIZATION, user_id, decision.on, decision.reason, rules.version, "evaluated")
+        # The login answers with the flag: its exposure is durable before the answer (a
+        # current, marked cached value says it is already).
+        exposed = exposed_in_cache(state, rules.version) or await self.flags.expose(
+            PERSONALIZATION, user_id, decision, rules.version, prefs.privacy_level, degraded=state is None
+        )
         warmed = False
         if state is not None and self.guard.up:
-            value = encode_value(decision, rules.version, state.generation)
+            value = encode_value(decision, rules.version, state.generation, exposed=exposed)
             try:
                 warmed = await self.cache.prewarm(user_id, state.generation, to_hash(prefs), mode, vector, value)
             except CacheUnavailable as exc:

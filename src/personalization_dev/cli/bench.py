@@ -172,3 +172,31 @@ def bench_learner(
         ),
         json_out,
     )
+
+
+@bench_app.command("experiments")
+def bench_experiments(
+    exposures: int = typer.Option(1_000_000, "--exposures", min=1000, help="exposed readers (one exposure each)"),
+    events: int = typer.Option(10_000_000, "--events", min=1000, help="events around the exposures"),
+    lift: float = typer.Option(0.05, min=0.0, max=1.0, help="true relative lift of bookmarks in the on arm"),
+    repeat: int = typer.Option(3, min=1, help="runs of each timed results call"),
+    read_users: int = typer.Option(2000, min=100, help="readers of the flag-read latency pass (per mode)"),
+    concurrency: int = typer.Option(16, min=1, help="concurrent flag reads"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Experiment results over 1M exposures and 10M events against the bare SQL; flag-read cost of exposures."""
+    from personalization_dev.bench.experiments import run_experiments_bench
+
+    _bench(
+        lambda: run_experiments_bench(
+            get_settings(),
+            readers=exposures,
+            events=events,
+            lift=lift,
+            repeat=repeat,
+            read_users=read_users,
+            concurrency=concurrency,
+            progress=not json_out,
+        ),
+        json_out,
+    )
