@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from personalization.cache.client import make_client, wrap_exceptions
+from personalization.cache.client import make_client, probe
 from personalization.cache.events import EventCache
 from personalization.cache.serving import ServingCache
 from personalization.config import Settings
@@ -38,12 +38,17 @@ class Platform:
     exposures: ExposureRecorder | None
 
     async def cache_ok(self) -> bool:
-        """True when Redis answers a PING within its timeout."""
+        """True when Redis accepts a write within its timeout and no Redis call failed lately."""
+        return await self.cache_error() is None
+
+    async def cache_error(self) -> str | None:
+        """Why Redis counts as degraded now (None when it does not): the probe's or a recent call's error."""
         try:
-            with wrap_exceptions():
-                return bool(await self.redis.ping())
-        except CacheUnavailable:
-            return False
+            await probe(self.redis)
+        except CacheUnavailable as exc:
+            return str(exc)
+        window = self.settings.redis.health_window_s
+        return self.events_cache.failures.within(window) or self.serving.guard.failed_within(window)
 
 
 @contextlib.asynccontextmanager

@@ -26,14 +26,15 @@ import os
 from collections.abc import Iterator
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from personalization.core.decay import DAY_S, DEFAULT_SIGNALS, DecayConfig, SignalDecay
+from personalization.core.signals import SignalTypes, check_names, signal_types
 
 __all__ = [
     "DEFAULT_EMBEDDING_DIM",
@@ -100,6 +101,10 @@ class RedisSettings(Section):
     url: str = "redis://127.0.0.1:6379/0"
     # Bound of every Redis call of the API process (reads degrade to PostgreSQL).
     timeout_s: float = 0.25
+    # Faults (issue 17; docs/faults.md).  /healthz says Redis is degraded while a Redis call
+    # of the write or read path failed less than this long ago: a probe alone cannot see a
+    # refused script (CROSSSLOT) or a clobbered key (WRONGTYPE).
+    health_window_s: float = Field(default=5.0, ge=0)
 
 
 class KafkaSettings(Section):
@@ -127,6 +132,12 @@ class IngestSettings(Section):
     group_commit_split_rows: int = Field(default=1000, ge=1)
     # Signal types whose content counts as "viewed" for session recent content.
     view_signal_types: tuple[str, ...] = ("view", "read", "complete")
+    # The signal-type registry (core.signals; issue 17, docs/faults.md).  Types accepted (and
+    # scored by the learner with the default decay unless decay.signals names them) besides
+    # the built-in ones and the decay's configured ones, as JSON: '["prayed", "note_added"]'.
+    signal_types_extra: Annotated[tuple[str, ...], AfterValidator(check_names)] = ()
+    # Accept any well-formed signal type (the learner still scores only known ones).
+    signal_types_open: bool = False
 
 
 class HttpSettings(Section):
@@ -432,6 +443,14 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Constructor values first, then the flat environment variables (nothing else)."""
         return init_settings, _FlatEnvironment(settings_cls)
+
+    def signal_types(self) -> SignalTypes:
+        """The signal-type registry: built-in types, the decay's configured ones and ``ingest``'s extra ones.
+
+        Ingest accepts :meth:`SignalTypes.accepts`; the learner and recompute score ``known`` only.
+        """
+        return signal_types(extra=self.ingest.signal_types_extra, learner=self.decay.signals,
+                            open_types=self.ingest.signal_types_open)
 
     def replace(self, **sections: dict[str, Any]) -> Settings:
         """A copy with some fields of some sections changed (validated): ``replace(cdc={"slot_name": ...})``."""

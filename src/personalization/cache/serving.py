@@ -25,7 +25,7 @@ import redis
 import redis.asyncio as aioredis
 
 from personalization.cache import keys
-from personalization.cache.client import lua_script, wrap_exceptions
+from personalization.cache.client import lua_script, probe, wrap_exceptions
 
 
 def new_generation() -> str:
@@ -201,8 +201,9 @@ class ServingCache:
         return str(v)
 
     async def ping(self) -> bool:
-        with wrap_exceptions():
-            return bool(await self._r.ping())
+        """True when Redis accepts a write (the health probe); CacheUnavailable otherwise."""
+        await probe(self._r)
+        return True
 
 
 def _int(v: bytes | str | None) -> int | None:

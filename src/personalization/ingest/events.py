@@ -392,9 +392,15 @@ class Ingestor:
     async def ingest_validated(
         self, valid: list[ValidEvent], rejected: list[RejectedEvent], *, atomic: bool
     ) -> IngestResult:
-        """Store already-validated events (``rejected`` is carried into the result)."""
+        """Store already-validated events (``rejected`` is carried into the result).
+
+        A batch with no valid event is InvalidInput (422) with every event's errors: a 200
+        saying ``accepted: 0`` reads like success to a client that checks only the status.
+        """
         if not valid:
-            return IngestResult(rejected=rejected)
+            if rejected:
+                raise InvalidInput([err for r in rejected for err in r.errors])
+            return IngestResult()
         result = await self.committer.submit(valid, atomic)
         if rejected:
             result.rejected = sorted([*rejected, *result.rejected], key=lambda r: r.index)

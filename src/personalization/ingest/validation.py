@@ -48,6 +48,7 @@ def limits_from(settings: Settings) -> InputLimits:
         max_text_length=settings.ingest.max_text_length,
         max_metadata_bytes=settings.ingest.max_metadata_bytes,
         max_future_skew_s=settings.ingest.max_future_skew_s,
+        signal_types=settings.signal_types(),
     )
 
 

@@ -61,6 +61,8 @@ class Learner:
         self.stop = stop or threading.Event()
         self.on_committed = on_committed
         self.decay = settings.decay.config()
+        # The types it scores: the registry of this deployment (others are skipped).
+        self.signal_types = settings.signal_types().known
         self.store = LearnerStore(settings.database.url)
         self.cache = EmbeddingCache(settings.redis.url, timeout_s=settings.learner.redis_timeout_s)
         self.content = ContentCache(settings.embedding.dim)
@@ -184,6 +186,7 @@ class Learner:
                 events_topic=names.events_topic(self.settings.kafka.topic_prefix),
                 decay=self.decay,
                 content=self.content,
+                signal_types=self.signal_types,
             )
             # Dead letters are acknowledged before the commit: a crash in between sends
             # them again (at-least-once into the DLQ) but never loses one.

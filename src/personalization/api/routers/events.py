@@ -30,7 +30,7 @@ _EVENT_BATCH_SCHEMA = EventBatch.model_json_schema(ref_template="#/components/sc
         200: {"description": "Per-event outcome: accepted count, duplicates, suppressed, rejected"},
         404: {"description": "atomic=true and an event names an unknown user"},
         413: {"description": "body or batch over its limit"},
-        422: {"description": "invalid batch (or any invalid event with atomic=true)"},
+        422: {"description": "invalid batch, no event of it valid, or any invalid event with atomic=true"},
     },
 )
 async def post_events(
