@@ -87,23 +87,24 @@ def test_kill_9_loses_no_committed_row(env: dict[str, str]) -> None:
     relays = [RelayProcess(env) for _ in range(3)]
     first, second, third = relays
     try:
-        first.start()
-        inserter.start()
-        deliver_after(0, "first")
-        first.kill()  # mid-stream: rows are being committed and delivered
-        killed_at = _max_event_id(db_url)
-        # Rows pile up in the slot while no relay runs.
-        wait_until(lambda: _max_event_id(db_url) >= killed_at + 500, 30, "500 rows committed while no relay runs")
-        second.start()
-        deliver_after(killed_at, "second")
-        second.kill()
-        killed_at = _max_event_id(db_url)
-        third.start()
-        deliver_after(killed_at, "third")
-    finally:
-        inserter.stop.set()
-        inserter.join()
-    try:
+        try:
+            first.start()
+            inserter.start()
+            deliver_after(0, "first")
+            first.kill()  # mid-stream: rows are being committed and delivered
+            killed_at = _max_event_id(db_url)
+            # Rows pile up in the slot while no relay runs.
+            wait_until(lambda: _max_event_id(db_url) >= killed_at + 500, 30, "500 rows committed while no relay runs")
+            second.start()
+            deliver_after(killed_at, "second")
+            second.kill()
+            killed_at = _max_event_id(db_url)
+            third.start()
+            deliver_after(killed_at, "third")
+        finally:
+            inserter.stop.set()
+            if inserter.ident is not None:  # started
+                inserter.join()
         with psycopg.connect(db_url) as conn:
             committed = {int(r[0]) for r in conn.execute("SELECT event_id FROM personalization_events")}
         assert len(committed) > 500
