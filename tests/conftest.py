@@ -126,7 +126,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def settings(db_url: str, redis_url: str) -> Settings:
     """Settings pointing at this test's database and Redis db."""
-    return Settings(database_url=db_url, redis_url=redis_url, group_commit_window_ms=1.0)
+    return Settings(database={"url": db_url}, redis={"url": redis_url}, ingest={"group_commit_window_ms": 1.0})
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ async def platform(settings: Settings) -> AsyncIterator[Platform]:
 async def make_client() -> AsyncIterator[AppClients]:
     """``await make_client(settings, platform)``: an HTTP client on the real app, in process (ASGI).
 
-    The one way the tests build a client: ``settings`` decide API keys (``auth_dev_mode``),
+    The one way the tests build a client: ``settings`` decide API keys (``auth.dev_mode``),
     limits and the rest, ``platform`` the wired library behind it.  Every client made is
     closed when the test ends.
     """
@@ -157,7 +157,7 @@ async def client(platform: Platform, make_client: AppClients, settings: Settings
 
     The tests of authentication itself (tests/security) make clients with keys checked.
     """
-    return await make_client(settings.model_copy(update={"auth_dev_mode": True}), platform)
+    return await make_client(settings.replace(auth={"dev_mode": True}), platform)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from personalization.composition import Platform
 from personalization.core.fast_events import OCCURRED_AT, TS, fast_events
 from personalization.core.models import DEFAULT_LIMITS, EventIn, has_nul_escape
 from personalization.errors import InvalidInput
-from personalization.ingest.events import _parse_events_full
+from personalization.ingest.validation import _parse_events_full
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 USER = "0b7e4c52-5e0f-4a8e-9b55-6c1f3f6a2d10"
@@ -252,8 +252,9 @@ async def test_backlog_is_shared_among_idle_flushers(
     """Four waiting requests of 10 rows, split at 10 rows: two groups when two flushers are idle."""
     from personalization.composition import open_platform
 
-    cfg = settings.model_copy(update={"group_commit_window_ms": 50.0, "group_commit_split_rows": 10,
-                                      "group_commit_concurrency": concurrency})
+    cfg = settings.replace(
+        ingest={"group_commit_window_ms": 50.0, "group_commit_split_rows": 10, "group_commit_concurrency": concurrency},
+    )
     async with open_platform(cfg) as p:
         before = _flush_count()
         batches = [[_base(user_id=None, client_event_id=str(uuid.uuid4())) for _ in range(10)] for _ in range(4)]

@@ -51,7 +51,8 @@ async def open_platform(settings: Settings) -> AsyncIterator[Platform]:
     profiles = ProfileService(ProfileStore(db))
 
     # Generation-checked invalidation of the read path (see cache/serving.py).
-    serving = ServingService(db, ServingCache(redis), view_signal_types=settings.view_signal_types)
+    serving = ServingService(db, ServingCache(redis), settings.serving, embedding_dim=settings.embedding.dim,
+                             view_signal_types=settings.ingest.view_signal_types)
     profiles.on_change(serving.invalidate)
     ingestor = Ingestor(db, events_cache, settings)
     platform = Platform(settings, db, redis, events_cache, ingestor, profiles, serving)

@@ -22,16 +22,9 @@ from personalization_dev.testing.http import AppClients
 @pytest.fixture
 def auth_settings(settings: Settings) -> Settings:
     """Keys checked (never dev mode), a server secret, short revalidation, no Kafka unless a test asks."""
-    return Settings(
-        **(
-            settings.model_dump()
-            | {
-                "auth_dev_mode": False,
-                "api_key_secret": SecretStr("test-server-secret"),
-                "auth_revalidate_s": 0.5,
-                "erase_kafka_tombstones": False,
-            }
-        )
+    return settings.replace(
+        auth={"dev_mode": False, "api_key_secret": SecretStr("test-server-secret"), "revalidate_s": 0.5},
+        erase={"kafka_tombstones": False},
     )
 
 
@@ -44,7 +37,7 @@ async def auth_client(platform: Platform, make_client: AppClients, auth_settings
 @pytest.fixture
 async def open_client(platform: Platform, make_client: AppClients, auth_settings: Settings) -> httpx.AsyncClient:
     """The same app in development mode (no keys), for setting up data."""
-    return await make_client(auth_settings.model_copy(update={"auth_dev_mode": True}), platform)
+    return await make_client(auth_settings.replace(auth={"dev_mode": True}), platform)
 
 
 @pytest.fixture

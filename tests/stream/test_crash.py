@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from personalization.cli.cdc import app as cdc_app
+from personalization.kafka import names
 from personalization_dev.relayproc import RelayProcess
 from personalization_dev.testing.kafka import consume, new_consumer, relay_env
 from personalization_dev.testing.waiting import wait_until
@@ -56,7 +57,7 @@ def env(cdc_db_url: str, kafka_bootstrap: str) -> dict[str, str]:
 
 
 def _topic(env: dict[str, str]) -> str:
-    return f"{env['PERSONALIZATION_KAFKA_TOPIC_PREFIX']}.public.personalization_events"
+    return names.events_topic(env["PERSONALIZATION_KAFKA_TOPIC_PREFIX"])
 
 
 def _max_event_id(db_url: str) -> int:

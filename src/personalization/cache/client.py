@@ -12,6 +12,9 @@ import redis.exceptions
 from personalization.config import Settings
 from personalization.errors import CacheUnavailable
 
+AsyncRedis = aioredis.Redis
+"""The async client type, for use cases that hold one without importing redis-py."""
+
 
 @contextlib.contextmanager
 def wrap_exceptions() -> Iterator[None]:
@@ -32,9 +35,9 @@ def lua_script(name: str) -> str:
 def make_client(settings: Settings) -> aioredis.Redis:
     """An async client; every call is bounded by ``redis_timeout_s`` so a slow Redis degrades, not blocks."""
     return aioredis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
+        settings.redis.url,
+        socket_timeout=settings.redis.timeout_s,
+        socket_connect_timeout=settings.redis.timeout_s,
         health_check_interval=30,
         max_connections=64,
     )

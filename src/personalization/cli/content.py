@@ -13,8 +13,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from personalization.cli.common import ExitCode, err, exit_code_for, fail
-from personalization.config import get_settings
+from personalization.cli.common import ExitCode, err, exit_code_for, fail, load_settings
 from personalization.errors import InvalidInput, PersonalizationError
 
 app = typer.Typer(no_args_is_help=True, help="Content embeddings used by reranking.")
@@ -34,11 +33,10 @@ def import_(
     from personalization.cache.client import make_client
     from personalization.cache.serving import ServingCache
     from personalization.serving.content_import import import_batch, read_file
-    from personalization.serving.settings import ServingSettings
     from personalization.store.db import Database
 
-    settings = get_settings()
-    dim = ServingSettings().embedding_dim
+    settings = load_settings()
+    dim = settings.embedding.dim
     try:
         batch = read_file(path, dim, fmt, ids)
     except InvalidInput as exc:

@@ -1,7 +1,7 @@
 """Degradation: a circuit breaker in front of Redis for the read path.
 
 The first Redis failure (connection refused, or no answer within
-``Settings.redis_timeout_s``) opens the breaker: from then on reads skip Redis and
+``settings.redis.timeout_s``) opens the breaker: from then on reads skip Redis and
 go straight to PostgreSQL (no request waits for a timeout again), and cache writes
 that could not be made (invalidations, flag version publications) are queued.  A
 background probe PINGs Redis every ``cache_retry_s``; once it answers, the queued

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from personalization.cache import keys
 from personalization.cache.serving import RerankState, ServingCache
+from personalization.config import ServingSettings
 from personalization.core import embedding as emb
 from personalization.core.flags import evaluate
 from personalization.core.privacy import policy_for
@@ -39,7 +40,6 @@ from personalization.errors import CacheUnavailable, FieldError, InvalidInput, N
 from personalization.serving.flags import FlagResult, FlagService, encode_value
 from personalization.serving.guard import CacheGuard
 from personalization.serving.preferences import Preferences, from_hash, from_row, to_hash
-from personalization.serving.settings import ServingSettings
 from personalization.store.db import Database
 from personalization.store.serving import ServingStore
 
@@ -173,11 +173,14 @@ class ServingService:
         self,
         db: Database,
         cache: ServingCache,
-        settings: ServingSettings | None = None,
+        settings: ServingSettings,
         *,
-        view_signal_types: Sequence[str] = ("view", "read", "complete"),
+        embedding_dim: int,
+        view_signal_types: Sequence[str],
     ) -> None:
-        self.settings = settings or ServingSettings()
+        self.settings = settings
+        # The deployment's one dimension (settings.embedding.dim), users and content alike.
+        self.embedding_dim = embedding_dim
         self.store = ServingStore(db)
         self.cache = cache
         self.guard = CacheGuard(cache, self.settings.cache_retry_s)
@@ -279,8 +282,8 @@ class ServingService:
             return None
         dim, raw = found
         try:
-            if dim != self.settings.embedding_dim:
-                raise emb.EmbeddingError(f"dimension {dim}, deployment uses {self.settings.embedding_dim}")
+            if dim != self.embedding_dim:
+                raise emb.EmbeddingError(f"dimension {dim}, deployment uses {self.embedding_dim}")
             return emb.normalize(emb.check(emb.decode(raw, dim), dim))
         except emb.EmbeddingError as exc:
             log.warning("ignoring durable embedding of user %s: %s", user_id, exc)
@@ -375,7 +378,7 @@ class ServingService:
             return None
 
     async def _user_vector(self, user_id: uuid.UUID, state: RerankState | None) -> tuple[emb.Vector | None, Reason]:
-        dim = self.settings.embedding_dim
+        dim = self.embedding_dim
         if state is None:
             # Degraded: the durable copy of the online learner.
             vec = await self._durable_embedding(user_id)
@@ -397,7 +400,7 @@ class ServingService:
         out: list[tuple[emb.Vector | None, str | None] | None] = [self._content.get(c) for c in ids]
         missing = [c for c, v in zip(ids, out, strict=True) if v is None]
         if missing:
-            dim = self.settings.embedding_dim
+            dim = self.embedding_dim
             fetched: dict[str, tuple[emb.Vector | None, str | None]] = {}
             for row in await self.store.content_vectors(missing, dim):
                 vec = None

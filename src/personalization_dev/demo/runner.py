@@ -33,6 +33,7 @@ import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from personalization.kafka import names
 from personalization.kafka.topics import ensure_topics
 from personalization_dev.childproc import CliChild
 from personalization_dev.demo.bible import Chapter, embed_chapters, load_chapters
@@ -228,7 +229,7 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
     database_url = service_env["PERSONALIZATION_DATABASE_URL"]
     bootstrap = service_env["PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS"]
     prefix = env.get("PERSONALIZATION_KAFKA_TOPIC_PREFIX", "personalization")
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     children: list[CliChild] = []
     figures: dict[str, Any] = {"users": opts.users, "days": opts.days}
     try:
