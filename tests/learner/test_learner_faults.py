@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,6 +28,7 @@ from personalization.learner.consumer import Learner
 from personalization.learner.recompute import recompute_users
 from personalization_dev.synthetic import produce, producer
 from personalization_dev.testing.learner import consumed_offsets, fill_population, stream_order, wait_consumed
+from personalization_dev.testing.waiting import wait_until
 
 DIM = 8
 
@@ -43,6 +43,7 @@ class Cuttable:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self.up = True
+        self.refused = 0  # connections refused while cut: the client's attempts to get back
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -52,6 +53,7 @@ class Cuttable:
             except OSError:
                 return
             if not self.up:
+                self.refused += 1
                 client.close()
                 continue
             try:
@@ -150,7 +152,12 @@ def test_outage_pauses_without_committing_and_resumes_without_loss(
         proxy.cut()
         before = consumed_offsets(db_url, group, topic)
         ends = produce(prod, topic, stream[200:400], topic_prefix=prefix)
-        time.sleep(3.0)
+        # The learner fails on the new batch and keeps trying to reach the service: a batch
+        # retried and three more connection attempts refused (its back-off goes 0.1, 0.2, 0.4 s).
+        wait_until(lambda: retried() > retries_before, 30, f"a batch retried after the {service} cut")
+        refused = proxy.refused
+        wait_until(lambda: proxy.refused >= refused + 3, 30,
+                   lambda: f"three more connections to {service} refused ({proxy.refused - refused})")
         # Nothing of the new messages was committed while the service was down.
         assert consumed_offsets(db_url, group, topic) == before
         assert thread.is_alive()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import random
 import re
-import time
 import uuid
 from typing import Any
 
@@ -37,6 +36,7 @@ from personalization_dev.testing.learner import (
     stream_order,
     wait_consumed,
 )
+from personalization_dev.testing.waiting import wait_until
 
 DIM = 8
 
@@ -69,10 +69,10 @@ def _in_transaction(db_url: str, pid: int) -> bool:
 
 def _kill_mid_batch(proc: LearnerProcess, db_url: str) -> None:
     """SIGKILL ``proc`` while it has a batch transaction open (applied, not committed)."""
-    deadline = time.monotonic() + 60
-    while not _in_transaction(db_url, proc.pid):
-        assert time.monotonic() < deadline, proc.output()[-3000:]
-        time.sleep(0.002)
+    # Polled every 2 ms: the window between a batch's writes and its commit is short.
+    wait_until(lambda: _in_transaction(db_url, proc.pid), 60,
+               lambda: f"the learner inside a batch transaction; its output:\n{proc.output()[-3000:]}",
+               interval_s=0.002)
     proc.kill()
 
 

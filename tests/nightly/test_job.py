@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -13,7 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from nightly_helpers import add_events, add_user, ledger, snapshot_rows
+from nightly_helpers import add_events, add_user, ledger, snapshot_rows, wait_blocked
 from psycopg import sql
 
 from personalization.config import NightlySettings
@@ -132,19 +131,6 @@ def test_future_is_judged_in_the_jobs_time_zone(db_url: str) -> None:
             NightlyJob(db_url, NightlySettings(timezone="Pacific/Pago_Pago"), decay=DEFAULT_DECAY).run(ahead)
 
 
-def _wait_blocked(pg: psycopg.Connection[Any], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = pg.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'personalization-nightly'"
-            " AND wait_event_type = 'Lock' AND datname = current_database()"
-        ).fetchone()
-        if row and row[0]:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the nightly run never blocked")
-
-
 def test_concurrent_runs_cannot_both_proceed(db_url: str, pg: psycopg.Connection[Any], job: NightlyJob,
                                              make_user: Callable[..., uuid.UUID]) -> None:
     make_user()
@@ -154,7 +140,7 @@ def test_concurrent_runs_cannot_both_proceed(db_url: str, pg: psycopg.Connection
         blocker.execute("LOCK TABLE feature_store.snapshots IN ACCESS EXCLUSIVE MODE")
         t = threading.Thread(target=lambda: outcome.append(job.run(None)))
         t.start()
-        _wait_blocked(pg)
+        wait_blocked(pg)
         with pytest.raises(NightlyRunning):
             NightlyJob(db_url, job.settings, decay=DEFAULT_DECAY).run(None, trigger="second")
         blocker.rollback()
@@ -199,7 +185,7 @@ def test_failure_mid_run_is_recorded_and_previous_snapshot_kept(
         blocker.execute("LOCK TABLE feature_store.snapshots IN ACCESS EXCLUSIVE MODE")
         t = threading.Thread(target=run)
         t.start()
-        _wait_blocked(pg)
+        wait_blocked(pg)
         # The server ends the job's working session in the middle of the swap.
         pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                    " WHERE application_name = 'personalization-nightly' AND wait_event_type = 'Lock'")
@@ -241,7 +227,7 @@ def test_user_erased_during_a_run_is_not_brought_back(db_url: str, pg: psycopg.C
         blocker.execute("LOCK TABLE feature_store.snapshots IN ACCESS EXCLUSIVE MODE")
         t = threading.Thread(target=lambda: outcome.append(job.run(None)))
         t.start()
-        _wait_blocked(pg)  # the snapshot with a's rows is built and waits to be swapped in
+        wait_blocked(pg)  # the snapshot with a's rows is built and waits to be swapped in
         with psycopg.connect(db_url) as eraser:
             erase_user_features_sync(eraser, a)
             eraser.execute("DELETE FROM user_profile WHERE user_id = %s", (a,))

