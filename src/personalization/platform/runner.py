@@ -1,0 +1,178 @@
+"""``personalization up`` end to end: services, schema, topics, then the supervised children.
+
+With no ``PERSONALIZATION_*`` service URL configured, the embedded local stack is started
+first.  It belongs to the development tooling, which the product never imports: the
+tooling registers a factory in the ``personalization.local_stack`` entry-point group
+(``pyproject.toml``) and this module looks it up at run time, so an installation without
+the tooling says what to configure instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Protocol
+
+from personalization.config import SERVICE_URL_VARS, configured_service_urls
+from personalization.errors import PersonalizationError
+from personalization.platform.components import NodeOptions, plan
+from personalization.platform.logs import LogSink
+from personalization.platform.settings import PlatformSettings
+from personalization.platform.state import PlatformLock
+from personalization.platform.supervisor import RestartPolicy, Supervisor, SupervisorConfig
+
+LOCAL_STACK_GROUP = "personalization.local_stack"
+
+StepCallback = Callable[[str, int, int], None]
+
+
+class LocalStackFactory(Protocol):
+    """What a ``personalization.local_stack`` entry point is: ``(root, progress) -> context of env``."""
+
+    def __call__(self, root: Path, progress: StepCallback | None) -> AbstractContextManager[dict[str, str]]:
+        """A context manager that runs the stack and yields its ``PERSONALIZATION_*`` URLs."""
+        ...
+
+
+class PlatformError(PersonalizationError):
+    """``up`` cannot start: the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """The choices of one ``up`` invocation (the CLI's options over the settings)."""
+
+    roles: tuple[str, ...]
+    host: str
+    port: int
+    api_workers: int
+    learners: int
+    log_dir: Path | None
+    stop_timeout_s: float
+
+
+def _local_stack(root: Path, progress: StepCallback | None) -> AbstractContextManager[dict[str, str]]:
+    found = sorted(entry_points(group=LOCAL_STACK_GROUP), key=lambda e: e.name)
+    if not found:
+        raise PlatformError(
+            "no service is configured and the embedded stack is not installed: set "
+            f"{', '.join(SERVICE_URL_VARS)} to your services, or install the development tooling "
+            "(pip install -e '.[all]')"
+        )
+    factory: LocalStackFactory = found[0].load()
+    return factory(root, progress)
+
+
+@contextlib.contextmanager
+def services(settings: PlatformSettings, progress: StepCallback | None) -> Iterator[tuple[dict[str, str], bool]]:
+    """The service URLs to use and whether the embedded stack provides them."""
+    if configured_service_urls():
+        from personalization.config import get_settings
+
+        s = get_settings()
+        yield {"PERSONALIZATION_DATABASE_URL": s.database_url, "PERSONALIZATION_REDIS_URL": s.redis_url,
+               "PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers}, False
+        return
+    with _local_stack(settings.data_dir, progress) as env:
+        yield dict(env), True
+
+
+def free_port(host: str) -> int:
+    """A port that is free on ``host`` right now (for ``--port 0``)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _prepare(service_env: dict[str, str], roles: set[str]) -> None:
+    """Schema first (every component needs it), then the CDC topics the consumers read."""
+    from personalization.changestream.settings import CdcSettings
+    from personalization.store import migrate
+
+    migrate.upgrade(service_env["PERSONALIZATION_DATABASE_URL"])
+    if roles & {"relay", "learner", "invalidator"}:
+        from personalization.kafka.topics import ensure_topics
+
+        cdc = CdcSettings(kafka_bootstrap_servers=service_env["PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS"])
+        topics = [f"{cdc.kafka_topic_prefix}.{table}" for table in cdc.captured_tables]
+        try:
+            ensure_topics(cdc.kafka_bootstrap_servers, topics, timeout_s=30.0)
+        except Exception as exc:  # KafkaException: the broker is unreachable or refuses
+            raise PlatformError(f"cannot create the CDC topics on {cdc.kafka_bootstrap_servers}: {exc}") from exc
+
+
+def node_options(opts: UpOptions, embedded: bool) -> NodeOptions:
+    """The children's options: the learner and invalidator groups from their own settings."""
+    from personalization.learner.settings import LearnerSettings
+
+    learner = LearnerSettings()
+    return NodeOptions(
+        host=opts.host, port=opts.port, api_workers=opts.api_workers, learners=opts.learners,
+        embedded_broker=embedded, learner_group=learner.learner_group_id,
+        learner_kafka_group=learner.learner_kafka_group_id, learner_metrics_port=learner.learner_metrics_port,
+    )
+
+
+def export_lines(env: dict[str, str]) -> list[str]:
+    """``export NAME=value`` lines for a POSIX shell."""
+    return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+
+
+def run_up(
+    settings: PlatformSettings,
+    opts: UpOptions,
+    stop: threading.Event,
+    sink: LogSink,
+    announce: Callable[[list[str]], None],
+    progress: StepCallback | None = None,
+) -> int:
+    """Run the node until ``stop`` is set; returns the exit code (0 after an orderly stop).
+
+    ``announce`` receives the ``export`` lines once every child is started and the API
+    answers.  Raises PlatformError (or the store's errors) when the node cannot start.
+    """
+    directory = settings.platform_dir.resolve()
+    lock = PlatformLock(directory)
+    lock.acquire()
+    try:
+        with services(settings, progress) as (service_env, embedded):
+            if stop.is_set():
+                return 0
+            options = node_options(opts, embedded)
+            if opts.port == 0:
+                options = replace(options, port=free_port(opts.host))
+            children = plan(opts.roles, options)
+            roles = {c.role for c in children}
+            _prepare(service_env, roles)
+            api_url = options.api_url if "api" in roles else None
+            env = {**os.environ, **service_env, "PERSONALIZATION_DATA_DIR": str(settings.data_dir.resolve()),
+                   "PYTHONUNBUFFERED": "1"}
+            # Status reads the lag through these (and the topic names from the prefix).
+            from personalization.changestream.settings import CdcSettings
+
+            state_services = {**service_env, "PERSONALIZATION_KAFKA_TOPIC_PREFIX": CdcSettings().kafka_topic_prefix}
+            config = SupervisorConfig(
+                directory=directory, env=env, roles=sorted(roles), services=state_services, embedded_stack=embedded,
+                api_url=api_url, stop_timeout_s=opts.stop_timeout_s, log_dir=opts.log_dir,
+                api_start_timeout_s=settings.platform_api_start_timeout_s,
+                policy=RestartPolicy(settings.platform_restart_initial_s, settings.platform_restart_max_s,
+                                     settings.platform_stable_after_s, settings.platform_failing_after),
+            )
+            # What this run started (the embedded stack's URLs, the API) and where its state
+            # is, so that `status` in a shell that sourced these lines finds it.
+            exports = {**service_env} if embedded else {}
+            exports["PERSONALIZATION_DATA_DIR"] = str(settings.data_dir.resolve())
+            if api_url is not None:
+                exports["PERSONALIZATION_API_URL"] = api_url
+            supervisor = Supervisor(children, config, sink)
+            return supervisor.run(stop, on_ready=lambda: announce(export_lines(exports)))
+    finally:
+        lock.release()
