@@ -109,7 +109,7 @@ def _prepare(service_env: dict[str, str], roles: set[str]) -> None:
             raise PlatformError(f"cannot create the CDC topics on {cdc.kafka_bootstrap_servers}: {exc}") from exc
 
 
-def node_options(opts: UpOptions, embedded: bool) -> NodeOptions:
+def node_options(opts: UpOptions, embedded: bool, invalidator_group: str) -> NodeOptions:
     """The children's options: the learner and invalidator groups from their own settings."""
     from personalization.learner.settings import LearnerSettings
 
@@ -118,6 +118,7 @@ def node_options(opts: UpOptions, embedded: bool) -> NodeOptions:
         host=opts.host, port=opts.port, api_workers=opts.api_workers, learners=opts.learners,
         embedded_broker=embedded, learner_group=learner.learner_group_id,
         learner_kafka_group=learner.learner_kafka_group_id, learner_metrics_port=learner.learner_metrics_port,
+        invalidator_group=invalidator_group,
     )
 
 
@@ -146,7 +147,7 @@ def run_up(
         with services(settings, progress) as (service_env, embedded):
             if stop.is_set():
                 return 0
-            options = node_options(opts, embedded)
+            options = node_options(opts, embedded, settings.platform_invalidator_group)
             if opts.port == 0:
                 options = replace(options, port=free_port(opts.host))
             children = plan(opts.roles, options)

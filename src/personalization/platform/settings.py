@@ -27,6 +27,8 @@ class PlatformSettings(BaseSettings):
     # API server worker processes and learner processes.
     platform_api_workers: int = Field(default=1, ge=1, le=64)
     platform_learners: int = Field(default=1, ge=1, le=64)
+    # Kafka consumer group of the cache-invalidation consumer (`cdc invalidate-cache --group-id`).
+    platform_invalidator_group: str = Field(default="personalization-cache-invalidation", min_length=1)
     # Restart back-off of a crashed child: doubled from the initial delay up to the max; a
     # child that stayed up this long is healthy again (its next crash waits the initial delay).
     platform_restart_initial_s: float = Field(default=0.5, gt=0)

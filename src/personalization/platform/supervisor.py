@@ -236,9 +236,9 @@ class Supervisor:
             how = f"exited with code {code}"
         if failing:
             message = (f"{child.spec.name} keeps crashing ({child.crashes_in_a_row} times in a row, last: {how}); "
-                       f"retrying in {delay:.1f} s")
+                       f"retrying in {delay:g} s")
         else:
-            message = f"{child.spec.name} {how}; restarting in {delay:.1f} s"
+            message = f"{child.spec.name} {how}; restarting in {delay:g} s"
         self.sink.event(message, level="error" if failing else "warning", child=child.spec.name, exit_code=code,
                         restarts=rec.restarts, crashes_in_a_row=child.crashes_in_a_row,
                         last_output=rec.last_output[-3:])
