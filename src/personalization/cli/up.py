@@ -98,7 +98,7 @@ def up(
     try:
         code = run_up(settings, opts, stop, sink, announce)
     except UnknownRole as exc:
-        fail(f"--only: {exc}", ExitCode.BAD_INPUT)
+        fail(f"{'--only' if only is not None else 'PERSONALIZATION_PLATFORM_ROLES'}: {exc}", ExitCode.BAD_INPUT)
     except AlreadyRunning as exc:
         fail(str(exc), ExitCode.REFUSED)
     except PersonalizationError as exc:

@@ -3,9 +3,10 @@
 A component is one ``personalization ...`` command run as a supervised child process
 (``learner`` may run as several, ``learner-1``, ``learner-2``, ...).  The registry is
 open: a background worker that another part of the platform adds (erasure completion,
-invalidation replay, exposure flushing, model training) is one more ``ComponentSpec`` in
-:data:`COMPONENTS` (or a :func:`register` call), with the command that runs it, where it
-stops in the shutdown order and which lag it reports.
+invalidation replay, exposure flushing, model training) is one more entry in
+:data:`COMPONENTS`, usually ``worker(role, summary, *cli_args, ...)`` (or a :func:`register`
+call), with the command that runs it, where it stops in the shutdown order and which lag
+it reports.
 """
 
 from __future__ import annotations
@@ -144,6 +145,27 @@ def _scheduler(spec: ComponentSpec, opts: NodeOptions) -> list[ChildSpec]:
         return Launch(_cli("jobs", "schedule"))
 
     return [ChildSpec("scheduler", spec.role, launch, spec.stop_stage, spec.stop_grace_s, "nightly")]
+
+
+def worker(
+    role: str, summary: str, *cli_args: str, stop_stage: int = 2, stop_grace_s: float = 15.0,
+    lag: LagKind = "none", detail: dict[str, str] | None = None,
+) -> ComponentSpec:
+    """A background worker: one child named ``role`` running ``personalization *cli_args``.
+
+    For example ``worker("exposures", "exposure flusher", "experiments", "flush-exposures")``;
+    with ``lag="pending_rows"``, ``detail`` names its backlog: ``{"pending_relation": table}``
+    (every row counts, as in an outbox), plus ``"pending_query"``, a named count query in
+    ``store/sql/platform.sql``, where only some rows are pending.
+    """
+
+    def expand(spec: ComponentSpec, opts: NodeOptions) -> list[ChildSpec]:
+        def launch(_generation: int) -> Launch:
+            return Launch(_cli(*cli_args), detail=dict(detail or {}))
+
+        return [ChildSpec(spec.role, spec.role, launch, spec.stop_stage, spec.stop_grace_s, lag)]
+
+    return ComponentSpec(role, summary, stop_stage, stop_grace_s, expand)
 
 
 COMPONENTS: list[ComponentSpec] = [

@@ -6,8 +6,9 @@
 * ``consumer_group`` (the invalidator): the group's offsets committed in Kafka against the
   end offsets of the profile and trait topics.
 * ``nightly`` (the scheduler): the latest run and the age of the last successful one.
-* ``pending_rows`` (a background worker): a named count query over its backlog table,
-  reported only once that table exists (``detail``: ``pending_relation``, ``pending_query``).
+* ``pending_rows`` (a background worker): its backlog table's rows (an outbox), or a named
+  count query over it, reported once that table exists (``detail``: ``pending_relation``,
+  optionally ``pending_query``).
 * ``http`` (the API): what its ``/healthz`` says.
 
 Every probe is bounded by short timeouts; a probe that fails reports ``{"error": ...}``
@@ -88,7 +89,7 @@ class LagReader:
         if kind == "nightly":
             return self._cached(("nightly",), self.store().nightly)
         if kind == "pending_rows":
-            pending = self.store().pending_rows(record.detail["pending_relation"], record.detail["pending_query"])
+            pending = self.store().pending_rows(record.detail["pending_relation"], record.detail.get("pending_query"))
             return {"pending": pending, **({"note": "table absent"} if pending is None else {})}
         assert_never(kind)
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from personalization.store.db import wrap_exceptions
@@ -48,12 +49,20 @@ class PlatformStore:
             "last_success_age_s": None if age is None else round(float(age), 1),
         }
 
-    def pending_rows(self, relation: str, query: str) -> int | None:
-        """The named query's count, or None while ``relation`` does not exist."""
+    def pending_rows(self, relation: str, query: str | None = None) -> int | None:
+        """The backlog of ``relation``: the named ``query``'s count, or all its rows without one.
+
+        None while ``relation`` does not exist (its migration not applied on this database).
+        """
         present = self._one("relation_exists", {"relation": relation})
         if not present or not present["present"]:
             return None
-        row = self._one(query)
+        if query is not None:
+            row = self._one(query)
+        else:
+            stmt = sql.SQL(q("count_relation", _SQL)).format(relation=sql.Identifier(*relation.split(".")))
+            with wrap_exceptions():
+                row = self._conn.execute(stmt).fetchone()
         return None if row is None else int(next(iter(row.values())))
 
 

@@ -22,3 +22,8 @@ WHERE status = 'succeeded';
 -- name: relation_exists
 -- A worker's backlog table may not exist on this schema version (its migration not applied).
 SELECT to_regclass(%(relation)s) IS NOT NULL AS present;
+
+-- name: count_relation
+-- A backlog that holds only pending rows (an outbox): all of its rows count.  ``{relation}``
+-- is filled in as a quoted identifier.
+SELECT count(*) AS pending FROM {relation};
