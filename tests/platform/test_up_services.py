@@ -7,6 +7,7 @@ A worker-node subset (``--only``) with a two-worker API: the status document and
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -56,6 +57,12 @@ def test_up_subset_on_configured_services_and_kill_9_of_the_supervisor_leaves_no
         assert r.status_code == 200, r.text
         assert [c["name"] for c in r.json()["components"]] == ["api", "learner", "invalidator", "scheduler"]
 
+        # A second `up` on the same data directory refuses (exit 3) and leaves the first alone.
+        again = subprocess.run(cli("up", "--port", "0"), env=env, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 3, again.stderr
+        assert again.stderr.startswith("error: the platform is already running from") and again.stdout == ""
+        assert status(env)[0] == 0
+
         pids = descendants(up.pid)
         # 4 children, the API's two uvicorn workers (and multiprocessing's helper).
         assert len(pids) >= 6, pids
@@ -90,6 +97,22 @@ def test_bad_input_exits_2_with_one_line_and_starts_nothing(tmp_path: Path) -> N
     r = subprocess.run(cli("up"), env=env_bad, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.startswith("error: invalid settings") and "platform_learners" in r.stderr
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = subprocess.run(cli("up", "--only", "api", "--port", str(port)), env=env, capture_output=True, text=True,
+                           timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: port {port} on 127.0.0.1 is already in use; stop what holds it, or choose another with --port "
+        "(0: a free one) or PERSONALIZATION_HTTP_PORT"
+    ]
+
+    env_roles = {**env, "PERSONALIZATION_PLATFORM_ROLES": "learner,nope"}
+    r = subprocess.run(cli("up"), env=env_roles, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.startswith("error: PERSONALIZATION_PLATFORM_ROLES: unknown role 'nope'")
 
     r = subprocess.run(cli("status"), env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 4

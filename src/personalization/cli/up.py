@@ -64,7 +64,7 @@ def up(
     from personalization.errors import PersonalizationError
     from personalization.platform.components import UnknownRole
     from personalization.platform.logs import LogSink
-    from personalization.platform.runner import UpOptions, run_up
+    from personalization.platform.runner import PortInUse, UpOptions, run_up
     from personalization.platform.state import AlreadyRunning
 
     settings = _settings(data_dir)
@@ -99,6 +99,8 @@ def up(
         code = run_up(settings, opts, stop, sink, announce)
     except UnknownRole as exc:
         fail(f"{'--only' if only is not None else 'PERSONALIZATION_PLATFORM_ROLES'}: {exc}", ExitCode.BAD_INPUT)
+    except PortInUse as exc:
+        fail(str(exc), ExitCode.BAD_INPUT)
     except AlreadyRunning as exc:
         fail(str(exc), ExitCode.REFUSED)
     except PersonalizationError as exc:

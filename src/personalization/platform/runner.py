@@ -46,6 +46,10 @@ class PlatformError(PersonalizationError):
     """``up`` cannot start: the message says why and what to do."""
 
 
+class PortInUse(PlatformError):
+    """The API's port is taken (bad input: another port is the fix)."""
+
+
 @dataclass(frozen=True)
 class UpOptions:
     """The choices of one ``up`` invocation (the CLI's options over the settings)."""
@@ -90,6 +94,17 @@ def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (the API would crash-loop on a taken port)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _prepare(service_env: dict[str, str], roles: set[str]) -> None:
@@ -152,7 +167,14 @@ def run_up(
                 options = replace(options, port=free_port(opts.host))
             children = plan(opts.roles, options)
             roles = {c.role for c in children}
+            if "api" in roles and opts.port != 0 and not port_is_free(opts.host, opts.port):
+                raise PortInUse(
+                    f"port {opts.port} on {opts.host} is already in use; stop what holds it, or choose "
+                    "another with --port (0: a free one) or PERSONALIZATION_HTTP_PORT"
+                )
             _prepare(service_env, roles)
+            if stop.is_set():  # SIGTERM while the schema was migrated: start nothing
+                return 0
             api_url = options.api_url if "api" in roles else None
             env = {**os.environ, **service_env, "PERSONALIZATION_DATA_DIR": str(settings.data_dir.resolve()),
                    "PYTHONUNBUFFERED": "1"}
