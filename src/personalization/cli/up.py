@@ -50,15 +50,15 @@ def up(
     port: int = typer.Option(
         None, min=0, max=65535, help="API port (0: a free one; default PERSONALIZATION_HTTP_PORT)."
     ),
-    log_dir: Path = typer.Option(None, "--log-dir", help="One log file per component here instead of stderr."),
+    log_dir: Path | None = typer.Option(None, "--log-dir", help="One log file per component here instead of stderr."),
     stop_timeout: float = typer.Option(None, "--stop-timeout", min=1.0, help="Bound of the orderly shutdown (s)."),
     data_dir: Path = DATA_DIR_OPTION,
 ) -> None:
     """Run every component as a supervised child (the embedded stack first when no service is set).
 
-    Prints `export PERSONALIZATION_...=` lines on stdout once everything is started (for
-    `source`); logs go to stderr as JSON lines naming their component.  SIGTERM or Ctrl-C
-    stops the components in order (API, relay, then the consumers) within the bound.
+    Prints `export PERSONALIZATION_...=` lines on stdout once everything is started; logs go to stderr.
+
+    SIGTERM or Ctrl-C stops the components in order (API, relay, then the consumers) within the bound.
     """
     from personalization.config import get_settings
     from personalization.errors import PersonalizationError
@@ -70,6 +70,7 @@ def up(
     settings = _settings(data_dir)
     roles = tuple(r.strip() for r in only.split(",") if r.strip()) if only is not None else settings.platform_roles
     http = get_settings()
+    log_dir = log_dir or settings.platform_log_dir
     opts = UpOptions(
         roles=roles, host=host or http.http_host, port=http.http_port if port is None else port,
         api_workers=workers or settings.platform_api_workers, learners=learners or settings.platform_learners,

@@ -27,6 +27,8 @@ class PlatformSettings(BaseSettings):
     # API server worker processes and learner processes.
     platform_api_workers: int = Field(default=1, ge=1, le=64)
     platform_learners: int = Field(default=1, ge=1, le=64)
+    # One log file per component here (``up --log-dir``) instead of the stream on stderr.
+    platform_log_dir: Path | None = None
     # Kafka consumer group of the cache-invalidation consumer (`cdc invalidate-cache --group-id`).
     platform_invalidator_group: str = Field(default="personalization-cache-invalidation", min_length=1)
     # Restart back-off of a crashed child: doubled from the initial delay up to the max; a

@@ -27,9 +27,12 @@ def platform_status(directory: Path, *, live: bool = True) -> dict[str, Any]:
     NoPlatform when no supervisor ever wrote its state in ``directory``.
     """
     state = read_state(directory)
+    running = supervisor_running(directory)
+    if state is None and running:
+        # `up` holds the lock while it starts the embedded stack, before its first state write.
+        return {"supervisor": {"pid": None, "state": "starting"}, "components": []}
     if state is None:
         raise NoPlatform(f"no platform state in {directory}: start it with `personalization up`")
-    running = supervisor_running(directory)
     now = time.time()
     components: list[dict[str, Any]] = []
     with LagReader(dict(state.services)) as lag:
