@@ -193,3 +193,14 @@ def test_log_lines_are_structured_with_the_component_name(directory: Path, tmp_p
     with _Run(directory, [talker], log_dir=log_dir) as run:
         run.wait(lambda: (log_dir / "talker.log").exists() and b"two" in (log_dir / "talker.log").read_bytes())
     assert (log_dir / "talker.log").read_text().splitlines()[:2] == ["line one", '{"msg": "two"}']
+
+
+def test_status_while_up_holds_the_lock_before_its_first_state_write(directory: Path) -> None:
+    lock = PlatformLock(directory)
+    lock.acquire()
+    try:
+        report = platform_status(directory)
+        assert report == {"supervisor": {"pid": None, "state": "starting"}, "components": []}
+        assert not healthy(report)
+    finally:
+        lock.release()
