@@ -22,6 +22,8 @@ import typer
 from personalization.cli.common import ExitCode, err, exit_code_for, fail
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
     from personalization.platform.settings import PlatformSettings
 
 DATA_DIR_OPTION = typer.Option(
@@ -97,7 +99,8 @@ def up(
         sink.event("platform ready: every component started", roles=list(roles) or "all")
 
     try:
-        code = run_up(settings, opts, stop, sink, announce)
+        with _StackProgress() as progress:
+            code = run_up(settings, opts, stop, sink, announce, progress=progress.step)
     except UnknownRole as exc:
         fail(f"{'--only' if only is not None else 'PERSONALIZATION_PLATFORM_ROLES'}: {exc}", ExitCode.BAD_INPUT)
     except PortInUse as exc:
@@ -112,6 +115,35 @@ def up(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     raise typer.Exit(code)
+
+
+class _StackProgress:
+    """Rich progress of the embedded stack's start on a terminal; closed once the stack is ready.
+
+    It must be gone before the children start: their log lines share stderr with it.
+    """
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                  TimeElapsedColumn(), console=err, transient=True, disable=not err.is_terminal)
+        self._task: TaskID | None = None
+
+    def step(self, description: str, done: int, total: int) -> None:
+        """The stack's step callback: ``(description, steps done, steps in all)``."""
+        if self._task is None:
+            self._progress.start()
+            self._task = self._progress.add_task("embedded stack", total=total)
+        self._progress.update(self._task, description=f"embedded stack: {description}", completed=done, total=total)
+        if done >= total:
+            self._progress.stop()
+
+    def __enter__(self) -> _StackProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
 
 
 def status(
