@@ -18,7 +18,7 @@ from personalization.composition import Platform
 from personalization.core.fast_events import OCCURRED_AT, TS, fast_events
 from personalization.core.models import DEFAULT_LIMITS, EventIn, has_nul_escape
 from personalization.errors import InvalidInput
-from personalization.ingest.events import _parse_events_full
+from personalization.ingest.validation import _parse_events_full
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 USER = "0b7e4c52-5e0f-4a8e-9b55-6c1f3f6a2d10"

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 from apscheduler.triggers.cron import CronTrigger
 from nightly_helpers import ledger, snapshot_rows
 
-from personalization.nightly.job import NightlyJob, NightlyScheduler, NightlySettings
+from personalization.nightly.job import NightlyJob, NightlySettings
+from personalization.nightly.scheduler import NightlyScheduler
 
 TODAY = datetime.now(UTC).date()
 CLI = str(Path(sys.executable).parent / "personalization")

@@ -15,7 +15,8 @@ import pytest
 from nightly_helpers import add_events
 
 from personalization.errors import InvalidInput
-from personalization.nightly.job import NightlyJob, NightlySettings, export_features
+from personalization.nightly.export import export_features
+from personalization.nightly.job import NightlyJob, NightlySettings
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()

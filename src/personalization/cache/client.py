@@ -12,6 +12,9 @@ import redis.exceptions
 from personalization.config import Settings
 from personalization.errors import CacheUnavailable
 
+AsyncRedis = aioredis.Redis
+"""The async client type, for use cases that hold one without importing redis-py."""
+
 
 @contextlib.contextmanager
 def wrap_exceptions() -> Iterator[None]:

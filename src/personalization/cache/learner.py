@@ -31,6 +31,18 @@ class EmbeddingCache:
         with wrap_exceptions():
             self._client.ping()
 
+    def content_version(self) -> bytes | None:
+        """The content embeddings' version stamp, or None when unset or Redis does not answer.
+
+        A Redis failure is not raised here: the learner's probe right after this call
+        reports it, and a None stamp only makes the learner reload its content vectors.
+        """
+        try:
+            raw = self._client.get(keys.content_embeddings_version())
+        except redis.exceptions.RedisError:
+            return None
+        return raw if isinstance(raw, bytes) else None
+
     def apply(self, writes: Iterable[tuple[UUID, bytes]], deletes: Iterable[UUID]) -> None:
         """SET (with the 6 h TTL) every ``writes`` entry and DEL every ``deletes`` key, in one round trip.
 

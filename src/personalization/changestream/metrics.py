@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 
-import psycopg
 from prometheus_client import Counter, Gauge, Histogram
 
 from personalization.changestream.pgadmin import connect, read_slot
 from personalization.changestream.settings import CdcSettings
+from personalization.errors import StoreError
+from personalization.store.changestream import AdminConnection
 
 __all__ = [
     "BATCH_SECONDS",
@@ -61,7 +62,7 @@ class WalMonitor(threading.Thread):
         self._settings = settings
         self._stop = stop
 
-    def refresh(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    def refresh(self, conn: AdminConnection) -> None:
         """Read the slot once and update the gauges."""
         slot_name = self._settings.cdc_slot_name
         slot = read_slot(conn, slot_name)
@@ -74,13 +75,13 @@ class WalMonitor(threading.Thread):
 
     def run(self) -> None:
         """Poll until stopped; connection errors are logged and retried next interval."""
-        conn: psycopg.Connection[tuple[object, ...]] | None = None
+        conn: AdminConnection | None = None
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
                     conn = connect(self._settings)
                 self.refresh(conn)
-            except psycopg.Error as exc:
+            except StoreError as exc:
                 log.warning("cannot read replication slot for metrics: %s", exc)
                 if conn is not None:
                     conn.close()

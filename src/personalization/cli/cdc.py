@@ -33,7 +33,7 @@ from personalization.changestream.settings import CdcSettings, SnapshotMode
 from personalization.cli.common import ExitCode, fail
 
 if TYPE_CHECKING:
-    import psycopg
+    from personalization.store.changestream import AdminConnection
 
 app = typer.Typer(help="Debezium change-data-capture relay to Kafka.", no_args_is_help=True)
 
@@ -50,11 +50,10 @@ def _settings(**overrides: object) -> CdcSettings:
 
 
 @contextlib.contextmanager
-def _admin(settings: CdcSettings) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+def _admin(settings: CdcSettings) -> Iterator[AdminConnection]:
     """An admin connection; a setup problem exits 2, a slot in use 3, PostgreSQL unreachable 4."""
-    import psycopg
-
     from personalization.changestream import pgadmin
+    from personalization.errors import StoreUnavailable
 
     try:
         with pgadmin.connect(settings) as conn:
@@ -63,7 +62,7 @@ def _admin(settings: CdcSettings) -> Iterator[psycopg.Connection[tuple[object, .
         fail(str(exc), ExitCode.REFUSED)
     except pgadmin.CdcSetupError as exc:
         fail(str(exc), ExitCode.BAD_INPUT)
-    except psycopg.OperationalError as exc:
+    except StoreUnavailable as exc:
         fail(f"cannot reach PostgreSQL: {exc}", ExitCode.UNAVAILABLE)
 
 

@@ -95,7 +95,8 @@ def schedule(
     metrics_port: int = typer.Option(0, help="serve Prometheus metrics on this port (0: off)"),
 ) -> None:
     """Run the nightly job on PERSONALIZATION_NIGHTLY_CRON in PERSONALIZATION_NIGHTLY_TIMEZONE (until stopped)."""
-    from personalization.nightly.job import NightlyJob, NightlyScheduler
+    from personalization.nightly.job import NightlyJob
+    from personalization.nightly.scheduler import NightlyScheduler
 
     url, settings = _setup()
     _sigterm_exits()
@@ -164,7 +165,7 @@ def export(
     json_out: bool = typer.Option(False, "--json", help="print the outcome as one JSON line"),
 ) -> None:
     """Point-in-time join of entity rows with the feature snapshots (no future values)."""
-    from personalization.nightly.job import export_features
+    from personalization.nightly.export import export_features
 
     url, settings = _setup()
     try:

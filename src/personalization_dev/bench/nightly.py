@@ -25,7 +25,8 @@ import psycopg
 from rich.progress import Progress
 
 from personalization.config import Settings
-from personalization.nightly.job import NightlyJob, NightlySettings, export_features
+from personalization.nightly.export import export_features
+from personalization.nightly.job import NightlyJob, NightlySettings
 from personalization_dev.bench.ingest import scratch_database
 
 CONTENT_TYPES = ("passage", "devotional", "plan_day")

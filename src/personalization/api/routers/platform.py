@@ -11,6 +11,7 @@ import asyncio
 
 from fastapi import APIRouter
 
+from personalization.api.errors import error_response
 from personalization.api.responses import JSONBody
 from personalization.platform.settings import PlatformSettings
 from personalization.platform.status import NoPlatform, healthy, platform_status
@@ -26,6 +27,5 @@ async def platform_health() -> JSONBody:
         # The probes are blocking, bounded calls (PostgreSQL, the broker): off the event loop.
         report = await asyncio.to_thread(platform_status, directory)
     except NoPlatform as exc:
-        return JSONBody({"detail": [{"loc": [], "field": "", "msg": str(exc), "type": "unavailable"}]},
-                        status_code=503)
+        return error_response(503, [{"loc": [], "msg": str(exc), "type": "unavailable"}])
     return JSONBody(report, status_code=200 if healthy(report) else 503)

@@ -1,0 +1,33 @@
+"""Operations routes: ``/healthz``, ``/healthz/serving`` and ``/metrics`` (open, no API key)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from personalization.api.deps import platform
+from personalization.api.responses import JSONBody
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+async def healthz(request: Request) -> JSONBody:
+    """``ok``, ``degraded`` (Redis down: reads fall back to PostgreSQL) or ``down`` (503)."""
+    p = platform(request)
+    db_ok = await p.db.ping()
+    cache_ok = await p.cache_ok()
+    status = "ok" if db_ok and cache_ok else ("degraded" if db_ok else "down")
+    return JSONBody({"status": status, "postgres": db_ok, "redis": cache_ok}, status_code=200 if db_ok else 503)
+
+
+@router.get("/metrics")
+async def metrics_endpoint() -> Response:
+    """Prometheus exposition of the process's metrics."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/healthz/serving")
+async def serving_health(request: Request) -> JSONBody:
+    """Read-path health: ``degraded`` while Redis is unavailable and reads come from PostgreSQL."""
+    return JSONBody(platform(request).serving.health())
