@@ -121,7 +121,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def settings(db_url: str, redis_url: str) -> Settings:
     """Settings pointing at this test's database and Redis db."""
-    return Settings(database_url=db_url, redis_url=redis_url, group_commit_window_ms=1.0)
+    return Settings(database={"url": db_url}, redis={"url": redis_url}, ingest={"group_commit_window_ms": 1.0})
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ async def client(platform: Platform, settings: Settings) -> AsyncIterator[httpx.
 
     The tests of authentication itself (tests/security) build their own clients with keys.
     """
-    app = create_app(settings.model_copy(update={"auth_dev_mode": True}), platform=platform)
+    app = create_app(settings.replace(auth={"dev_mode": True}), platform=platform)
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
         yield c

@@ -191,7 +191,7 @@ async def test_malformed_envelopes(client: httpx.AsyncClient, db_url: str, raw: 
 async def test_batch_and_body_limits(platform: Platform, settings: Settings, db_url: str) -> None:
     from personalization.api.app import create_app
 
-    small = settings.model_copy(update={"max_batch_events": 3, "max_body_bytes": 4096, "auth_dev_mode": True})
+    small = settings.replace(ingest={"max_batch_events": 3}, http={"max_body_bytes": 4096}, auth={"dev_mode": True})
     app = create_app(small, platform=platform)
     platform.ingestor.settings = small  # the limit is read from the ingestor's settings
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
@@ -303,7 +303,7 @@ async def test_failed_commit_releases_claimed_ids(platform: Platform, db_url: st
 
 
 async def test_redis_down_still_stores(settings: Settings, db_url: str) -> None:
-    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "redis_timeout_s": 0.05})
+    down = settings.replace(redis={"url": "redis://127.0.0.1:1/0", "timeout_s": 0.05})
     async with open_platform(down) as p:
         r = await p.ingestor.ingest([_ev(None), _ev(None)])
     assert r.accepted == 2 and not r.dedup_available

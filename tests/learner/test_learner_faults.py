@@ -21,11 +21,12 @@ import redis
 from prometheus_client import generate_latest
 
 from personalization.cache import keys
+from personalization.config import Settings
+from personalization.kafka import names
 from personalization.learner import metrics
 from personalization.learner.batch import BatchResult
 from personalization.learner.consumer import Learner
 from personalization.learner.recompute import recompute_users
-from personalization.learner.settings import LearnerSettings
 from personalization_dev.synthetic import produce, producer
 from personalization_dev.testing.learner import consumed_offsets, fill_population, stream_order, wait_consumed
 
@@ -116,23 +117,17 @@ def test_outage_pauses_without_committing_and_resumes_without_loss(
         else Cuttable(rd.hostname or "127.0.0.1", rd.port or 6379)
     )
     prefix = f"lf{uuid.uuid4().hex[:8]}"
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     group = f"g-{uuid.uuid4().hex[:8]}"
     pop = fill_population(db_url, users=6, contents=10, events=600, dim=DIM, seed=5)
     stream = stream_order(pop.rows)
-    settings = LearnerSettings(
-        database_url=_via(db_url, proxy.port) if service == "postgres" else db_url,
-        redis_url=_via(redis_url, proxy.port) if service == "redis" else redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_topic_prefix=prefix,
-        learner_group_id=group,
-        learner_kafka_group_id=f"k-{uuid.uuid4().hex[:8]}",
-        learner_session_timeout_ms=3000,
-        learner_follow_profiles=False,
-        learner_retry_initial_s=0.1,
-        learner_retry_max_s=0.5,
-        learner_redis_timeout_s=0.5,
-        embedding_dim=DIM,
+    settings = Settings(
+        database={"url": _via(db_url, proxy.port) if service == "postgres" else db_url},
+        redis={"url": _via(redis_url, proxy.port) if service == "redis" else redis_url},
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+        learner={"group_id": group, "kafka_group_id": f"k-{uuid.uuid4().hex[:8]}", "session_timeout_ms": 3000,
+                 "follow_profiles": False, "retry_initial_s": 0.1, "retry_max_s": 0.5, "redis_timeout_s": 0.5},
+        embedding={"dim": DIM},
     )
     # A cut that lands while the previous batch's Redis write is in flight is waited out
     # after its commit ("redis_after_commit"); one that lands before the next batch, before it.
@@ -186,7 +181,7 @@ def test_outage_pauses_without_committing_and_resumes_without_loss(
     cache = redis.Redis.from_url(redis_url)
     for user_id, vector in online.items():
         assert cache.get(keys.user_embedding(user_id)) == vector
-    recompute_users(LearnerSettings(database_url=db_url, redis_url=redis_url, embedding_dim=DIM))
+    recompute_users(Settings(database={"url": db_url}, redis={"url": redis_url}, embedding={"dim": DIM}))
     with psycopg.connect(db_url) as conn:
         rebuilt: dict[uuid.UUID, bytes] = dict(
             conn.execute("SELECT user_id, embedding FROM user_embeddings").fetchall()

@@ -20,11 +20,12 @@ import pytest
 import redis
 
 from personalization.cache import keys
+from personalization.config import Settings
+from personalization.kafka import names
+from personalization.kafka.envelope import EventRecord, FastInsert, parse_event_message, read_insert_fast
 from personalization.learner import batch
 from personalization.learner.consumer import Learner
-from personalization.learner.envelope import EventRecord, FastInsert, parse_event_message, read_insert_fast
 from personalization.learner.recompute import recompute_users
-from personalization.learner.settings import LearnerSettings
 from personalization_dev.relayproc import RelayProcess
 from personalization_dev.synthetic import key_for, produce, producer
 from personalization_dev.testing.kafka import relay_env
@@ -44,17 +45,15 @@ def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 60.0) -> 
 
 
 @pytest.fixture
-def stack(db_url: str, redis_url: str, kafka_bootstrap: str) -> Iterator[tuple[dict[str, str], LearnerSettings]]:
+def stack(db_url: str, redis_url: str, kafka_bootstrap: str) -> Iterator[tuple[dict[str, str], Settings]]:
     prefix = f"lr{uuid.uuid4().hex[:8]}"
     env = relay_env(db_url, kafka_bootstrap, prefix)
-    settings = LearnerSettings(
-        database_url=db_url,
-        redis_url=redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_topic_prefix=prefix,
-        learner_group_id=f"g-{prefix}",
-        learner_session_timeout_ms=3000,
-        embedding_dim=DIM,
+    settings = Settings(
+        database={"url": db_url},
+        redis={"url": redis_url},
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+        learner={"group_id": f"g-{prefix}", "session_timeout_ms": 3000},
+        embedding={"dim": DIM},
     )
     yield env, settings
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -77,7 +76,7 @@ def _embedding(conn: psycopg.Connection[Any], user: UUID) -> bytes | None:
 
 
 def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
-    stack: tuple[dict[str, str], LearnerSettings], redis_url: str, monkeypatch: pytest.MonkeyPatch
+    stack: tuple[dict[str, str], Settings], redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env, settings = stack
     # What the real relay writes must take the learner's fast insert reader (it hands over
@@ -93,7 +92,7 @@ def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
         return got
 
     monkeypatch.setattr(batch, "read_insert_fast", reading)
-    db_url = settings.database_url
+    db_url = settings.database.url
     cache = redis.Redis.from_url(redis_url)
     alice, bob, carol, dave, erin = (uuid.uuid4() for _ in range(5))
     rng = np.random.default_rng(3)
@@ -172,7 +171,8 @@ def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
             _wait(lambda: cache.exists(keys.user_embedding(dave)) == 1, "dave's embedding rebuilt")
 
             # The erase flow's tombstone (key of the user, null value) clears the cache entry.
-            produce(producer(settings.kafka_bootstrap_servers), settings.events_topic, [], raw=[(key_for(erin), None)])
+            topic = names.events_topic(settings.kafka.topic_prefix)
+            produce(producer(settings.kafka.bootstrap_servers), topic, [], raw=[(key_for(erin), None)])
             _wait(lambda: not cache.exists(keys.user_embedding(erin)), "erin's key deleted")
 
             # Let the stream drain: the last inserted row must be applied.
@@ -211,7 +211,7 @@ def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
     assert stored is not None and counts[alice] == int(stored[0])
     for user in (alice, dave):
         assert cache.get(keys.user_embedding(user)) == online[user]
-    recompute_users(LearnerSettings(database_url=db_url, redis_url=redis_url, embedding_dim=DIM), [alice, dave])
+    recompute_users(Settings(database={"url": db_url}, redis={"url": redis_url}, embedding={"dim": DIM}), [alice, dave])
     with psycopg.connect(db_url) as conn:
         for user in (alice, dave):
             rebuilt = _embedding(conn, user)

@@ -20,7 +20,9 @@ import pyarrow.parquet as pq
 from apscheduler.triggers.cron import CronTrigger
 from nightly_helpers import ledger, snapshot_rows
 
-from personalization.nightly.job import NightlyJob, NightlySettings
+from personalization.config import NightlySettings
+from personalization.core.decay import DEFAULT_DECAY
+from personalization.nightly.job import NightlyJob
 from personalization.nightly.scheduler import NightlyScheduler
 
 TODAY = datetime.now(UTC).date()
@@ -113,7 +115,7 @@ def test_catch_up_runs_a_missed_night_once(db_url: str, pg: psycopg.Connection[A
                                            make_user: Callable[..., uuid.UUID]) -> None:
     make_user()
     settings = NightlySettings(timezone="Europe/Berlin", cron="30 1 * * *")
-    sched = NightlyScheduler(NightlyJob(db_url, settings))
+    sched = NightlyScheduler(NightlyJob(db_url, settings, decay=DEFAULT_DECAY))
     tz = settings.tz
     now = datetime.now(tz)
     missed = sched.previous_fire_time(now)
@@ -124,14 +126,14 @@ def test_catch_up_runs_a_missed_night_once(db_url: str, pg: psycopg.Connection[A
     assert sched.catch_up(now) is None  # that night is done now
     assert [(r[1], r[2], r[3]) for r in ledger(pg)] == [(missed.date(), "catch-up", "succeeded")]
     # Nothing missed within the window: no catch-up.
-    none = NightlyScheduler(NightlyJob(db_url, NightlySettings(cron="0 2 * * *", catch_up_days=0)))
+    none = NightlyScheduler(NightlyJob(db_url, NightlySettings(cron="0 2 * * *", catch_up_days=0), decay=DEFAULT_DECAY))
     assert none.catch_up(datetime(2026, 1, 1, 1, 0, tzinfo=UTC)) is None
 
 
 def test_scheduler_fires_on_its_trigger_without_overlap(db_url: str, pg: psycopg.Connection[Any],
                                                         make_user: Callable[..., uuid.UUID]) -> None:
     make_user()
-    job = NightlyJob(db_url, NightlySettings(timezone="UTC", catch_up_days=0))
+    job = NightlyJob(db_url, NightlySettings(timezone="UTC", catch_up_days=0), decay=DEFAULT_DECAY)
     sched = NightlyScheduler(job, trigger=CronTrigger(second="*", timezone=job.settings.tz))
     with psycopg.connect(db_url) as blocker:
         # The first run is held for ~3 s while the trigger fires every second: those fire

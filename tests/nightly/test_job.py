@@ -16,9 +16,10 @@ import pytest
 from nightly_helpers import add_events, add_user, ledger, snapshot_rows
 from psycopg import sql
 
+from personalization.config import NightlySettings
 from personalization.core.decay import DEFAULT_DECAY, DecayConfig, SignalDecay, event_score
 from personalization.errors import InvalidInput, StoreUnavailable
-from personalization.nightly.job import NightlyJob, NightlyRunning, NightlySettings, as_of_start
+from personalization.nightly.job import NightlyJob, NightlyRunning, as_of_start
 from personalization.store.nightly import decay_sql, erase_user_features, erase_user_features_sync
 
 NOW = datetime.now(UTC)
@@ -125,10 +126,10 @@ def test_future_is_judged_in_the_jobs_time_zone(db_url: str) -> None:
     # Kiritimati is UTC+14: its "today" can be a day ahead of UTC's, and that date is valid there.
     ahead = datetime.now(UTC).astimezone(NightlySettings(timezone="Pacific/Kiritimati").tz).date()
     behind = datetime.now(UTC).astimezone(NightlySettings(timezone="Pacific/Pago_Pago").tz).date()
-    NightlyJob(db_url, NightlySettings(timezone="Pacific/Kiritimati")).run(ahead)
+    NightlyJob(db_url, NightlySettings(timezone="Pacific/Kiritimati"), decay=DEFAULT_DECAY).run(ahead)
     if ahead > behind:
         with pytest.raises(InvalidInput):
-            NightlyJob(db_url, NightlySettings(timezone="Pacific/Pago_Pago")).run(ahead)
+            NightlyJob(db_url, NightlySettings(timezone="Pacific/Pago_Pago"), decay=DEFAULT_DECAY).run(ahead)
 
 
 def _wait_blocked(pg: psycopg.Connection[Any], timeout: float = 20.0) -> None:
@@ -155,7 +156,7 @@ def test_concurrent_runs_cannot_both_proceed(db_url: str, pg: psycopg.Connection
         t.start()
         _wait_blocked(pg)
         with pytest.raises(NightlyRunning):
-            NightlyJob(db_url, job.settings).run(None, trigger="second")
+            NightlyJob(db_url, job.settings, decay=DEFAULT_DECAY).run(None, trigger="second")
         blocker.rollback()
     t.join(30)
     assert outcome and outcome[0].rows == 1
@@ -165,10 +166,10 @@ def test_concurrent_runs_cannot_both_proceed(db_url: str, pg: psycopg.Connection
 def test_retention_drops_old_snapshots(pg: psycopg.Connection[Any], db_url: str,
                                        make_user: Callable[..., uuid.UUID]) -> None:
     make_user()
-    wide = NightlyJob(db_url, NightlySettings(timezone="UTC", retention_days=10))
+    wide = NightlyJob(db_url, NightlySettings(timezone="UTC", retention_days=10), decay=DEFAULT_DECAY)
     for d in (5, 2, 0):
         wide.run(TODAY - timedelta(days=d))
-    narrow = NightlyJob(db_url, NightlySettings(timezone="UTC", retention_days=3))
+    narrow = NightlyJob(db_url, NightlySettings(timezone="UTC", retention_days=3), decay=DEFAULT_DECAY)
     result = narrow.run(None)
     assert result.dropped == [TODAY - timedelta(days=5)]
     kept = [r[0] for r in pg.execute("SELECT as_of FROM feature_store.snapshots ORDER BY 1").fetchall()]

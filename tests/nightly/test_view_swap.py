@@ -12,7 +12,9 @@ from typing import Any
 import psycopg
 from nightly_helpers import add_events, snapshot_rows
 
-from personalization.nightly.job import NightlyJob, NightlySettings
+from personalization.config import NightlySettings
+from personalization.core.decay import DEFAULT_DECAY
+from personalization.nightly.job import NightlyJob
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()
@@ -79,7 +81,7 @@ def test_reader_holding_the_view_delays_the_swap_boundedly_then_falls_back(
     db_url: str, pg: psycopg.Connection[Any], make_user: Callable[..., uuid.UUID]
 ) -> None:
     settings = NightlySettings(timezone="UTC", retention_days=30, swap_lock_timeout_ms=100, swap_attempts=3)
-    job = NightlyJob(db_url, settings)
+    job = NightlyJob(db_url, settings, decay=DEFAULT_DECAY)
     u = make_user(events=1)
     job.run(None)
     add_events(pg, u, [("passage", "read", 0.5, NOW - timedelta(minutes=5))])
@@ -109,7 +111,7 @@ def test_reader_finishing_lets_a_later_attempt_swap(
     db_url: str, pg: psycopg.Connection[Any], make_user: Callable[..., uuid.UUID]
 ) -> None:
     settings = NightlySettings(timezone="UTC", retention_days=30, swap_lock_timeout_ms=50, swap_attempts=25)
-    job = NightlyJob(db_url, settings)
+    job = NightlyJob(db_url, settings, decay=DEFAULT_DECAY)
     make_user(events=1)
     job.run(None)
     outcome: list[Any] = []
@@ -160,7 +162,8 @@ def test_concurrently_mode_and_leftover_next_view_of_a_killed_run(
     u = make_user(events=2)
     # What a run killed between its rebuild and its swap leaves behind.
     pg.execute("CREATE MATERIALIZED VIEW user_signal_rollups__next AS SELECT 1 AS x")
-    job = NightlyJob(db_url, NightlySettings(timezone="UTC", retention_days=30, refresh_mode="concurrently"))
+    settings = NightlySettings(timezone="UTC", retention_days=30, refresh_mode="concurrently")
+    job = NightlyJob(db_url, settings, decay=DEFAULT_DECAY)
     result = job.run(None)
     assert result.refresh == "concurrently"
     assert pg.execute("SELECT to_regclass('user_signal_rollups__next')").fetchone() == (None,)

@@ -8,6 +8,9 @@ import httpx
 import psycopg
 import pytest
 
+from personalization.api.app import create_app
+from personalization.composition import Platform
+from personalization.config import Settings
 from personalization.platform.components import (
     COMPONENTS,
     NodeOptions,
@@ -70,13 +73,18 @@ def test_registry_is_open_but_roles_are_unique() -> None:
 
 
 async def test_healthz_platform_is_503_without_a_supervisor(
-    client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    platform: Platform, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(tmp_path))
-    r = await client.get("/healthz/platform")
+    # The route reads the app's settings tree: its platform section names the data directory.
+    monkeypatch.setenv("PERSONALIZATION_DATA_DIR", str(tmp_path / "elsewhere"))
+    cfg = settings.replace(auth={"dev_mode": True}, platform={"data_dir": tmp_path})
+    transport = httpx.ASGITransport(app=create_app(cfg, platform=platform))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        r = await client.get("/healthz/platform")
     assert r.status_code == 503
     detail = r.json()["detail"]
     assert detail[0]["type"] == "unavailable" and "personalization up" in detail[0]["msg"]
+    assert f"no platform state in {tmp_path / 'platform'}:" in detail[0]["msg"]
 
 
 def test_lag_probes_of_a_backlog_table_and_the_nightly_ledger(db_url: str) -> None:

@@ -96,7 +96,7 @@ def test_bad_input_exits_2_with_one_line_and_starts_nothing(tmp_path: Path) -> N
     env_bad = {**env, "PERSONALIZATION_PLATFORM_LEARNERS": "0"}
     r = subprocess.run(cli("up"), env=env_bad, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert r.stderr.startswith("error: invalid settings") and "platform_learners" in r.stderr
+    assert r.stderr.startswith("error: invalid settings: PERSONALIZATION_PLATFORM_LEARNERS: "), r.stderr
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

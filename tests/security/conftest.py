@@ -24,16 +24,9 @@ from personalization.security.keys import KeyStore
 @pytest.fixture
 def auth_settings(settings: Settings) -> Settings:
     """Keys checked (never dev mode), a server secret, short revalidation, no Kafka unless a test asks."""
-    return Settings(
-        **(
-            settings.model_dump()
-            | {
-                "auth_dev_mode": False,
-                "api_key_secret": SecretStr("test-server-secret"),
-                "auth_revalidate_s": 0.5,
-                "erase_kafka_tombstones": False,
-            }
-        )
+    return settings.replace(
+        auth={"dev_mode": False, "api_key_secret": SecretStr("test-server-secret"), "revalidate_s": 0.5},
+        erase={"kafka_tombstones": False},
     )
 
 
@@ -48,7 +41,7 @@ async def auth_client(platform: Platform, auth_settings: Settings) -> AsyncItera
 @pytest.fixture
 async def open_client(platform: Platform, auth_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The same app in development mode (no keys), for setting up data."""
-    dev = Settings(**(auth_settings.model_dump() | {"auth_dev_mode": True}))
+    dev = auth_settings.replace(auth={"dev_mode": True})
     app = create_app(dev, platform=platform)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
         yield c

@@ -42,6 +42,12 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/v1/keys"): "admin",
     ("DELETE", "/v1/keys/{key_id}"): "admin",
     ("GET", "/v1/audit"): "admin",
+    ("PUT", "/v1/metrics/{name}"): "admin",
+    ("GET", "/v1/metrics"): "read",
+    ("GET", "/v1/metrics/{name}"): "read",
+    ("DELETE", "/v1/metrics/{name}"): "admin",
+    ("GET", "/v1/experiments/{flag}"): "read",
+    ("GET", "/v1/experiments/{flag}/results"): "read",
 }
 
 
@@ -169,7 +175,7 @@ async def test_revoked_key_is_refused_within_the_revalidation_period(
     assert keys[[k["key_id"] for k in keys].index(key_id)]["last_used_at"] is not None
     r = await auth_client.delete(f"/v1/keys/{key_id}", headers=admin_headers)
     assert r.status_code == 200 and r.json()["revoked_at"]
-    await asyncio.sleep(auth_settings.auth_revalidate_s + 0.1)
+    await asyncio.sleep(auth_settings.auth.revalidate_s + 0.1)
     _assert_auth_error(await auth_client.get(f"/v1/users/{uuid.uuid4()}", headers=h), 401, "unauthorized")
     # Revoking again is idempotent; an unknown or malformed id is a 4xx naming the field.
     assert (await auth_client.delete(f"/v1/keys/{key_id}", headers=admin_headers)).status_code == 200
@@ -229,7 +235,7 @@ async def test_oversized_headers_are_431_json(auth_client: httpx.AsyncClient, ad
 
 async def test_rate_limit_is_429_with_retry_after(platform: Platform, auth_settings: Settings,
                                                   make_key: MakeKey) -> None:
-    limited = Settings(**(auth_settings.model_dump() | {"rate_limit_per_s": 0.5, "rate_limit_burst": 3}))
+    limited = auth_settings.replace(auth={"rate_limit_per_s": 0.5, "rate_limit_burst": 3})
     app = create_app(limited, platform=platform)
     key = await make_key("read")
     other = await make_key("read")
@@ -248,20 +254,20 @@ async def test_rate_limit_is_429_with_retry_after(platform: Platform, auth_setti
 async def test_dev_mode_is_explicit_and_announced(
     platform: Platform, auth_settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    dev = Settings(**(auth_settings.model_dump() | {"auth_dev_mode": True}))
+    dev = auth_settings.replace(auth={"dev_mode": True})
     app = create_app(dev, platform=platform)
     assert "DEVELOPMENT MODE" in capsys.readouterr().err
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         assert (await c.get(f"/v1/users/{uuid.uuid4()}")).status_code == 404
     create_app(auth_settings, platform=platform)
     assert "DEVELOPMENT MODE" not in capsys.readouterr().err
-    assert Settings().auth_dev_mode is False or "PERSONALIZATION_AUTH_DEV_MODE" in __import__("os").environ
+    assert Settings().auth.dev_mode is False or "PERSONALIZATION_AUTH_DEV_MODE" in __import__("os").environ
 
 
 async def test_scrypt_keys_without_server_secret(platform: Platform, auth_settings: Settings) -> None:
     from personalization.security.keys import KeyStore
 
-    no_secret = Settings(**(auth_settings.model_dump() | {"api_key_secret": None}))
+    no_secret = auth_settings.replace(auth={"api_key_secret": None})
     key, info = await KeyStore(platform.db, no_secret).create("scrypt-key", ["read"], "test")
     row = await platform.db.fetch_one("SELECT hash_scheme, salt FROM api_keys WHERE key_id = %(k)s", {"k": info.key_id})
     assert row is not None and row["hash_scheme"] == "scrypt" and row["salt"]

@@ -61,9 +61,8 @@ async def test_each_level_on_every_path(open_client: httpx.AsyncClient, settings
     # Learner: no per-user learned state (scores or embedding) below the standard level.
     if _has("personalization.learner.recompute"):
         from personalization.learner.recompute import recompute_users
-        from personalization.learner.settings import LearnerSettings
 
-        ls = LearnerSettings(database_url=db_url, redis_url=settings.redis_url, embedding_dim=DIM)
+        ls = Settings(database={"url": db_url}, redis={"url": settings.redis.url}, embedding={"dim": DIM})
         await asyncio.to_thread(recompute_users, ls, list(users.values()))
         q_emb = "SELECT count(*) FROM user_embeddings WHERE user_id = %s AND embedding IS NOT NULL"
         q_scores = "SELECT count(*) FROM user_signal_scores WHERE user_id = %s"
@@ -86,6 +85,7 @@ async def test_each_level_on_every_path(open_client: httpx.AsyncClient, settings
     if _has("personalization.nightly.job"):
         from personalization.nightly.job import NightlyJob
 
-        await asyncio.to_thread(NightlyJob(db_url).run)
+        job = NightlyJob(db_url, settings.nightly, decay=settings.decay.config())
+        await asyncio.to_thread(job.run)
         q_feat = "SELECT count(*) FROM feature_store.user_signal_features WHERE user_id = %s"
         assert [_count(db_url, q_feat, users[lv]) > 0 for lv in LEVELS] == [True, False, False]

@@ -16,7 +16,7 @@ from personalization.config import Settings
 @pytest.fixture
 async def client(platform: Platform, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The real app in process, API keys not checked (these tests are about the read path, not auth)."""
-    open_settings = Settings(**(settings.model_dump() | {"auth_dev_mode": True}))
+    open_settings = settings.replace(auth={"dev_mode": True})
     app = create_app(open_settings, platform=platform)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
         yield c

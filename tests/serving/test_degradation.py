@@ -25,15 +25,7 @@ async def proxied(
     await proxy.start()
     db_index = redis_url.rsplit("/", 1)[1]
     monkeypatch.setenv("PERSONALIZATION_CACHE_RETRY_S", "0.1")
-    cfg = Settings(
-        **(
-            settings.model_dump()
-            | {
-                "redis_url": f"redis://127.0.0.1:{proxy.port}/{db_index}",
-                "auth_dev_mode": True,
-            }
-        )
-    )
+    cfg = settings.replace(redis={"url": f"redis://127.0.0.1:{proxy.port}/{db_index}"}, auth={"dev_mode": True})
     async with open_platform(cfg) as platform:
         app = create_app(cfg, platform=platform)
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:

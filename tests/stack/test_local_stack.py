@@ -309,7 +309,7 @@ def test_configured_or_local(stack_root: Path, clean_env: None, monkeypatch: pyt
 
     with configured_or_local(StackConfig(root=stack_root, apply_migrations=False)) as urls:
         assert os.environ["PERSONALIZATION_DATABASE_URL"] == urls.database_url
-        assert get_settings().redis_url == urls.redis_url
+        assert get_settings().redis.url == urls.redis_url
         _select_one(urls)
     assert "PERSONALIZATION_DATABASE_URL" not in os.environ
     assert running_owner(stack_root) is None

@@ -20,6 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from personalization.cli.cdc import app as cdc_app
+from personalization.kafka import names
 from personalization_dev.relayproc import RelayProcess
 from personalization_dev.testing.kafka import consume, new_consumer, relay_env
 
@@ -55,7 +56,7 @@ def env(cdc_db_url: str, kafka_bootstrap: str) -> dict[str, str]:
 
 
 def _topic(env: dict[str, str]) -> str:
-    return f"{env['PERSONALIZATION_KAFKA_TOPIC_PREFIX']}.public.personalization_events"
+    return names.events_topic(env["PERSONALIZATION_KAFKA_TOPIC_PREFIX"])
 
 
 def test_kill_9_loses_no_committed_row(env: dict[str, str]) -> None:

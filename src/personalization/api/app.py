@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from personalization.api.auth import install_security
 from personalization.api.errors import install_error_handlers
 from personalization.api.middleware import BodyLimitMiddleware
-from personalization.api.routers import datarights, events, keys, ops, profiles, serving
+from personalization.api.routers import datarights, events, experiments, keys, ops, profiles, serving
 from personalization.api.routers import platform as platform_health
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             return
         async with open_platform(cfg) as p:
             app.state.platform = p
-            if cfg.http_gc_tuning:
+            if cfg.http.gc_tuning:
                 _tune_gc()
             yield
 
@@ -58,11 +58,19 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     if platform is not None:
         app.state.platform = platform
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.http.max_body_bytes)
     # API keys on every /v1 route: scope dependencies, header guard, audit, dev-mode notice.
     install_security(app, cfg)
     install_error_handlers(app)
-    for router in (ops.router, platform_health.router, profiles.router, events.router, serving.router,
-                   datarights.router, keys.router):
+    for router in (
+        ops.router,
+        platform_health.router,
+        profiles.router,
+        events.router,
+        serving.router,
+        datarights.router,
+        keys.router,
+        experiments.router,
+    ):
         app.include_router(router)
     return app

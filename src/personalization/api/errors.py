@@ -16,6 +16,8 @@ Conflict                               409     the conflicting field
 EraseIncomplete                        503     the erase report + ``detail``, Retry-After
 AuthError (Unauthorized/Forbidden/...) 401..   the ``authorization`` header
 StoreUnavailable                       503     "database unavailable, retry later"
+CacheUnavailable                       503     "cache unavailable, retry later", Retry-After
+NoPlatform (GET /healthz/platform)     503     no supervisor state: start ``personalization up``
 StoreError                             500     "internal database error"
 StarletteHTTPException                 its     the exception's detail (unknown route, 405)
 any other Exception                    500     "internal error"
@@ -34,7 +36,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from personalization.api.responses import JSONBody
 from personalization.datarights.erase import EraseIncomplete
-from personalization.errors import Conflict, InvalidInput, NotFound, StoreError, StoreUnavailable
+from personalization.errors import CacheUnavailable, Conflict, InvalidInput, NotFound, StoreError, StoreUnavailable
+from personalization.platform.status import NoPlatform
 from personalization.security.errors import AuthError
 
 __all__ = ["AUTH_REFUSED", "error_response", "install_error_handlers"]
@@ -93,6 +96,19 @@ async def _on_store_down(_: Request, exc: StoreUnavailable) -> JSONBody:
     return error_response(503, [{"loc": [], "msg": "database unavailable, retry later", "type": "unavailable"}])
 
 
+async def _on_cache_down(_: Request, exc: CacheUnavailable) -> JSONBody:
+    # Only where Redis is part of the operation itself (erase deletes the user's keys in
+    # its transaction, so nothing was changed); every other path degrades instead.
+    log.error("Redis unavailable: %s", exc)
+    return error_response(503, [{"loc": [], "msg": "cache unavailable, retry later", "type": "unavailable"}],
+                          headers={"Retry-After": "5"})
+
+
+async def _on_no_platform(_: Request, exc: NoPlatform) -> JSONBody:
+    # This server runs without a supervisor (no state in its data directory).
+    return error_response(503, [{"loc": [], "msg": str(exc), "type": "unavailable"}])
+
+
 async def _on_store_error(_: Request, exc: StoreError) -> JSONBody:
     # Logged in full here; the client gets no internals.
     log.error("database error: %s", exc)
@@ -118,6 +134,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EraseIncomplete, _on_erase_incomplete)  # type: ignore[arg-type]
     app.add_exception_handler(AuthError, _on_auth_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _on_store_down)  # type: ignore[arg-type]
+    app.add_exception_handler(CacheUnavailable, _on_cache_down)  # type: ignore[arg-type]
+    app.add_exception_handler(NoPlatform, _on_no_platform)  # type: ignore[arg-type]
     app.add_exception_handler(StoreError, _on_store_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _on_http)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _on_unexpected)

@@ -19,26 +19,21 @@ from typing import TYPE_CHECKING
 import orjson
 import typer
 
-from personalization.cli.common import ExitCode, err, exit_code_for, fail
+from personalization.cli.common import ExitCode, err, exit_code_for, fail, load_settings
 
 if TYPE_CHECKING:
     from rich.progress import TaskID
 
-    from personalization.platform.settings import PlatformSettings
+    from personalization.config import Settings
 
 DATA_DIR_OPTION = typer.Option(
     None, "--data-dir", help="Directory of the platform's state (default PERSONALIZATION_DATA_DIR or .personalization)."
 )
 
 
-def _settings(data_dir: Path | None) -> PlatformSettings:
-    from personalization.platform.settings import PlatformSettings
-
-    try:
-        settings = PlatformSettings()
-    except ValueError as exc:  # pydantic ValidationError: a PERSONALIZATION_* variable is wrong
-        fail(f"invalid settings: {' '.join(str(exc).splitlines()[:3])}", ExitCode.BAD_INPUT)
-    return settings.model_copy(update={"data_dir": data_dir}) if data_dir is not None else settings
+def _settings(data_dir: Path | None) -> Settings:
+    # The tree, read once for the invocation; --data-dir over PERSONALIZATION_DATA_DIR.
+    return load_settings(platform={"data_dir": data_dir})
 
 
 def up(
@@ -62,7 +57,6 @@ def up(
 
     SIGTERM or Ctrl-C stops the components in order (API, relay, then the consumers) within the bound.
     """
-    from personalization.config import get_settings
     from personalization.errors import PersonalizationError
     from personalization.platform.components import UnknownRole
     from personalization.platform.logs import LogSink
@@ -70,14 +64,14 @@ def up(
     from personalization.platform.state import AlreadyRunning
 
     settings = _settings(data_dir)
-    roles = tuple(r.strip() for r in only.split(",") if r.strip()) if only is not None else settings.platform_roles
-    http = get_settings()
-    log_dir = log_dir or settings.platform_log_dir
+    platform, http = settings.platform, settings.http
+    roles = tuple(r.strip() for r in only.split(",") if r.strip()) if only is not None else platform.roles
+    log_dir = log_dir or platform.log_dir
     opts = UpOptions(
-        roles=roles, host=host or http.http_host, port=http.http_port if port is None else port,
-        api_workers=workers or settings.platform_api_workers, learners=learners or settings.platform_learners,
+        roles=roles, host=host or http.host, port=http.port if port is None else port,
+        api_workers=workers or platform.api_workers, learners=learners or platform.learners,
         log_dir=log_dir.resolve() if log_dir is not None else None,
-        stop_timeout_s=stop_timeout or settings.platform_stop_timeout_s,
+        stop_timeout_s=stop_timeout or platform.stop_timeout_s,
     )
     if opts.log_dir is not None:
         try:
@@ -155,7 +149,7 @@ def status(
 
     settings = _settings(data_dir)
     try:
-        report = platform_status(settings.platform_dir.resolve())
+        report = platform_status(settings.platform.state_dir.resolve(), settings)
     except NoPlatform as exc:
         fail(str(exc), ExitCode.UNAVAILABLE)
     if json_out:

@@ -101,12 +101,10 @@ class EraseReport:
 
 
 def cdc_topics(settings: Settings) -> list[str]:
-    """The CDC topics keyed by user id (the relay's naming: ``<prefix>.public.<table>``)."""
-    from personalization.changestream.settings import CdcSettings
+    """The CDC topics keyed by user id (kafka.names: ``<prefix>.public.<table>``)."""
+    from personalization.changestream.capture import captured_topics
 
-    cdc = CdcSettings(kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
-                      kafka_topic_prefix=settings.kafka_topic_prefix)
-    return [f"{settings.kafka_topic_prefix}.{table}" for table in cdc.captured_tables]
+    return captured_topics(settings)
 
 
 def cdc_key(user_id: uuid.UUID) -> bytes:
@@ -120,7 +118,7 @@ class KafkaTombstones:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = cdc_topics(settings)
-        self._producer = TombstoneProducer(settings.kafka_bootstrap_servers, settings.kafka_timeout_s)
+        self._producer = TombstoneProducer(settings.kafka.bootstrap_servers, settings.kafka.timeout_s)
 
     def connect(self) -> None:
         """Open the producer's connection now (a long-lived API process has it open already)."""
@@ -145,7 +143,7 @@ class Eraser:
         self.redis = redis
         self.settings = settings
         self.tombstones = tombstones if tombstones is not None else (
-            KafkaTombstones(settings) if settings.erase_kafka_tombstones else None
+            KafkaTombstones(settings) if settings.erase.kafka_tombstones else None
         )
 
     async def erase(self, user_id: uuid.UUID, actor: str) -> EraseReport:

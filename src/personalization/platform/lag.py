@@ -23,8 +23,9 @@ from typing import Any, assert_never
 
 import httpx
 
-from personalization.changestream.settings import CdcSettings
+from personalization.config import Settings
 from personalization.errors import PersonalizationError
+from personalization.kafka import names
 from personalization.platform.components import LagKind
 from personalization.platform.state import ChildRecord
 from personalization.store.platform import PlatformStore, open_platform_store
@@ -34,9 +35,14 @@ _TIMEOUT_S = 3.0
 
 @dataclass
 class LagReader:
-    """Reads lags for one report; shares one connection and caches per group."""
+    """Reads lags for one report; shares one connection and caches per group.
+
+    ``base`` gives what the supervisor's services do not (slot name, ...): by default the
+    settings tree of the reading process's environment.
+    """
 
     services: dict[str, str]
+    base: Settings = field(default_factory=Settings)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
     _store: PlatformStore | None = None
     _cache: dict[tuple[str, ...], dict[str, Any]] = field(default_factory=dict)
@@ -48,21 +54,21 @@ class LagReader:
         self._stack.close()
 
     @property
-    def cdc(self) -> CdcSettings:
-        """Relay settings pointing at the supervisor's services."""
-        # The status command's own environment gives the rest (slot name, ...).
-        base = CdcSettings()
-        s = self.services
-        return base.model_copy(update={
-            "database_url": s.get("PERSONALIZATION_DATABASE_URL", base.database_url),
-            "kafka_bootstrap_servers": s.get("PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS", base.kafka_bootstrap_servers),
-            "kafka_topic_prefix": s.get("PERSONALIZATION_KAFKA_TOPIC_PREFIX", base.kafka_topic_prefix),
-        })
+    def settings(self) -> Settings:
+        """The base settings pointing at the supervisor's services."""
+        base, s = self.base, self.services
+        return base.replace(
+            database={"url": s.get("PERSONALIZATION_DATABASE_URL", base.database.url)},
+            kafka={
+                "bootstrap_servers": s.get("PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS", base.kafka.bootstrap_servers),
+                "topic_prefix": s.get("PERSONALIZATION_KAFKA_TOPIC_PREFIX", base.kafka.topic_prefix),
+            },
+        )
 
     def store(self) -> PlatformStore:
         """The report's one PostgreSQL connection."""
         if self._store is None:
-            self._store = self._stack.enter_context(open_platform_store(self.cdc.database_url, _TIMEOUT_S))
+            self._store = self._stack.enter_context(open_platform_store(self.settings.database.url, _TIMEOUT_S))
         return self._store
 
     def read(self, record: ChildRecord) -> dict[str, Any]:
@@ -112,29 +118,31 @@ class LagReader:
         from personalization.changestream import pgadmin
         from personalization.store.db import wrap_exceptions
 
-        cdc = self.cdc
-        with wrap_exceptions(), pgadmin.connect(cdc) as conn:
-            slot = pgadmin.read_slot(conn, cdc.cdc_slot_name)
+        settings = self.settings
+        with wrap_exceptions(), pgadmin.connect(settings) as conn:
+            slot = pgadmin.read_slot(conn, settings.cdc.slot_name)
         if slot is None:
-            return {"slot": cdc.cdc_slot_name, "exists": False}
+            return {"slot": settings.cdc.slot_name, "exists": False}
         return {"slot": slot.name, "active": slot.active, "wal_status": slot.wal_status,
                 "retained_wal_bytes": slot.retained_wal_bytes}
 
     def _learner(self, group: str) -> dict[str, Any]:
         from personalization.kafka.offsets import end_offsets
 
-        topic = self.cdc.events_topic
+        kafka = self.settings.kafka
+        topic = names.events_topic(kafka.topic_prefix)
         positions = self.store().learner_positions(group, topic)
-        ends = end_offsets(self.cdc.kafka_bootstrap_servers, [topic], _TIMEOUT_S)
+        ends = end_offsets(kafka.bootstrap_servers, [topic], _TIMEOUT_S)
         return {"group": group, "topic": topic, **_sum_lag(ends, {(topic, p): o for p, o in positions.items()})}
 
     def _group(self, group: str) -> dict[str, Any]:
         from personalization.kafka.offsets import committed_offsets, end_offsets
 
-        cdc = self.cdc
-        topics = [f"{cdc.kafka_topic_prefix}.{t}" for t in cdc.captured_tables if not t.endswith("_events")]
-        ends = end_offsets(cdc.kafka_bootstrap_servers, topics, _TIMEOUT_S)
-        committed = committed_offsets(cdc.kafka_bootstrap_servers, group, list(ends), _TIMEOUT_S)
+        kafka = self.settings.kafka
+        # What the invalidator reads (serving.invalidation subscribes to the same names).
+        topics = names.invalidation_topics(kafka.topic_prefix)
+        ends = end_offsets(kafka.bootstrap_servers, topics, _TIMEOUT_S)
+        committed = committed_offsets(kafka.bootstrap_servers, group, list(ends), _TIMEOUT_S)
         return {"group": group, "topics": topics, **_sum_lag(ends, committed)}
 
 

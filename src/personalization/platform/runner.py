@@ -21,11 +21,10 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
-from personalization.config import SERVICE_URL_VARS, configured_service_urls
+from personalization.config import SERVICE_URL_VARS, Settings, configured_service_urls
 from personalization.errors import PersonalizationError
 from personalization.platform.components import NodeOptions, plan
 from personalization.platform.logs import LogSink
-from personalization.platform.settings import PlatformSettings
 from personalization.platform.state import PlatformLock
 from personalization.platform.supervisor import RestartPolicy, Supervisor, SupervisorConfig
 
@@ -76,16 +75,13 @@ def _local_stack(root: Path, progress: StepCallback | None) -> AbstractContextMa
 
 
 @contextlib.contextmanager
-def services(settings: PlatformSettings, progress: StepCallback | None) -> Iterator[tuple[dict[str, str], bool]]:
+def services(settings: Settings, progress: StepCallback | None) -> Iterator[tuple[dict[str, str], bool]]:
     """The service URLs to use and whether the embedded stack provides them."""
     if configured_service_urls():
-        from personalization.config import get_settings
-
-        s = get_settings()
-        yield {"PERSONALIZATION_DATABASE_URL": s.database_url, "PERSONALIZATION_REDIS_URL": s.redis_url,
-               "PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS": s.kafka_bootstrap_servers}, False
+        yield {"PERSONALIZATION_DATABASE_URL": settings.database.url, "PERSONALIZATION_REDIS_URL": settings.redis.url,
+               "PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers}, False
         return
-    with _local_stack(settings.data_dir, progress) as env:
+    with _local_stack(settings.platform.data_dir, progress) as env:
         yield dict(env), True
 
 
@@ -107,33 +103,30 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
-def _prepare(service_env: dict[str, str], roles: set[str]) -> None:
+def _prepare(settings: Settings, service_env: dict[str, str], roles: set[str]) -> None:
     """Schema first (every component needs it), then the CDC topics the consumers read."""
-    from personalization.changestream.settings import CdcSettings
+    from personalization.changestream.capture import captured_topics
     from personalization.store import migrate
 
     migrate.upgrade(service_env["PERSONALIZATION_DATABASE_URL"])
     if roles & {"relay", "learner", "invalidator"}:
         from personalization.kafka.topics import ensure_topics
 
-        cdc = CdcSettings(kafka_bootstrap_servers=service_env["PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS"])
-        topics = [f"{cdc.kafka_topic_prefix}.{table}" for table in cdc.captured_tables]
+        bootstrap = service_env["PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS"]
         try:
-            ensure_topics(cdc.kafka_bootstrap_servers, topics, timeout_s=30.0)
+            ensure_topics(bootstrap, captured_topics(settings), timeout_s=30.0)
         except Exception as exc:  # KafkaException: the broker is unreachable or refuses
-            raise PlatformError(f"cannot create the CDC topics on {cdc.kafka_bootstrap_servers}: {exc}") from exc
+            raise PlatformError(f"cannot create the CDC topics on {bootstrap}: {exc}") from exc
 
 
-def node_options(opts: UpOptions, embedded: bool, invalidator_group: str) -> NodeOptions:
-    """The children's options: the learner and invalidator groups from their own settings."""
-    from personalization.learner.settings import LearnerSettings
-
-    learner = LearnerSettings()
+def node_options(settings: Settings, opts: UpOptions, embedded: bool) -> NodeOptions:
+    """The children's options: the learner and invalidator groups from their sections."""
+    learner = settings.learner
     return NodeOptions(
         host=opts.host, port=opts.port, api_workers=opts.api_workers, learners=opts.learners,
-        embedded_broker=embedded, learner_group=learner.learner_group_id,
-        learner_kafka_group=learner.learner_kafka_group_id, learner_metrics_port=learner.learner_metrics_port,
-        invalidator_group=invalidator_group,
+        embedded_broker=embedded, learner_group=learner.group_id,
+        learner_kafka_group=learner.kafka_group_id, learner_metrics_port=learner.metrics_port,
+        invalidator_group=settings.platform.invalidator_group,
     )
 
 
@@ -143,7 +136,7 @@ def export_lines(env: dict[str, str]) -> list[str]:
 
 
 def run_up(
-    settings: PlatformSettings,
+    settings: Settings,
     opts: UpOptions,
     stop: threading.Event,
     sink: LogSink,
@@ -155,14 +148,15 @@ def run_up(
     ``announce`` receives the ``export`` lines once every child is started and the API
     answers.  Raises PlatformError (or the store's errors) when the node cannot start.
     """
-    directory = settings.platform_dir.resolve()
+    platform = settings.platform
+    directory = platform.state_dir.resolve()
     lock = PlatformLock(directory)
     lock.acquire()
     try:
         with services(settings, progress) as (service_env, embedded):
             if stop.is_set():
                 return 0
-            options = node_options(opts, embedded, settings.platform_invalidator_group)
+            options = node_options(settings, opts, embedded)
             if opts.port == 0:
                 options = replace(options, port=free_port(opts.host))
             children = plan(opts.roles, options)
@@ -172,27 +166,25 @@ def run_up(
                     f"port {opts.port} on {opts.host} is already in use; stop what holds it, or choose "
                     "another with --port (0: a free one) or PERSONALIZATION_HTTP_PORT"
                 )
-            _prepare(service_env, roles)
+            _prepare(settings, service_env, roles)
             if stop.is_set():  # SIGTERM while the schema was migrated: start nothing
                 return 0
             api_url = options.api_url if "api" in roles else None
-            env = {**os.environ, **service_env, "PERSONALIZATION_DATA_DIR": str(settings.data_dir.resolve()),
+            env = {**os.environ, **service_env, "PERSONALIZATION_DATA_DIR": str(platform.data_dir.resolve()),
                    "PYTHONUNBUFFERED": "1"}
             # Status reads the lag through these (and the topic names from the prefix).
-            from personalization.changestream.settings import CdcSettings
-
-            state_services = {**service_env, "PERSONALIZATION_KAFKA_TOPIC_PREFIX": CdcSettings().kafka_topic_prefix}
+            state_services = {**service_env, "PERSONALIZATION_KAFKA_TOPIC_PREFIX": settings.kafka.topic_prefix}
             config = SupervisorConfig(
                 directory=directory, env=env, roles=sorted(roles), services=state_services, embedded_stack=embedded,
                 api_url=api_url, stop_timeout_s=opts.stop_timeout_s, log_dir=opts.log_dir,
-                api_start_timeout_s=settings.platform_api_start_timeout_s,
-                policy=RestartPolicy(settings.platform_restart_initial_s, settings.platform_restart_max_s,
-                                     settings.platform_stable_after_s, settings.platform_failing_after),
+                api_start_timeout_s=platform.api_start_timeout_s,
+                policy=RestartPolicy(platform.restart_initial_s, platform.restart_max_s,
+                                     platform.stable_after_s, platform.failing_after),
             )
             # What this run started (the embedded stack's URLs, the API) and where its state
             # is, so that `status` in a shell that sourced these lines finds it.
             exports = {**service_env} if embedded else {}
-            exports["PERSONALIZATION_DATA_DIR"] = str(settings.data_dir.resolve())
+            exports["PERSONALIZATION_DATA_DIR"] = str(platform.data_dir.resolve())
             if api_url is not None:
                 exports["PERSONALIZATION_API_URL"] = api_url
             supervisor = Supervisor(children, config, sink)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from personalization.config import Settings
 from personalization.platform.lag import LagReader
 from personalization.platform.state import PlatformState, read_state, supervisor_running
 
@@ -20,11 +21,13 @@ class NoPlatform(LookupError):
     """No supervisor ever ran from this directory (no state file)."""
 
 
-def platform_status(directory: Path, *, live: bool = True) -> dict[str, Any]:
+def platform_status(directory: Path, settings: Settings | None = None, *, live: bool = True) -> dict[str, Any]:
     """The status document: ``{"supervisor": {...}, "components": [{name, state, pid, restarts, lag, ...}]}``.
 
-    ``live=False`` skips the lag probes (no connection to any service).  Raises
-    NoPlatform when no supervisor ever wrote its state in ``directory``.
+    ``live=False`` skips the lag probes (no connection to any service).  The probes use
+    the supervisor's services with the rest of ``settings`` (the slot name, ...; default:
+    the tree read from the environment now).  Raises NoPlatform when no supervisor ever
+    wrote its state in ``directory``.
     """
     state = read_state(directory)
     running = supervisor_running(directory)
@@ -35,7 +38,7 @@ def platform_status(directory: Path, *, live: bool = True) -> dict[str, Any]:
         raise NoPlatform(f"no platform state in {directory}: start it with `personalization up`")
     now = time.time()
     components: list[dict[str, Any]] = []
-    with LagReader(dict(state.services)) as lag:
+    with LagReader(dict(state.services), settings or Settings()) as lag:
         for rec in state.children:
             alive = running and rec.pid is not None
             item: dict[str, Any] = {

@@ -26,7 +26,7 @@ def _eraser(request: Request) -> Eraser:
     p = platform(request)
     cfg = settings(request)
     tomb: KafkaTombstones | None = getattr(request.app.state, "kafka_tombstones", None)
-    if tomb is None and cfg.erase_kafka_tombstones:
+    if tomb is None and cfg.erase.kafka_tombstones:
         # One producer per app: its connection is reused by later erases.
         tomb = request.app.state.kafka_tombstones = KafkaTombstones(cfg)
     return Eraser(p.db, p.redis, cfg, tombstones=tomb)
@@ -45,7 +45,7 @@ async def erase_user(request: Request, user_id: uuid.UUID, principal: Principal)
 async def export_user(user_id: uuid.UUID, request: Request, principal: Principal = require("admin")) -> Any:
     """Everything held about the user as one JSON document, streamed (admin)."""
     p = platform(request)
-    exporter = Exporter(p.db, p.redis)
+    exporter = Exporter(p.db, p.redis, p.settings.decay.config())
     await exporter.check(user_id)
     return StreamingResponse(
         exporter.stream(user_id, principal.actor),
