@@ -26,6 +26,7 @@ import os
 from collections.abc import Iterator
 from decimal import Decimal
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -378,6 +379,53 @@ class ExperimentsSettings(Section):
     results_work_mem: str = Field(default="256MB", pattern=r"^[0-9]+(kB|MB|GB)$")
 
 
+class PlatformSettings(Section):
+    """``personalization up`` (the supervisor) and ``personalization status`` (issue 19).
+
+    The ``up`` options (``--only``, ``--workers``, ``--log-dir``, ...) override these.
+    """
+
+    env_prefix: ClassVar[str] = ENV_PREFIX + "PLATFORM_"
+
+    # Where the supervisor keeps its state file and lock (``<data_dir>/platform/``), and
+    # the embedded stack its data when it is started (the stack's own default is the same).
+    data_dir: Path = env("DATA_DIR", default=Path(".personalization"))
+    # Roles this node runs (``up --only``): empty means every registered component.
+    # A comma-separated list (``api,learner``) like ``--only``, or a JSON array.
+    roles: tuple[str, ...] = ()
+    # API server worker processes and learner processes.
+    api_workers: int = Field(default=1, ge=1, le=64)
+    learners: int = Field(default=1, ge=1, le=64)
+    # One log file per component here (``up --log-dir``) instead of the stream on stderr.
+    log_dir: Path | None = None
+    # Kafka consumer group of the cache-invalidation consumer (`cdc invalidate-cache --group-id`).
+    invalidator_group: str = Field(default="personalization-cache-invalidation", min_length=1)
+    # Restart back-off of a crashed child: doubled from the initial delay up to the max; a
+    # child that stayed up this long is healthy again (its next crash waits the initial delay).
+    restart_initial_s: float = Field(default=0.5, gt=0)
+    restart_max_s: float = Field(default=30.0, gt=0)
+    stable_after_s: float = Field(default=30.0, gt=0)
+    # This many crashes in a row mark a child ``failing`` (it is still retried at the max delay).
+    failing_after: int = Field(default=5, ge=1)
+    # Bound of an orderly shutdown (SIGTERM to ``up``): every child is gone by then.
+    stop_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # How long the API server may take to answer /healthz after it was started.
+    api_start_timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: object) -> object:
+        # ``PERSONALIZATION_PLATFORM_ROLES=api,learner``: not JSON, so it arrives as the raw string.
+        if isinstance(value, str):
+            return tuple(r.strip() for r in value.split(",") if r.strip())
+        return value
+
+    @property
+    def state_dir(self) -> Path:
+        """The supervisor's own directory under the data directory (state file and lock)."""
+        return self.data_dir / "platform"
+
+
 class _FlatEnvironment(PydanticBaseSettingsSource):
     """Reads the flat ``PERSONALIZATION_*`` variables into the tree's sections."""
 
@@ -431,6 +479,7 @@ class Settings(BaseSettings):
     learner: LearnerSettings = LearnerSettings()
     nightly: NightlySettings = NightlySettings()
     experiments: ExperimentsSettings = ExperimentsSettings()
+    platform: PlatformSettings = PlatformSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -13,6 +13,7 @@ from personalization.api.auth import install_security
 from personalization.api.errors import install_error_handlers
 from personalization.api.middleware import BodyLimitMiddleware
 from personalization.api.routers import datarights, events, experiments, keys, ops, profiles, serving
+from personalization.api.routers import platform as platform_health
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     install_error_handlers(app)
     for router in (
         ops.router,
+        platform_health.router,
         profiles.router,
         events.router,
         serving.router,

@@ -17,6 +17,7 @@ EraseIncomplete                        503     the erase report + ``detail``, Re
 AuthError (Unauthorized/Forbidden/...) 401..   the ``authorization`` header
 StoreUnavailable                       503     "database unavailable, retry later"
 CacheUnavailable                       503     "cache unavailable, retry later", Retry-After
+NoPlatform (GET /healthz/platform)     503     no supervisor state: start ``personalization up``
 StoreError                             500     "internal database error"
 StarletteHTTPException                 its     the exception's detail (unknown route, 405)
 any other Exception                    500     "internal error"
@@ -36,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from personalization.api.responses import JSONBody
 from personalization.datarights.erase import EraseIncomplete
 from personalization.errors import CacheUnavailable, Conflict, InvalidInput, NotFound, StoreError, StoreUnavailable
+from personalization.platform.status import NoPlatform
 from personalization.security.errors import AuthError
 
 __all__ = ["AUTH_REFUSED", "error_response", "install_error_handlers"]
@@ -102,6 +104,11 @@ async def _on_cache_down(_: Request, exc: CacheUnavailable) -> JSONBody:
                           headers={"Retry-After": "5"})
 
 
+async def _on_no_platform(_: Request, exc: NoPlatform) -> JSONBody:
+    # This server runs without a supervisor (no state in its data directory).
+    return error_response(503, [{"loc": [], "msg": str(exc), "type": "unavailable"}])
+
+
 async def _on_store_error(_: Request, exc: StoreError) -> JSONBody:
     # Logged in full here; the client gets no internals.
     log.error("database error: %s", exc)
@@ -128,6 +135,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AuthError, _on_auth_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _on_store_down)  # type: ignore[arg-type]
     app.add_exception_handler(CacheUnavailable, _on_cache_down)  # type: ignore[arg-type]
+    app.add_exception_handler(NoPlatform, _on_no_platform)  # type: ignore[arg-type]
     app.add_exception_handler(StoreError, _on_store_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _on_http)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _on_unexpected)

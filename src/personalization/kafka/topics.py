@@ -7,10 +7,14 @@ from collections.abc import Iterable
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from personalization.kafka.kafkalog import client_logging
+
 
 def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 4, timeout_s: float = 30.0) -> list[str]:
     """Create the missing ones among ``topics``; returns the names created now."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    # Through Python logging: librdkafka's own stderr lines would break a caller's log format
+    # (`personalization up` writes one JSON line per log record there).
+    admin = AdminClient({"bootstrap.servers": bootstrap, **client_logging("admin")})
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     missing = [t for t in topics if t not in existing]
     if not missing:
