@@ -15,6 +15,8 @@ from personalization.config import Settings
 from personalization.errors import CacheUnavailable
 from personalization.ingest.events import Ingestor
 from personalization.ingest.profiles import ProfileService
+from personalization.recommend.service import Recommender
+from personalization.recommend.settings import RecommendSettings
 from personalization.serving.service import ServingService
 from personalization.store.db import Database
 from personalization.store.profiles import ProfileStore
@@ -31,6 +33,7 @@ class Platform:
     ingestor: Ingestor
     profiles: ProfileService
     serving: ServingService
+    recommender: Recommender
 
     async def cache_ok(self) -> bool:
         """True when Redis answers a PING within its timeout."""
@@ -54,7 +57,9 @@ async def open_platform(settings: Settings) -> AsyncIterator[Platform]:
     serving = ServingService(db, ServingCache(redis), view_signal_types=settings.view_signal_types)
     profiles.on_change(serving.invalidate)
     ingestor = Ingestor(db, events_cache, settings)
-    platform = Platform(settings, db, redis, events_cache, ingestor, profiles, serving)
+    # Recommendations reuse the read path's reader state (flags, embedding, recent content).
+    recommender = Recommender(db, serving, RecommendSettings())
+    platform = Platform(settings, db, redis, events_cache, ingestor, profiles, serving, recommender)
     try:
         yield platform
     finally:

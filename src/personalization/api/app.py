@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from personalization.api import security_routes, serving_routes
+from personalization.api import recommend_routes, security_routes, serving_routes
 from personalization.api.auth import check_scope, install_security, require
 from personalization.api.middleware import BodyLimitMiddleware
 from personalization.api.responses import JSONBody
@@ -221,5 +221,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     app.include_router(serving_routes.router)
     app.include_router(serving_routes.ops_router)
     app.include_router(security_routes.router)
+    app.include_router(recommend_routes.router)
 
     return app

@@ -1,0 +1,21 @@
+"""Trending: time-decayed engagement of every reader (also the non-personalized list)."""
+
+from __future__ import annotations
+
+from personalization.recommend.sources.base import Candidate, Context, SourceName
+
+
+class TrendingSource:
+    """The most engaged-with passages lately, as computed by the last trending refresh."""
+
+    name: SourceName = "trending"
+
+    def candidates(self, ctx: Context, n: int) -> list[Candidate]:
+        trending = ctx.models.trending
+        out: list[Candidate] = []
+        for p in trending.order.tolist():
+            if ctx.allowed(p):
+                out.append(Candidate(p, float(trending.scores[p]), "trending"))
+                if len(out) >= n:
+                    break
+        return out
