@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from personalization.config import Settings
 from personalization.core.decay import DEFAULT_DECAY, DecayConfig
 from personalization.core.privacy import DEFAULT_PRIVACY_LEVEL, POLICIES
 from personalization.recommend.catalog import Catalog
@@ -94,6 +95,21 @@ def fit(catalog: Catalog, events: EventColumns, n_users: int, settings: Recommen
         out["neighbours"] = co_engagement(matrix, catalog, settings).to_bytes()
     seconds["neighbours"] = time.perf_counter() - t0
     return out, int(matrix.nnz), seconds
+
+
+def train_blocking(settings: Settings, *, on_step: Callable[[str], None] | None = None) -> TrainReport:
+    """Open a small pool, train and store (for the nightly CLI and its scheduler thread)."""
+    from personalization.serving.settings import ServingSettings
+
+    async def go() -> TrainReport:
+        db = Database(settings, min_size=1, max_size=2)
+        await db.open()
+        try:
+            return await train(db, RecommendSettings(), dim=ServingSettings().embedding_dim, on_step=on_step)
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
 
 
 async def train(db: Database, settings: RecommendSettings | None = None, *, dim: int,
