@@ -59,6 +59,7 @@ def policy_from(settings: RecommendSettings) -> RankPolicy:
         },
         max_per_series=settings.max_per_series,
         max_source_share=settings.max_source_share,
+        rank_k=settings.rank_fusion_k,
     )
 
 

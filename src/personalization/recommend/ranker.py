@@ -41,10 +41,12 @@ class RankPolicy:
     weights: Mapping[SourceName, float]
     max_per_series: int
     max_source_share: float
+    # 0: scores scaled by the source's best; k > 0: by rank, k / (k + rank) (reciprocal rank fusion).
+    rank_k: float = 0.0
 
 
 def merge(by_source: Mapping[SourceName, Sequence[Candidate]], weights: Mapping[SourceName, float],
-          excluded: set[int]) -> list[tuple[int, float, list[tuple[float, str, SourceName]]]]:
+          excluded: set[int], rank_k: float = 0.0) -> list[tuple[int, float, list[tuple[float, str, SourceName]]]]:
     """(passage, score, [(contribution, reason, source)...]) sorted best first."""
     score: dict[int, float] = {}
     parts: dict[int, list[tuple[float, str, SourceName]]] = {}
@@ -55,10 +57,10 @@ def merge(by_source: Mapping[SourceName, Sequence[Candidate]], weights: Mapping[
         top = max(c.score for c in cands)
         if not (top > 0 and math.isfinite(top)):
             continue
-        for c in cands:
+        for r, c in enumerate(cands):
             if c.item in excluded or c.score <= 0:
                 continue
-            contribution = w * c.score / top
+            contribution = w * (rank_k / (rank_k + r) if rank_k > 0 else c.score / top)
             score[c.item] = score.get(c.item, 0.0) + contribution
             parts.setdefault(c.item, []).append((contribution, c.reason, source))
     # Ties: the passage index (catalogue order) keeps the order repeatable.
@@ -75,7 +77,7 @@ def rank(
     translations: Sequence[str],
 ) -> list[RankedItem]:
     """The final list of at most ``limit`` items (module docstring for the rules)."""
-    merged = merge(by_source, policy.weights, excluded)
+    merged = merge(by_source, policy.weights, excluded, policy.rank_k)
     source_cap = max(1, math.ceil(policy.max_source_share * limit))
     per_series: dict[str, int] = {}
     per_source: dict[SourceName, int] = {}

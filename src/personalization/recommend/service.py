@@ -123,10 +123,14 @@ class Recommender:
             excluded |= history.consumed
         prefs = reader.preferences
         traits = []
+        user_vector = None
         if mode == "personalized":
             traits = profile_traits(prefs.profile, ((t, v, 1.0) for t, v in prefs.traits.items()))
-        ctx = self._context(models, history, excluded, content_type,
-                            user_vector=reader.embedding if mode == "personalized" else None, traits=traits)
+            user_vector = reader.embedding
+            if user_vector is None and reader.reason == "no_embedding" and not history.empty:
+                # Redis's copy expired (or was never warmed): the learner's durable one.
+                user_vector = await self.serving.durable_embedding(user_id)
+        ctx = self._context(models, history, excluded, content_type, user_vector=user_vector, traits=traits)
         preferred = prefs.profile.get("preferred_translation")
         translations = ([preferred] if preferred else []) + history.translation_order()
         items = recommend(ctx, MODE_SOURCES[mode], self.policy, self.settings, limit, translations)

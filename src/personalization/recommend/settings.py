@@ -19,18 +19,20 @@ class RecommendSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PERSONALIZATION_RECOMMEND_", extra="ignore")
 
     # ---- ranking --------------------------------------------------------------------
-    weight_continue: float = Field(default=1.0, ge=0)
-    weight_similar: float = Field(default=1.5, ge=0)
-    weight_collaborative: float = Field(default=0.9, ge=0)
+    weight_continue: float = Field(default=2.0, ge=0)
+    weight_similar: float = Field(default=2.0, ge=0)
+    weight_collaborative: float = Field(default=0.5, ge=0)
     weight_embedding: float = Field(default=0.2, ge=0)
     weight_trending: float = Field(default=0.05, ge=0)
     weight_onboarding: float = Field(default=0.6, ge=0)
+    # 0: blend scores scaled by each source's best; k > 0: blend ranks, k / (k + rank).
+    rank_fusion_k: float = Field(default=0.0, ge=0)
     # Candidates each source contributes before merging (per requested item).
     candidates_per_item: int = Field(default=5, ge=1, le=100)
     min_candidates: int = Field(default=50, ge=1, le=5000)
     # Diversity: at most this many items of one series, and at most this share of the
     # list put there by one source alone.
-    max_per_series: int = Field(default=5, ge=1)
+    max_per_series: int = Field(default=6, ge=1)
     max_source_share: float = Field(default=0.7, gt=0, le=1)
 
     # ---- reader history -------------------------------------------------------------
@@ -42,7 +44,7 @@ class RecommendSettings(BaseSettings):
     consumed_signal_types: tuple[str, ...] = ("view", "read", "complete", "bookmark", "share")
     skip_signal_types: tuple[str, ...] = ("skip",)
     # Next positions of a series offered by "continue reading".
-    continue_next: int = Field(default=3, ge=1, le=20)
+    continue_next: int = Field(default=6, ge=1, le=20)
 
     # ---- trending -------------------------------------------------------------------
     trending_half_life_days: float = Field(default=3.0, gt=0)

@@ -293,6 +293,10 @@ class ServingService:
                 self.guard.trip("login", exc)
         return LoginResult(prefs, flag, mode == "set", warmed)
 
+    async def durable_embedding(self, user_id: uuid.UUID) -> emb.Vector | None:
+        """The online learner's durable copy of the user's embedding (unit length), or None."""
+        return await self._durable_embedding(user_id)
+
     async def _durable_embedding(self, user_id: uuid.UUID) -> emb.Vector | None:
         found = await self.store.user_embedding(user_id)
         if found is None:
