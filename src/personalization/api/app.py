@@ -222,5 +222,6 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     app.include_router(serving_routes.ops_router)
     app.include_router(security_routes.router)
     app.include_router(recommend_routes.router)
+    app.include_router(recommend_routes.ops_router)
 
     return app

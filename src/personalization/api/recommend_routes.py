@@ -13,6 +13,7 @@ from personalization.errors import NotFound
 from personalization.recommend.service import MAX_LIMIT, MAX_WINDOW_DAYS, Recommender
 
 router = APIRouter(tags=["recommendations"], dependencies=[require("read")])
+ops_router = APIRouter(tags=["ops"])
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="items to return")]
 ContentType = Annotated[str | None, Query(min_length=1, max_length=64, description="only this content type")]
@@ -78,3 +79,9 @@ async def similar(
         return JSONBody({"detail": [{"loc": ["path", "content_id"], "field": "content_id",
                                      "msg": f"{exc.resource} not found", "type": "not_found"}]}, status_code=404)
     return JSONBody(result.as_dict())
+
+
+@ops_router.get("/healthz/recommendations")
+async def recommendations_health(request: Request) -> JSONBody:
+    """What this process serves with: catalogue size, index kind and memory, model versions."""
+    return JSONBody(_rec(request).status())

@@ -47,7 +47,7 @@ class RankPolicy:
 
 def merge(by_source: Mapping[SourceName, Sequence[Candidate]], weights: Mapping[SourceName, float],
           excluded: set[int], rank_k: float = 0.0) -> list[tuple[int, float, list[tuple[float, str, SourceName]]]]:
-    """(passage, score, [(contribution, reason, source)...]) sorted best first."""
+    """(passage, score, [(contribution, reason, source)...]), best first."""
     score: dict[int, float] = {}
     parts: dict[int, list[tuple[float, str, SourceName]]] = {}
     for source, cands in by_source.items():
@@ -65,7 +65,8 @@ def merge(by_source: Mapping[SourceName, Sequence[Candidate]], weights: Mapping[
             parts.setdefault(c.item, []).append((contribution, c.reason, source))
     # Ties: the passage index (catalogue order) keeps the order repeatable.
     ranked = sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [(p, s, sorted(parts[p], key=lambda t: -t[0])) for p, s in ranked]
+    # Each item's parts stay in source order here; rank() sorts those of the items it looks at.
+    return [(p, s, parts[p]) for p, s in ranked]
 
 
 def rank(
@@ -86,6 +87,7 @@ def rank(
     for i, (p, _, parts) in enumerate(merged):
         if len(chosen) >= limit:
             break
+        parts.sort(key=lambda t: -t[0])
         series = catalog.passage_series[p]
         # "Owed to one source alone": only that source proposed it.
         alone = parts[0][2] if len({src for _, _, src in parts}) == 1 else None
@@ -104,6 +106,7 @@ def rank(
     out: list[RankedItem] = []
     for i in chosen:
         p, s, parts = merged[i]
+        parts.sort(key=lambda t: -t[0])
         reasons: list[str] = []
         for _, reason, _ in parts:
             if reason not in reasons:

@@ -69,6 +69,15 @@ class Recommendations:
         return out
 
 
+def limit_blas_threads(n: int) -> None:
+    """Cap the process's BLAS thread pool (settings.blas_threads); a no-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - the recommend extra brings it
+        return
+    threadpool_limits(n, "blas")
+
+
 def _check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidInput([FieldError(["query", "limit"], f"must be between 1 and {MAX_LIMIT}", "range")], 422)
@@ -80,6 +89,8 @@ class Recommender:
     def __init__(self, db: Database, serving: ServingService, settings: RecommendSettings | None = None, *,
                  decay: DecayConfig = DEFAULT_DECAY, embedding_dim: int | None = None) -> None:
         self.settings = settings or RecommendSettings()
+        if self.settings.blas_threads:
+            limit_blas_threads(self.settings.blas_threads)
         self.serving = serving
         self.store = RecommendStore(db)
         self.decay = decay

@@ -72,6 +72,10 @@ class RecommendSettings(BaseSettings):
     ann_threads: int = Field(default=0, ge=0, description="0: all cores")
     # How often a serving process checks PostgreSQL for a new catalogue or model version.
     refresh_s: float = Field(default=5.0, ge=0.1)
+    # BLAS threads of a serving process (0: leave as configured).  A request's matrix-vector
+    # products are small: OpenBLAS's thread pool only adds hand-offs, measured 6x slower on
+    # two busy cores.
+    blas_threads: int = Field(default=1, ge=0)
 
     def index_params(self) -> IndexParams:
         """The ANN parameters of these settings."""
