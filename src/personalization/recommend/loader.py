@@ -15,7 +15,9 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -86,8 +88,8 @@ class ModelLoader:
             self._spawn(self._check())
         return self.models
 
-    def _spawn(self, coro: object) -> None:
-        self._task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._task = asyncio.get_running_loop().create_task(coro)
 
     async def wait_idle(self) -> None:
         """Wait for a running check or reload (tests, benchmarks)."""

@@ -10,7 +10,8 @@ blended by score rather than interleaved:
 3. excluded passages never pass (the sources already skip them; checked again here);
 4. diversity: at most ``max_per_series`` items of one series, and at most
    ``max_source_share`` of the list owed to one source alone; when the caps would leave
-   the list short, the best capped items fill it;
+   the list short, the best capped items fill it at the end (so a list's scores descend
+   except where those fill-ins follow);
 5. each passage is shown in one translation: the reader's preferred one when the
    catalogue has it, else the one they use most (:meth:`Catalog.pick_translation`).
 """
@@ -102,7 +103,8 @@ def rank(
         if alone is not None:
             per_source[alone] = per_source.get(alone, 0) + 1
     if len(chosen) < limit:
-        chosen = sorted(chosen + spill[: limit - len(chosen)])
+        # Capped items only fill what is left, after every item within the caps.
+        chosen = chosen + spill[: limit - len(chosen)]
     out: list[RankedItem] = []
     for i in chosen:
         p, s, parts = merged[i]
