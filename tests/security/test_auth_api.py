@@ -42,6 +42,10 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/v1/keys"): "admin",
     ("DELETE", "/v1/keys/{key_id}"): "admin",
     ("GET", "/v1/audit"): "admin",
+    ("GET", "/v1/users/{user_id}/recommendations"): "read",
+    ("GET", "/v1/sessions/{session_id}/recommendations"): "read",
+    ("GET", "/v1/content/{content_id}/similar"): "read",
+    ("GET", "/v1/content/popular"): "read",
 }
 
 
