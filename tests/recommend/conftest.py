@@ -8,11 +8,11 @@ import httpx
 import psycopg
 import pytest
 
-from personalization.api.app import create_app
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings
 from personalization.recommend.nightly import train
 from personalization_dev import recsim
+from personalization_dev.testing.http import AppClients
 
 
 @pytest.fixture
@@ -30,18 +30,14 @@ def sim_db(db_url: str, sim: recsim.SimData) -> recsim.SimData:
 
 
 @pytest.fixture
-async def rec_platform(settings: Settings, sim_db: recsim.SimData, monkeypatch: pytest.MonkeyPatch
-                       ) -> AsyncIterator[Platform]:
+async def rec_platform(settings: Settings, sim_db: recsim.SimData) -> AsyncIterator[Platform]:
     """The platform over the simulated data, trained once; models re-checked every 0.1 s."""
-    monkeypatch.setenv("PERSONALIZATION_RECOMMEND_REFRESH_S", "0.1")
-    async with open_platform(settings) as p:
-        await train(p.db, p.recommender.settings, dim=384)
+    async with open_platform(settings.replace(recommend={"refresh_s": 0.1})) as p:
+        await train(p.db, p.recommender.settings, dim=p.settings.embedding.dim, decay=p.recommender.decay)
         yield p
 
 
 @pytest.fixture
-async def rec_client(rec_platform: Platform, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def rec_client(rec_platform: Platform, settings: Settings, make_client: AppClients) -> httpx.AsyncClient:
     """The real app in process over ``rec_platform`` (API keys not checked)."""
-    app = create_app(settings.model_copy(update={"auth_dev_mode": True}), platform=rec_platform)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-        yield c
+    return await make_client(settings.replace(auth={"dev_mode": True}), rec_platform)

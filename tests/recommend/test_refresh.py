@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Awaitable, Callable
 
 import numpy as np
 import psycopg
@@ -16,19 +13,12 @@ import psycopg
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings
 from personalization.core import embedding as emb
+from personalization.core.catalog import CatalogFields
 from personalization.errors import NotFound
 from personalization.recommend.nightly import train
 from personalization.serving.content_import import ContentBatch, import_batch
 from personalization_dev import recsim
-
-
-async def _until(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
+from personalization_dev.testing.waiting import async_wait_until
 
 
 def _cli(*args: str, db_url: str, redis_url: str) -> subprocess.CompletedProcess[str]:
@@ -49,7 +39,8 @@ async def test_content_import_reaches_a_running_process(rec_platform: Platform, 
         pass
     # The regular importer (`personalization content import`): a near-copy of an existing item's vector.
     vec = emb.normalize((source.embedding + 0.01 * np.ones_like(source.embedding)).astype(np.float32))
-    batch = ContentBatch(["NEW:1"], vec[None, :], ["devotional"], ["A new devotional"], [None])
+    batch = ContentBatch(["NEW:1"], [vec], [CatalogFields(content_type="devotional", title="A new devotional")],
+                         [None], [1])
     await import_batch(rec_platform.db, rec_platform.serving.cache, batch, "sim")
 
     async def visible() -> bool:
@@ -60,7 +51,7 @@ async def test_content_import_reaches_a_running_process(rec_platform: Platform, 
             return False
         return True
 
-    await _until(visible)
+    await async_wait_until(visible, 20, "the imported item NEW:1 in the running process's index")
     # Indexed: its nearest neighbour by embedding is the item it was copied from.
     similar = await rec.similar("NEW:1", 3)
     assert similar.items[0].content_id == source.content_id
@@ -72,13 +63,13 @@ async def test_nightly_retrain_is_picked_up(rec_platform: Platform, sim_db: recs
     await rec.loader.wait_idle()
     before = rec.loader.versions
     assert before is not None and set(before[1]) == {"cf", "neighbours"}
-    report = await train(rec_platform.db, rec.settings, dim=384)
+    report = await train(rec_platform.db, rec.settings, dim=rec_platform.settings.embedding.dim, decay=rec.decay)
 
     async def swapped() -> bool:
         await rec.models()
         return rec.loader.versions is not None and rec.loader.versions[1] == report.versions
 
-    await _until(swapped)
+    await async_wait_until(swapped, 20, "the retrained model versions loaded by the running process")
     assert rec.loader.models is not None and rec.loader.models.cf is not None
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
+import psycopg
 import pytest
 
 from personalization.api.app import create_app
@@ -15,6 +16,7 @@ from personalization.api.auth import v1_route_scopes
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings
 from personalization_dev import recsim
+from personalization_dev.testing.http import AppClients
 
 ROUTES = [
     ("GET", "/v1/users/{user_id}/recommendations"),
@@ -178,6 +180,24 @@ async def test_flag_off_and_privacy_get_the_non_personalized_list(rec_client: ht
     assert {x for it in body["items"] for x in it["reasons"]} == {"trending"}
 
 
+async def test_recommendations_record_the_flag_exposure(rec_client: httpx.AsyncClient, sim_db: recsim.SimData,
+                                                       db_url: str) -> None:
+    # The personalization flag is evaluated through FlagService, so experiments see the
+    # reader's exposure as they do for rerank and flag reads; it is durable before the answer.
+    reader, other = _busiest(sim_db), sim_db.readers[0]
+    assert other.user_id != reader.user_id
+    r = await rec_client.put("/v1/flags/personalization", json={
+        "enabled": True, "rollout_percent": 100, "conditions": [], "overrides": {str(other.user_id): False}})
+    assert r.status_code == 200, r.text
+    for user in (reader.user_id, other.user_id):
+        r = await rec_client.get(f"/v1/users/{user}/recommendations", params={"limit": 3})
+        assert r.status_code == 200, r.text
+    with psycopg.connect(db_url) as conn:
+        rows = dict(conn.execute(
+            "SELECT user_id, variant FROM experiment_exposures WHERE flag = 'personalization'").fetchall())
+    assert rows == {reader.user_id: "on", other.user_id: "off"}, rows
+
+
 async def test_onboarding_for_a_reader_without_history(rec_client: httpx.AsyncClient) -> None:
     uid = uuid.uuid4()
     r = await rec_client.put(f"/v1/users/{uid}", json={"spiritual_goal": "grief", "preferred_translation": "WEB"})
@@ -194,17 +214,15 @@ def test_routes_in_openapi_behind_read_scope(rec_platform: Platform, settings: S
 
 
 @pytest.fixture
-async def no_redis_client(settings: Settings, sim_db: recsim.SimData, monkeypatch: pytest.MonkeyPatch
+async def no_redis_client(settings: Settings, sim_db: recsim.SimData, make_client: AppClients
                           ) -> AsyncIterator[httpx.AsyncClient]:
     from personalization.recommend.nightly import train
 
     # Nothing listens on port 1: every Redis call fails at once.
-    cfg = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "auth_dev_mode": True})
+    cfg = settings.replace(redis={"url": "redis://127.0.0.1:1/0"}, auth={"dev_mode": True})
     async with open_platform(cfg) as p:
-        await train(p.db, p.recommender.settings, dim=384)
-        app = create_app(cfg, platform=p)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-            yield c
+        await train(p.db, p.recommender.settings, dim=p.settings.embedding.dim, decay=p.recommender.decay)
+        yield await make_client(cfg, p)
 
 
 async def test_redis_down_falls_back_to_postgresql(no_redis_client: httpx.AsyncClient,

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 import orjson
 import psycopg
-import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from security_helpers import MakeKey, rows_per_table
 
-from personalization.api.app import create_app
 from personalization.composition import Platform
 from personalization.config import Settings
 from personalization.datarights.erase import Eraser, KafkaTombstones, cdc_key, cdc_topics
+from personalization.kafka import names
+from personalization.kafka.envelope import UserErased, parse_event_message
+from personalization_dev.testing.http import AppClients
 from personalization_dev.testing.kafka import consume, new_consumer
 
 
@@ -28,11 +28,12 @@ async def test_erase_sends_tombstones_to_the_users_partition(
     platform: Platform, auth_settings: Settings, db_url: str, kafka_bootstrap: str
 ) -> None:
     prefix = f"erase{uuid.uuid4().hex[:8]}"
-    settings = Settings(**(auth_settings.model_dump() | {"kafka_bootstrap_servers": kafka_bootstrap,
-                                                          "kafka_topic_prefix": prefix,
-                                                          "erase_kafka_tombstones": True}))
+    settings = auth_settings.replace(
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+        erase={"kafka_tombstones": True},
+    )
     topics = cdc_topics(settings)
-    assert topics[0] == f"{prefix}.public.personalization_events" and len(topics) == 3
+    assert topics == names.cdc_topics(prefix)
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     for f in admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=1) for t in topics]).values():
         f.result(30)
@@ -69,17 +70,18 @@ async def test_erase_sends_tombstones_to_the_users_partition(
 
 
 async def test_kafka_down_is_503_partial_and_audited(
-    platform: Platform, auth_settings: Settings, db_url: str, make_key: MakeKey
+    platform: Platform, auth_settings: Settings, db_url: str, make_key: MakeKey, make_client: AppClients
 ) -> None:
-    settings = Settings(**(auth_settings.model_dump() | {"kafka_bootstrap_servers": "127.0.0.1:1",
-                                                          "kafka_timeout_s": 1.0, "erase_kafka_tombstones": True}))
-    app = create_app(settings, platform=platform)
+    settings = auth_settings.replace(
+        kafka={"bootstrap_servers": "127.0.0.1:1", "timeout_s": 1.0},
+        erase={"kafka_tombstones": True},
+    )
     uid = uuid.uuid4()
     with psycopg.connect(db_url) as conn:
         conn.execute("INSERT INTO user_profile (user_id) VALUES (%s)", (uid,))
     h = {"Authorization": f"Bearer {await make_key('admin')}"}
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-        r = await c.delete(f"/v1/users/{uid}", params={"erase": "true"}, headers=h)
+    c = await make_client(settings, platform)
+    r = await c.delete(f"/v1/users/{uid}", params={"erase": "true"}, headers=h)
     assert r.status_code == 503 and r.headers["retry-after"]
     body = r.json()
     assert body["outcome"] == "partial" and "kafka" in body["errors"] and "Traceback" not in r.text
@@ -93,6 +95,5 @@ async def test_kafka_down_is_503_partial_and_audited(
 
 
 def test_the_learner_reads_the_tombstone_as_an_erase() -> None:
-    envelope = pytest.importorskip("personalization.learner.envelope")
     uid = uuid.uuid4()
-    assert envelope.parse_event_message(cdc_key(uid), None) == envelope.UserErased(uid)
+    assert parse_event_message(cdc_key(uid), None) == UserErased(uid)

@@ -6,9 +6,10 @@ before the path, query and body are validated, so a caller without a valid key l
 nothing about users (a 401 comes before any 404 or 422).  ``/healthz`` and ``/metrics`` have
 no dependency and stay open.
 
-:func:`install_security` adds the 401/403/429 handlers, a header-size guard (431 JSON for
-oversized headers), the audit of routes declared with ``require(scope, audit=...)``, and
-announces development mode (no keys) at start-up.
+:func:`install_security` adds a header-size guard (431 JSON for oversized headers), the
+audit of routes declared with ``require(scope, audit=...)``, and announces development mode
+(no keys) at start-up; the 401/403/429 bodies are mapped in :mod:`personalization.api.errors`
+with every other error.
 """
 
 from __future__ import annotations
@@ -21,17 +22,14 @@ from typing import Any
 import orjson
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import Counter
 
-from personalization.api.responses import JSONBody
 from personalization.config import Settings
 from personalization.security import audit
 from personalization.security.authenticator import DEV_PRINCIPAL, Authenticator, Principal
-from personalization.security.errors import AuthError, Forbidden
+from personalization.security.errors import Forbidden
 from personalization.security.keys import KeyStore
 
 log = logging.getLogger("personalization.security")
-AUTH_REFUSED = Counter("personalization_auth_refused_total", "Requests refused by the API-key check", ["status"])
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,7 +55,7 @@ def authenticator_of(request: Request) -> Authenticator:
 
 
 def _dev_mode(request: Request) -> bool:
-    return bool(request.app.state.auth_settings.auth_dev_mode)
+    return bool(request.app.state.auth_settings.auth.dev_mode)
 
 
 def require(scope: str | None, *, audit_action: str | None = None) -> Any:
@@ -145,22 +143,8 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     """Add the security handlers and middleware to ``app``; announce development mode."""
 
     app.state.auth_settings = settings
-
-    @app.exception_handler(AuthError)
-    async def on_auth_error(_: Request, exc: AuthError) -> JSONBody:
-        AUTH_REFUSED.labels(str(exc.status)).inc()
-        item = {"loc": ["header", "authorization"], "msg": str(exc), "type": exc.type, "field": "authorization"}
-        return JSONBody({"detail": [item]}, status_code=exc.status, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception) -> JSONBody:
-        # Last resort: logged with its traceback here, never sent to the client.
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return JSONBody({"detail": [{"loc": [], "msg": "internal error", "type": "internal", "field": ""}]},
-                        status_code=500)
-
-    app.add_middleware(SecurityMiddleware, max_header_bytes=settings.max_header_bytes)
-    if settings.auth_dev_mode:
+    app.add_middleware(SecurityMiddleware, max_header_bytes=settings.http.max_header_bytes)
+    if settings.auth.dev_mode:
         msg = ("DEVELOPMENT MODE: API keys are NOT checked; every /v1 route is open "
                "(PERSONALIZATION_AUTH_DEV_MODE=true). Never run this in production.")
         log.warning(msg, extra={"auth_dev_mode": True})

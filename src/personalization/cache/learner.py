@@ -27,9 +27,21 @@ class EmbeddingCache:
         self._set_many = self._client.register_script(lua_script("set_embeddings"))
 
     def ping(self) -> None:
-        """Raise CacheUnavailable unless Redis answers."""
+        """Raise CacheUnavailable unless Redis accepts a write (a read-only or full Redis answers PING)."""
         with wrap_exceptions():
-            self._client.ping()
+            self._client.set(keys.health_probe(), b"1", ex=keys.HEALTH_PROBE.ttl_s)
+
+    def content_version(self) -> bytes | None:
+        """The content embeddings' version stamp, or None when unset or Redis does not answer.
+
+        A Redis failure is not raised here: the learner's probe right after this call
+        reports it, and a None stamp only makes the learner reload its content vectors.
+        """
+        try:
+            raw = self._client.get(keys.content_embeddings_version())
+        except redis.exceptions.RedisError:
+            return None
+        return raw if isinstance(raw, bytes) else None
 
     def apply(self, writes: Iterable[tuple[UUID, bytes]], deletes: Iterable[UUID]) -> None:
         """SET (with the 6 h TTL) every ``writes`` entry and DEL every ``deletes`` key, in one round trip.

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 
-import psycopg
 from prometheus_client import Counter, Gauge, Histogram
 
 from personalization.changestream.pgadmin import connect, read_slot
-from personalization.changestream.settings import CdcSettings
+from personalization.config import Settings
+from personalization.errors import StoreError
+from personalization.store.changestream import AdminConnection
 
 __all__ = [
     "BATCH_SECONDS",
@@ -55,15 +56,15 @@ class WalMonitor(threading.Thread):
     engine thread and must not wait for monitoring queries.
     """
 
-    def __init__(self, settings: CdcSettings, stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, stop: threading.Event) -> None:
         """Prepare the monitor; call ``start()`` to run it."""
         super().__init__(name="cdc-wal-monitor", daemon=True)
         self._settings = settings
         self._stop = stop
 
-    def refresh(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    def refresh(self, conn: AdminConnection) -> None:
         """Read the slot once and update the gauges."""
-        slot_name = self._settings.cdc_slot_name
+        slot_name = self._settings.cdc.slot_name
         slot = read_slot(conn, slot_name)
         if slot is None:
             SLOT_ACTIVE.labels(slot_name).set(-1)
@@ -74,17 +75,17 @@ class WalMonitor(threading.Thread):
 
     def run(self) -> None:
         """Poll until stopped; connection errors are logged and retried next interval."""
-        conn: psycopg.Connection[tuple[object, ...]] | None = None
+        conn: AdminConnection | None = None
         while not self._stop.is_set():
             try:
                 if conn is None or conn.closed:
                     conn = connect(self._settings)
                 self.refresh(conn)
-            except psycopg.Error as exc:
+            except StoreError as exc:
                 log.warning("cannot read replication slot for metrics: %s", exc)
                 if conn is not None:
                     conn.close()
                 conn = None
-            self._stop.wait(self._settings.cdc_metrics_interval_s)
+            self._stop.wait(self._settings.cdc.metrics_interval_s)
         if conn is not None:
             conn.close()

@@ -1,7 +1,9 @@
 """PostgreSQL side of the relay: pre-flight checks, slot, publication and stored offsets.
 
-Everything here runs with psycopg before the JVM starts, so that a misconfigured database
-fails fast with one message that names the fix instead of a Debezium stack trace.
+Everything here runs before the JVM starts, so that a misconfigured database fails fast
+with one message that names the fix instead of a Debezium stack trace.  The statements
+are the store's (:mod:`personalization.store.changestream`); here are the decisions and
+the messages.
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import psycopg
-from psycopg import sql
-
-from personalization.changestream.settings import CdcSettings
+from personalization.changestream.capture import captured_tables
+from personalization.config import Settings
+from personalization.store import changestream as pg
+from personalization.store.changestream import OFFSETS_DDL, AdminConnection
 
 __all__ = [
     "OFFSETS_DDL",
@@ -31,6 +33,7 @@ __all__ = [
     "ensure_publication_and_slot",
     "initial_offset",
     "preflight",
+    "prepare",
     "read_slot",
     "seed_jdbc_offsets",
     "slot_lsn",
@@ -73,22 +76,14 @@ class SlotInfo:
     retained_wal_bytes: int | None
 
 
-def connect(settings: CdcSettings) -> psycopg.Connection[tuple[object, ...]]:
+def connect(settings: Settings) -> AdminConnection:
     """An autocommit connection (slot functions cannot run inside a transaction block)."""
-    return psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10)
+    return pg.connect(settings.database.url)
 
 
-def read_slot(conn: psycopg.Connection[tuple[object, ...]], slot_name: str) -> SlotInfo | None:
+def read_slot(conn: AdminConnection, slot_name: str) -> SlotInfo | None:
     """The slot row, with the WAL it keeps from being recycled, or None if absent."""
-    row = conn.execute(
-        """
-        SELECT slot_name, plugin, database, active, restart_lsn::text,
-               confirmed_flush_lsn::text, wal_status,
-               pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint
-        FROM pg_replication_slots WHERE slot_name = %s
-        """,
-        (slot_name,),
-    ).fetchone()
+    row = pg.slot_row(conn, slot_name)
     if row is None:
         return None
     return SlotInfo(
@@ -103,43 +98,34 @@ def read_slot(conn: psycopg.Connection[tuple[object, ...]], slot_name: str) -> S
     )
 
 
-def stored_lsn(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> int | None:
+def stored_lsn(conn: AdminConnection, settings: Settings) -> int | None:
     """The LSN in the relay's stored offsets, or None when nothing is stored yet.
 
     Both stores keep Debezium's offset JSON (``{"lsn": ..., "txId": ...}``) as plain bytes:
     the JDBC store in a text column, the file store inside a Java-serialized map, so one
     pattern reads either without a JVM.
     """
-    if settings.cdc_offsets_file:
+    if settings.cdc.offsets_file:
         try:
-            with open(settings.cdc_offsets_file, "rb") as f:
+            with open(settings.cdc.offsets_file, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None
         values = [int(m) for m in _LSN_IN_OFFSET.findall(data)]
         return max(values) if values else None
-    exists = conn.execute("SELECT to_regclass(%s)", (settings.offsets_table,)).fetchone()
-    if exists is None or exists[0] is None:
+    if not pg.table_exists(conn, settings.cdc.offsets_table):
         return None
-    rows = conn.execute(sql.SQL("SELECT offset_val FROM {}").format(sql.Identifier(settings.offsets_table))).fetchall()
     lsns: list[int] = []
-    for (value,) in rows:
+    for value in pg.offset_values(conn, settings.cdc.offsets_table):
         if value is None:
             continue
-        lsn = json.loads(str(value)).get("lsn")
+        lsn = json.loads(value).get("lsn")
         if lsn is not None:
             lsns.append(int(lsn))
     return max(lsns) if lsns else None
 
 
-OFFSETS_DDL = (
-    "CREATE TABLE IF NOT EXISTS %s (id VARCHAR(36) NOT NULL, offset_key VARCHAR(1255), "
-    "offset_val VARCHAR(1255), record_insert_ts TIMESTAMP NOT NULL, "
-    "record_insert_seq INTEGER NOT NULL, PRIMARY KEY (id))"
-)
-
-
-def initial_offset(settings: CdcSettings, lsn: int) -> tuple[str, str]:
+def initial_offset(settings: Settings, lsn: int) -> tuple[str, str]:
     """Debezium's offset (key, value) JSON for "resume streaming at ``lsn``".
 
     Without a stored offset Debezium starts at the server's *current* WAL position, which
@@ -148,37 +134,32 @@ def initial_offset(settings: CdcSettings, lsn: int) -> tuple[str, str]:
     Seeding the slot's position closes that gap.  Only ``lsn`` is given: with no
     ``lsn_commit``/``lsn_proc`` Debezium does not skip anything it then receives.
     """
-    key = json.dumps([settings.cdc_engine_name, {"server": settings.kafka_topic_prefix}], separators=(",", ":"))
+    key = json.dumps([settings.cdc.engine_name, {"server": settings.kafka.topic_prefix}], separators=(",", ":"))
     value = json.dumps({"lsn": lsn, "txId": None, "ts_usec": int(time.time() * 1_000_000)}, separators=(",", ":"))
     return key, value
 
 
-def slot_lsn(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> int:
+def slot_lsn(conn: AdminConnection, settings: Settings) -> int:
     """The slot's confirmed position as an integer LSN."""
-    slot = read_slot(conn, settings.cdc_slot_name)
+    slot = read_slot(conn, settings.cdc.slot_name)
     if slot is None or slot.confirmed_flush_lsn is None:
-        raise CdcSetupError(f"replication slot {settings.cdc_slot_name!r} has no confirmed position")
+        raise CdcSetupError(f"replication slot {settings.cdc.slot_name!r} has no confirmed position")
     return _lsn_to_int(slot.confirmed_flush_lsn)
 
 
-def seed_jdbc_offsets(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings, lsn: int) -> None:
+def seed_jdbc_offsets(conn: AdminConnection, settings: Settings, lsn: int) -> None:
     """Store the initial offset in the JDBC offset table (created here if missing)."""
-    table = sql.Identifier(settings.offsets_table)
-    conn.execute(sql.SQL(OFFSETS_DDL.replace("%s", "{}")).format(table))
     key, value = initial_offset(settings, lsn)
-    conn.execute(
-        sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, now(), 0)").format(table),
-        (str(uuid.uuid4()), key, value),
-    )
+    pg.insert_offset(conn, settings.cdc.offsets_table, str(uuid.uuid4()), key, value)
 
 
-def clear_offsets(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> None:
+def clear_offsets(conn: AdminConnection, settings: Settings) -> None:
     """Forget the stored position (file removed, or the offsets table dropped)."""
-    if settings.cdc_offsets_file:
+    if settings.cdc.offsets_file:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(settings.cdc_offsets_file)
+            os.remove(settings.cdc.offsets_file)
         return
-    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(settings.offsets_table)))
+    pg.drop_table(conn, settings.cdc.offsets_table)
 
 
 def _lsn_to_int(lsn: str) -> int:
@@ -186,39 +167,35 @@ def _lsn_to_int(lsn: str) -> int:
     return (int(high, 16) << 32) + int(low, 16)
 
 
-def preflight(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> None:
+def preflight(conn: AdminConnection, settings: Settings) -> None:
     """Refuse to start on a database that would make Debezium fail or silently skip rows.
 
     Checks ``wal_level``, the replication privilege, the slot's plugin/database/state and
     whether stored offsets still belong to this database and slot.
     """
-    wal_level = conn.execute("SHOW wal_level").fetchone()
-    if wal_level is None or wal_level[0] != "logical":
-        level = None if wal_level is None else wal_level[0]
+    level = pg.wal_level(conn)
+    if level != "logical":
         raise CdcSetupError(
             f"PostgreSQL has wal_level={level}, but change data capture needs logical "
             "decoding. Fix: run `ALTER SYSTEM SET wal_level = logical;` as a superuser and "
             "restart PostgreSQL (also check max_replication_slots >= 1 and "
             "max_wal_senders >= 1)."
         )
-    role = conn.execute(
-        "SELECT current_user, rolsuper OR rolreplication FROM pg_roles WHERE rolname = current_user"
-    ).fetchone()
+    role = pg.replication_role(conn)
     if role is None or not role[1]:
         user = None if role is None else role[0]
         raise CdcSetupError(
             f"Role {user!r} may not stream changes. Fix: `ALTER ROLE {user} WITH REPLICATION;` "
             "(and make it owner of the captured tables, or create the publication "
-            f"{settings.cdc_publication_name!r} as their owner)."
+            f"{settings.cdc.publication_name!r} as their owner)."
         )
-    slot = read_slot(conn, settings.cdc_slot_name)
-    current_db = conn.execute("SELECT current_database()").fetchone()
-    assert current_db is not None
+    slot = read_slot(conn, settings.cdc.slot_name)
+    current_db = pg.current_database(conn)
     if slot is not None:
-        if slot.plugin != "pgoutput" or slot.database != current_db[0]:
+        if slot.plugin != "pgoutput" or slot.database != current_db:
             raise CdcSetupError(
                 f"Replication slot {slot.name!r} belongs to database {slot.database!r} with "
-                f"plugin {slot.plugin!r}; the relay needs one for {current_db[0]!r} with "
+                f"plugin {slot.plugin!r}; the relay needs one for {current_db!r} with "
                 "pgoutput. Set PERSONALIZATION_CDC_SLOT_NAME to another name, or retire the "
                 "old slot with `personalization cdc drop-slot --yes`."
             )
@@ -231,61 +208,44 @@ def preflight(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSetting
     if lsn is not None and slot is None:
         raise CdcSetupError(
             f"Stored offsets point at LSN {lsn} but replication slot "
-            f"{settings.cdc_slot_name!r} does not exist (database restored or recreated, or "
+            f"{settings.cdc.slot_name!r} does not exist (database restored or recreated, or "
             "the slot was dropped). Starting anyway would silently skip every change made "
             "since. " + RECOVERY_HELP
         )
     if lsn is not None:
-        current = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-        assert current is not None
-        if lsn > _lsn_to_int(str(current[0])):
+        current = pg.current_wal_lsn(conn)
+        if lsn > _lsn_to_int(current):
             raise CdcSetupError(
                 f"Stored offsets point at LSN {lsn}, beyond the end of this database's WAL "
-                f"({current[0]}): they belong to another (older or recreated) database. " + RECOVERY_HELP
+                f"({current}): they belong to another (older or recreated) database. " + RECOVERY_HELP
             )
 
 
-def ensure_publication_and_slot(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> bool:
+def ensure_publication_and_slot(conn: AdminConnection, settings: Settings) -> bool:
     """Create the project's publication and slot if missing; True when the slot is new.
 
     The slot is created here rather than by Debezium so that the stream's start is the
     moment this command ran, and so that the slot is never silently re-created by the
     connector after it was lost (``preflight`` refuses that case).
     """
-    tables = sql.SQL(", ").join(sql.Identifier(*name.split(".")) for name in settings.captured_tables)
-    publication = sql.Identifier(settings.cdc_publication_name)
-    exists = conn.execute(
-        "SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.cdc_publication_name,)
-    ).fetchone()
+    exists = pg.publication_exists(conn, settings.cdc.publication_name)
     try:
-        if exists is None:
-            conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(publication, tables))
-        else:
-            # Keeps the table list in step with cdc_capture_profile.
-            conn.execute(sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(publication, tables))
-    except psycopg.errors.InsufficientPrivilege as exc:
+        # When it exists, setting its table list keeps it in step with cdc_capture_profile.
+        pg.set_publication(conn, settings.cdc.publication_name, captured_tables(settings), create=not exists)
+    except pg.InsufficientPrivilege as exc:
         raise CdcSetupError(
-            f"Cannot create or alter publication {settings.cdc_publication_name!r}: {exc}. "
+            f"Cannot create or alter publication {settings.cdc.publication_name!r}: {exc}. "
             "Fix: run the relay as the owner of the captured tables, or have the owner run "
-            f"`CREATE PUBLICATION {settings.cdc_publication_name} FOR TABLE "
-            f"{', '.join(settings.captured_tables)};`."
+            f"`CREATE PUBLICATION {settings.cdc.publication_name} FOR TABLE "
+            f"{', '.join(captured_tables(settings))};`."
         ) from exc
-    if read_slot(conn, settings.cdc_slot_name) is not None:
+    if read_slot(conn, settings.cdc.slot_name) is not None:
         return False
     _create_slot(conn, settings)
     return True
 
 
-_OPEN_WRITERS = """
-    SELECT pid, datname, state, (now() - xact_start)::text
-    FROM pg_stat_activity
-    WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()
-    ORDER BY xact_start
-    LIMIT 5
-"""
-
-
-def _create_slot(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings) -> None:
+def _create_slot(conn: AdminConnection, settings: Settings) -> None:
     """Create the logical slot, bounded in time.
 
     PostgreSQL only finishes creating a logical slot once every transaction that holds an
@@ -293,30 +253,27 @@ def _create_slot(conn: psycopg.Connection[tuple[object, ...]], settings: CdcSett
     wait forever.  The wait is announced, bounded by ``cdc_slot_create_timeout_s``, and a
     timeout names the sessions to end.
     """
-    writers = conn.execute(_OPEN_WRITERS).fetchall()
+    writers = pg.open_writers(conn)
     if writers:
-        log.info("creating slot %s waits for these transactions to end: %s", settings.cdc_slot_name, writers)
-    timeout_ms = int(settings.cdc_slot_create_timeout_s * 1000)
-    conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(timeout_ms),))
+        log.info("creating slot %s waits for these transactions to end: %s", settings.cdc.slot_name, writers)
+    timeout_ms = int(settings.cdc.slot_create_timeout_s * 1000)
     try:
-        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (settings.cdc_slot_name,))
-    except psycopg.errors.QueryCanceled as exc:
-        writers = conn.execute(_OPEN_WRITERS).fetchall()
+        pg.create_slot(conn, settings.cdc.slot_name, timeout_ms)
+    except pg.StatementTimedOut as exc:
+        writers = pg.open_writers(conn)
         described = "; ".join(
             f"pid {pid} in {db} ({state}, transaction open for {age})" for pid, db, state, age in writers
         )
         raise CdcSetupError(
-            f"Creating replication slot {settings.cdc_slot_name!r} waited "
-            f"{settings.cdc_slot_create_timeout_s:.0f} s for running transactions to end: "
+            f"Creating replication slot {settings.cdc.slot_name!r} waited "
+            f"{settings.cdc.slot_create_timeout_s:.0f} s for running transactions to end: "
             f"{described or 'none left'}. Fix: end them (COMMIT/ROLLBACK, or "
             "`SELECT pg_terminate_backend(<pid>)`) and start the relay again."
         ) from exc
-    finally:
-        conn.execute("SELECT set_config('statement_timeout', '0', false)")
 
 
 def drop_slot_and_publication(
-    conn: psycopg.Connection[tuple[object, ...]], settings: CdcSettings, *, keep_offsets: bool
+    conn: AdminConnection, settings: Settings, *, keep_offsets: bool
 ) -> list[str]:
     """Retire the relay: drop its slot, publication and (unless kept) stored offsets.
 
@@ -324,19 +281,34 @@ def drop_slot_and_publication(
     under a running relay would make it fail with a less clear error.
     """
     dropped: list[str] = []
-    slot = read_slot(conn, settings.cdc_slot_name)
+    slot = read_slot(conn, settings.cdc.slot_name)
     if slot is not None:
         if slot.active:
             raise SlotInUse(f"Replication slot {slot.name!r} is in use; stop `personalization cdc run` first.")
-        conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.cdc_slot_name,))
-        dropped.append(f"slot {settings.cdc_slot_name}")
-    exists = conn.execute(
-        "SELECT 1 FROM pg_publication WHERE pubname = %s", (settings.cdc_publication_name,)
-    ).fetchone()
-    if exists is not None:
-        conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(settings.cdc_publication_name)))
-        dropped.append(f"publication {settings.cdc_publication_name}")
+        pg.drop_slot(conn, settings.cdc.slot_name)
+        dropped.append(f"slot {settings.cdc.slot_name}")
+    if pg.publication_exists(conn, settings.cdc.publication_name):
+        pg.drop_publication(conn, settings.cdc.publication_name)
+        dropped.append(f"publication {settings.cdc.publication_name}")
     if not keep_offsets and stored_lsn(conn, settings) is not None:
         clear_offsets(conn, settings)
         dropped.append("stored offsets")
     return dropped
+
+
+def prepare(settings: Settings) -> tuple[bool, int | None]:
+    """Check the database and create what the relay needs; ``(slot created now, LSN to seed or None)``.
+
+    On a first start (or after ``reset-offsets``) in ``no_data`` mode the relay must resume
+    exactly at the slot: the slot's LSN is returned, and stored here when offsets live in
+    the JDBC table (the file store is seeded by the relay once the JVM runs).
+    """
+    with connect(settings) as conn:
+        preflight(conn, settings)
+        created = ensure_publication_and_slot(conn, settings)
+        seed_lsn: int | None = None
+        if settings.cdc.snapshot_mode == "no_data" and stored_lsn(conn, settings) is None:
+            seed_lsn = slot_lsn(conn, settings)
+            if not settings.cdc.offsets_file:
+                seed_jdbc_offsets(conn, settings, seed_lsn)
+    return created, seed_lsn

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from personalization.cli.common import ExitCode, err, exit_code_for, fail
+from personalization.cli.common import ExitCode, err, exit_code_for, fail, load_settings
 from personalization.errors import InvalidInput, PersonalizationError
 
 app = typer.Typer(no_args_is_help=True, help="Offline evaluation.")
@@ -32,23 +32,19 @@ def recommendations(
 ) -> None:
     """Time-based split; ndcg@k, recall@k, coverage of this recommender, popularity and implicit's ALS/BPR/cosine."""
     from personalization import logging_setup
-    from personalization.config import get_settings
     from personalization.recommend.evaluate import EvalReport, evaluate, goal_met
-    from personalization.recommend.settings import RecommendSettings
-    from personalization.serving.settings import ServingSettings
     from personalization.store.db import Database
 
     logging_setup.configure()
-    try:
-        rec_settings = RecommendSettings()
-    except ValueError as exc:
-        fail(f"invalid PERSONALIZATION_RECOMMEND_* setting: {exc}", ExitCode.BAD_INPUT)
+    # The whole tree once; a bad PERSONALIZATION_* variable is named on exit 2.
+    settings = load_settings()
 
     async def run(update: Callable[[str], None]) -> EvalReport:
-        db = Database(get_settings(), min_size=1, max_size=2)
+        db = Database(settings, min_size=1, max_size=2)
         await db.open()
         try:
-            return await evaluate(db, rec_settings, dim=ServingSettings().embedding_dim, k=k,
+            return await evaluate(db, settings.recommend, dim=settings.embedding.dim,
+                                  decay=settings.decay.config(), k=k,
                                   holdout_days=holdout_days, holdout_fraction=holdout_fraction,
                                   max_readers=max_readers, on_step=update)
         finally:

@@ -18,8 +18,7 @@ from typing import Annotated
 import orjson
 import typer
 
-from personalization.cli.common import ExitCode, exit_code_for, fail
-from personalization.config import get_settings
+from personalization.cli.common import ExitCode, exit_code_for, fail, load_settings
 from personalization.errors import CacheUnavailable, NotFound, PersonalizationError, StoreUnavailable
 
 app = typer.Typer(no_args_is_help=True, help="Erase or export one user (audited).")
@@ -43,7 +42,7 @@ def erase(
     from personalization.security import audit
 
     uid = _user_id(user_id)
-    settings = get_settings()
+    settings = load_settings()
 
     async def main() -> dict[str, object]:
         async with open_platform(settings) as p:
@@ -84,11 +83,11 @@ def export(
     from personalization.security import audit
 
     uid = _user_id(user_id)
-    settings = get_settings()
+    settings = load_settings()
 
     async def main() -> None:
         async with open_platform(settings) as p:
-            exporter = Exporter(p.db, p.redis)
+            exporter = Exporter(p.db, p.redis, p.settings.decay.config())
             await exporter.check(uid)
             sink = out.open("wb") if out else sys.stdout.buffer
             try:

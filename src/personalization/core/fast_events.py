@@ -31,9 +31,9 @@ from personalization.core.models import TEXT_CEILING, EventIn, InputLimits, has_
 # (index in its batch, client_event_id, user_id, session_id, content_id, content_type,
 #  signal_type, signal_weight, metadata, occurred_at, occurred_at as epoch seconds, clean)
 # UUIDs are canonical lowercase text, signal_weight a decimal literal with at most
-# 3 places, metadata compact JSON already escaped for COPY's text format (or None),
-# occurred_at an ISO 8601 timestamp with an explicit offset.  ``clean`` is True when
-# the three free-text fields hold no character COPY's text format must escape.
+# 3 places, metadata compact JSON (or None), occurred_at an ISO 8601 timestamp with an
+# explicit offset.  ``clean`` is True when the three free-text fields are plain: no
+# backslash, tab, newline or carriage return (the store then writes them unescaped).
 ValidEvent = tuple[int, str | None, str | None, str | None, str, str, str, str, str | None, str, float, bool]
 
 # Positions in a ValidEvent.
@@ -117,6 +117,8 @@ def fast_events(raw: Any, limits: InputLimits, *, now: float | None = None) -> l
         return None
     latest = (datetime.now(UTC).timestamp() if now is None else now) + limits.max_future_skew_s
     meta_max = limits.max_metadata_bytes
+    # An unknown signal type goes to the full validation, which names the known ones.
+    known = None if limits.signal_types.open else limits.signal_types.known
     dumps = orjson.dumps
     parse_ts = datetime.fromisoformat
     fields = _FIELDS
@@ -125,11 +127,13 @@ def fast_events(raw: Any, limits: InputLimits, *, now: float | None = None) -> l
     try:
         for i, d in enumerate(events):
             cid, uid, sid, content, ctype, stype, weight, meta, occurred = fields(d)
+            if known is not None and stype not in known:
+                return None
             if meta is not None:
                 dumped = dumps(meta)
                 if len(dumped) > meta_max or has_nul_escape(dumped):
                     return None
-                meta = copy_json(dumped.decode())
+                meta = dumped.decode()
             ts = parse_ts(occurred).timestamp()
             if not EPOCH_FLOOR_S <= ts <= latest:
                 return None
@@ -139,31 +143,14 @@ def fast_events(raw: Any, limits: InputLimits, *, now: float | None = None) -> l
     return out
 
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def copy_escape(text: str) -> str:
-    """``text`` as a field of COPY's text format (backslash, tab, newline, CR escaped)."""
-    return text.translate(_COPY_ESCAPES)
-
-
-def copy_json(text: str) -> str:
-    """Compact JSON as a field of COPY's text format.
-
-    JSON text from orjson holds no raw tab, newline or carriage return (they are escaped
-    inside strings), so only its backslashes need doubling.
-    """
-    return text.replace("\\", "\\\\") if "\\" in text else text
-
-
-def _needs_escape(*texts: str) -> bool:
-    return any("\\" in t or "\t" in t or "\n" in t or "\r" in t for t in texts)
+def _plain(*texts: str) -> bool:
+    return not any("\\" in t or "\t" in t or "\n" in t or "\r" in t for t in texts)
 
 
 def from_model(i: int, e: EventIn) -> ValidEvent:
     """The tuple of an event that passed the full validation and the limits."""
     meta_json = e.metadata_json()
-    meta = None if meta_json is None else copy_json(meta_json.decode())
+    meta = None if meta_json is None else meta_json.decode()
     return (
         i,
         None if e.client_event_id is None else str(e.client_event_id),
@@ -176,7 +163,7 @@ def from_model(i: int, e: EventIn) -> ValidEvent:
         meta,
         e.occurred_at.astimezone(UTC).isoformat(),  # any offset Python accepts, as PostgreSQL accepts it
         e.occurred_at.timestamp(),
-        not _needs_escape(e.content_id, e.content_type, e.signal_type),
+        _plain(e.content_id, e.content_type, e.signal_type),
     )
 
 

@@ -18,13 +18,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
-
-import orjson
-from pydantic import TypeAdapter, ValidationError
-from pydantic_core import ErrorDetails
 
 from personalization import metrics
 from personalization.cache import keys
@@ -40,31 +36,18 @@ from personalization.core.fast_events import (
     TS,
     USER_ID,
     ValidEvent,
-    fast_events,
     from_models,
 )
-from personalization.core.models import EventIn, InputLimits, check_event_limits
+from personalization.core.models import EventIn, check_event_limits
 from personalization.core.privacy import ANONYMOUS_POLICY, PrivacyPolicy, policy_for
 from personalization.errors import CacheUnavailable, FieldError, InvalidInput, NotFound
+from personalization.ingest.validation import RejectedEvent, limits_from, parse_events, parse_events_json
 from personalization.store.db import Database
 from personalization.store.events import copy_event_lines, copy_line, lock_users
 
 log = logging.getLogger(__name__)
 
-_EVENT = TypeAdapter(EventIn)
-_EVENTS = TypeAdapter(list[EventIn])
 _ANONYMOUS = str(keys.ANONYMOUS_USER)
-
-
-@dataclass
-class RejectedEvent:
-    """An event of a batch that was not stored, with why."""
-
-    index: int
-    errors: list[FieldError]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"index": self.index, "errors": [e.as_dict() for e in self.errors]}
 
 
 @dataclass
@@ -87,101 +70,52 @@ class IngestResult:
         }
 
 
-def _pydantic_errors(errs: Iterable[ErrorDetails], prefix: list[str | int]) -> list[FieldError]:
-    return [FieldError(loc=[*prefix, *e["loc"]], msg=e["msg"], type=e["type"]) for e in errs]
-
-
-def limits_from(settings: Settings) -> InputLimits:
-    """The validation limits configured in ``settings``."""
-    return InputLimits(
-        max_text_length=settings.max_text_length,
-        max_metadata_bytes=settings.max_metadata_bytes,
-        max_future_skew_s=settings.max_future_skew_s,
-    )
-
-
-def parse_events(
-    payload: Any, *, limits: InputLimits, max_events: int, atomic: bool
-) -> tuple[list[ValidEvent], list[RejectedEvent]]:
-    """Validate a decoded ``{"events": [...]}`` body.
-
-    Envelope problems (not an object, missing/extra keys, empty or oversized list)
-    reject the whole request.  Per-event problems reject the whole request when
-    ``atomic``; otherwise they are returned with the event's index and the valid
-    events go on.  A batch the fast path accepts as a whole skips ``EventIn``.
-    """
-    if not isinstance(payload, dict):
-        raise InvalidInput([FieldError(["body"], "must be a JSON object with an 'events' list", "type_error")])
-    extra = sorted(set(payload) - {"events"})
-    if extra:
-        raise InvalidInput([FieldError(["body", k], "unknown field", "extra_forbidden") for k in extra])
-    raw = payload.get("events")
-    if not isinstance(raw, list):
-        raise InvalidInput([FieldError(["body", "events"], "must be a list of events", "list_type")])
-    if not raw:
-        raise InvalidInput([FieldError(["body", "events"], "must contain at least one event", "too_short")])
-    if len(raw) > max_events:
-        raise InvalidInput(
-            [FieldError(["body", "events"], f"{len(raw)} events exceed the batch limit of {max_events}", "too_long")],
-            status=413,
-        )
-    fast = fast_events(raw, limits)
-    if fast is not None:
-        return fast, []
-    return _parse_events_full(raw, limits=limits, atomic=atomic)
-
-
-def _parse_events_full(
-    raw: list[Any], *, limits: InputLimits, atomic: bool
-) -> tuple[list[ValidEvent], list[RejectedEvent]]:
-    """Validate every event with ``EventIn`` (exact errors for each bad one)."""
-    try:
-        parsed = _EVENTS.validate_python(raw)
-        items: list[tuple[int, EventIn]] = list(enumerate(parsed))
-        rejected: list[RejectedEvent] = []
-    except ValidationError as exc:
-        if atomic:
-            raise InvalidInput(_pydantic_errors(exc.errors(include_input=False), ["body", "events"])) from None
-        # Item by item, only when something is invalid.
-        items, rejected = [], []
-        for i, item in enumerate(raw):
-            try:
-                items.append((i, _EVENT.validate_python(item)))
-            except ValidationError as exc_i:
-                errs = _pydantic_errors(exc_i.errors(include_input=False), ["body", "events", i])
-                rejected.append(RejectedEvent(i, errs))
-    bad = check_event_limits([e for _, e in items], limits)
-    if bad:
-        limit_rejects = [
-            RejectedEvent(items[n][0], [FieldError(["body", "events", items[n][0], f], m, t) for f, m, t in errs])
-            for n, errs in bad.items()
-        ]
-        if atomic:
-            raise InvalidInput([err for r in limit_rejects for err in r.errors])
-        items = [it for n, it in enumerate(items) if n not in bad]
-        rejected = sorted([*rejected, *limit_rejects], key=lambda r: r.index)
-    if rejected:
-        metrics.EVENTS_REJECTED.labels("validation").inc(len(rejected))
-    return from_models(items), rejected
-
-
-def parse_events_json(body: bytes, *, limits: InputLimits, max_events: int, atomic: bool) -> tuple[
-    list[ValidEvent], list[RejectedEvent]
-]:
-    """Decode and validate a raw JSON request body (NaN/Infinity literals are malformed JSON)."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput([FieldError(["body"], f"malformed JSON: {exc}", "json_invalid")], status=400) from None
-    return parse_events(payload, limits=limits, max_events=max_events, atomic=atomic)
-
-
 @dataclass
 class _Request:
     events: list[ValidEvent]
     atomic: bool
     future: asyncio.Future[IngestResult]
     result: IngestResult = field(default_factory=IngestResult)
+
+
+def _admit(
+    group: list[_Request], policies: dict[str, PrivacyPolicy]
+) -> list[tuple[_Request, ValidEvent, PrivacyPolicy]]:
+    """The group's events to store, with the policy of each one's user.
+
+    Events of a level that stores none are suppressed; events of an unknown user are
+    rejected (their request fails with NotFound when it is atomic).
+    """
+    to_store: list[tuple[_Request, ValidEvent, PrivacyPolicy]] = []
+    for req in group:
+        unknown: list[ValidEvent] = []
+        accepted: list[tuple[_Request, ValidEvent, PrivacyPolicy]] = []
+        for e in req.events:
+            uid = e[USER_ID]
+            if uid is None:
+                pol = ANONYMOUS_POLICY
+            else:
+                found = policies.get(uid)
+                if found is None:
+                    unknown.append(e)
+                    continue
+                pol = found
+            if not pol.store_events:
+                req.result.suppressed.append(e[IDX])
+                continue
+            accepted.append((req, e, pol))
+        if unknown:
+            metrics.EVENTS_REJECTED.labels("unknown_user").inc(len(unknown))
+            if req.atomic:
+                i, ghost = unknown[0][IDX], unknown[0][USER_ID]
+                req.future.set_exception(NotFound("user", f"events[{i}].user_id", str(ghost), {"index": i}))
+                continue
+            for e in unknown:
+                i = e[IDX]
+                missing = FieldError(["body", "events", i, "user_id"], "user does not exist", "not_found")
+                req.result.rejected.append(RejectedEvent(i, [missing]))
+        to_store.extend(accepted)
+    return to_store
 
 
 class GroupCommitter:
@@ -197,7 +131,7 @@ class GroupCommitter:
         self._db = db
         self._cache = cache
         self._settings = settings
-        self._view_types = frozenset(settings.view_signal_types)
+        self._view_types = frozenset(settings.ingest.view_signal_types)
         self._pending: deque[_Request] = deque()
         self._pending_rows = 0
         self._wakeup = asyncio.Event()
@@ -229,10 +163,10 @@ class GroupCommitter:
         return await fut
 
     async def _run(self) -> None:
-        window = self._settings.group_commit_window_ms / 1000.0
-        max_rows = self._settings.group_commit_max_rows
-        concurrency = self._settings.group_commit_concurrency
-        split_rows = self._settings.group_commit_split_rows
+        window = self._settings.ingest.group_commit_window_ms / 1000.0
+        max_rows = self._settings.ingest.group_commit_max_rows
+        concurrency = self._settings.ingest.group_commit_concurrency
+        split_rows = self._settings.ingest.group_commit_split_rows
         # Up to ``group_commit_concurrency`` groups are in flight at once, so the
         # Python work of one group overlaps the Redis and PostgreSQL waits of
         # another.  Their transactions are independent: profile locks are shared
@@ -310,35 +244,7 @@ class GroupCommitter:
                 user_ids.discard(None)
                 levels = await lock_users(conn, cast(set[str], user_ids))
                 policies = {uid: policy_for(level) for uid, level in levels.items()}
-                to_store: list[tuple[_Request, ValidEvent, PrivacyPolicy]] = []
-                for req in group:
-                    unknown: list[ValidEvent] = []
-                    accepted: list[tuple[_Request, ValidEvent, PrivacyPolicy]] = []
-                    for e in req.events:
-                        uid = e[USER_ID]
-                        if uid is None:
-                            pol = ANONYMOUS_POLICY
-                        else:
-                            found = policies.get(uid)
-                            if found is None:
-                                unknown.append(e)
-                                continue
-                            pol = found
-                        if not pol.store_events:
-                            req.result.suppressed.append(e[IDX])
-                            continue
-                        accepted.append((req, e, pol))
-                    if unknown:
-                        metrics.EVENTS_REJECTED.labels("unknown_user").inc(len(unknown))
-                        if req.atomic:
-                            i, ghost = unknown[0][IDX], unknown[0][USER_ID]
-                            req.future.set_exception(NotFound("user", f"events[{i}].user_id", str(ghost), {"index": i}))
-                            continue
-                        for e in unknown:
-                            i = e[IDX]
-                            missing = FieldError(["body", "events", i, "user_id"], "user does not exist", "not_found")
-                            req.result.rejected.append(RejectedEvent(i, [missing]))
-                    to_store.extend(accepted)
+                to_store = _admit(group, policies)
                 dup_flags, dedup_ok = await self._claim(to_store, claimed)
                 view_types = self._view_types
                 for (req, e, pol), dup in zip(to_store, dup_flags, strict=True):
@@ -456,7 +362,7 @@ class Ingestor:
         when ``atomic``), :class:`NotFound` for an unknown user when ``atomic``.
         """
         if events and all(isinstance(e, EventIn) for e in events):
-            if len(events) > self.settings.max_batch_events:
+            if len(events) > self.settings.ingest.max_batch_events:
                 raise InvalidInput([FieldError(["events"], "batch too large", "too_long")], status=413)
             ready = [e for e in events if isinstance(e, EventIn)]
             bad = check_event_limits(ready, self.limits)
@@ -472,23 +378,29 @@ class Ingestor:
                 ]
             }
             valid, rejected = parse_events(
-                payload, limits=self.limits, max_events=self.settings.max_batch_events, atomic=atomic
+                payload, limits=self.limits, max_events=self.settings.ingest.max_batch_events, atomic=atomic
             )
         return await self.ingest_validated(valid, rejected, atomic=atomic)
 
     async def ingest_json(self, body: bytes, *, atomic: bool = False) -> IngestResult:
         """Validate and store a raw ``{"events": [...]}`` JSON body."""
         valid, rejected = parse_events_json(
-            body, limits=self.limits, max_events=self.settings.max_batch_events, atomic=atomic
+            body, limits=self.limits, max_events=self.settings.ingest.max_batch_events, atomic=atomic
         )
         return await self.ingest_validated(valid, rejected, atomic=atomic)
 
     async def ingest_validated(
         self, valid: list[ValidEvent], rejected: list[RejectedEvent], *, atomic: bool
     ) -> IngestResult:
-        """Store already-validated events (``rejected`` is carried into the result)."""
+        """Store already-validated events (``rejected`` is carried into the result).
+
+        A batch with no valid event is InvalidInput (422) with every event's errors: a 200
+        saying ``accepted: 0`` reads like success to a client that checks only the status.
+        """
         if not valid:
-            return IngestResult(rejected=rejected)
+            if rejected:
+                raise InvalidInput([err for r in rejected for err in r.errors])
+            return IngestResult()
         result = await self.committer.submit(valid, atomic)
         if rejected:
             result.rejected = sorted([*rejected, *result.rejected], key=lambda r: r.index)

@@ -29,23 +29,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from confluent_kafka import (
-    OFFSET_BEGINNING,
-    TIMESTAMP_NOT_AVAILABLE,
-    Consumer,
-    KafkaError,
-    Message,
-    Producer,
-    TopicPartition,
-)
 
-from personalization.cache import keys
 from personalization.cache.learner import EmbeddingCache
+from personalization.config import Settings
 from personalization.errors import CacheUnavailable, PersonalizationError, StoreError, StoreUnavailable
+from personalization.kafka import names
+from personalization.kafka.consumer import DeadLetterProducer, DeliveryFailed, PositionedConsumer
 from personalization.kafka.kafkalog import client_logging
 from personalization.learner import metrics
 from personalization.learner.batch import BatchResult, ContentCache, Incoming, apply_batch, record_outcomes
-from personalization.learner.settings import LearnerSettings
+from personalization.learner.settings import dlq_topic, subscribed_topics
 from personalization.store.learner import LearnerStore
 
 __all__ = ["Learner", "LearnerConfigError"]
@@ -58,7 +51,7 @@ class Learner:
 
     def __init__(
         self,
-        settings: LearnerSettings,
+        settings: Settings,
         *,
         stop: threading.Event | None = None,
         on_committed: Callable[[BatchResult, float], None] | None = None,
@@ -67,29 +60,39 @@ class Learner:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.on_committed = on_committed
-        self.decay = settings.decay()
-        self.store = LearnerStore(settings.database_url)
-        self.cache = EmbeddingCache(settings.redis_url, timeout_s=settings.learner_redis_timeout_s)
-        self.content = ContentCache(settings.embedding_dim)
+        self.decay = settings.decay.config()
+        # The types it scores: the registry of this deployment (others are skipped).
+        self.signal_types = settings.signal_types().known
+        self.store = LearnerStore(settings.database.url)
+        self.cache = EmbeddingCache(settings.redis.url, timeout_s=settings.learner.redis_timeout_s)
+        self.content = ContentCache(settings.embedding.dim)
         self.batches = 0
-        self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
+        self._consumer: PositionedConsumer | None = None
+        self._dlq = DeadLetterProducer(
+            {
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
+                "acks": "all",
+                "enable.idempotence": True,
+                "message.timeout.ms": 10_000,
+                **client_logging("learner"),
+            },
+            dlq_topic(settings),
+        )
         self._rate_window: deque[tuple[float, int]] = deque(maxlen=50)
-        self._version_client: Any = None
 
     # -- Kafka ---------------------------------------------------------------------------
 
     def _consumer_config(self) -> dict[str, Any]:
         s = self.settings
         return {
-            "bootstrap.servers": s.kafka_bootstrap_servers,
-            "group.id": s.learner_kafka_group_id or s.learner_group_id,
+            "bootstrap.servers": s.kafka.bootstrap_servers,
+            "group.id": s.learner.kafka_group_id or s.learner.group_id,
             # Positions live in PostgreSQL with the state; Kafka's commit is never used.
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": s.learner_session_timeout_ms,
-            "heartbeat.interval.ms": max(100, s.learner_session_timeout_ms // 6),
+            "session.timeout.ms": s.learner.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, s.learner.session_timeout_ms // 6),
             # The relay creates topics on first change; notice them quickly.
             "topic.metadata.refresh.interval.ms": 2000,
             # Short broker long-poll: bounds the added latency at a trickle.
@@ -98,87 +101,36 @@ class Learner:
             **client_logging("learner"),
         }
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Seek every assigned partition to the offset stored with the state."""
+    def _stored_positions(self, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The offsets stored with the state for the assigned partitions (waits for PostgreSQL)."""
         by_topic: dict[str, list[int]] = {}
-        for tp in partitions:
-            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        for topic, partition in partitions:
+            by_topic.setdefault(topic, []).append(partition)
         stored: dict[tuple[str, int], int] = {}
-        delay = self.settings.learner_retry_initial_s
+        delay = self.settings.learner.retry_initial_s
         while True:
             try:
                 with self.store.transaction() as tx:
                     for topic, parts in by_topic.items():
-                        for p, off in tx.stored_offsets(self.settings.learner_group_id, topic, parts).items():
+                        for p, off in tx.stored_offsets(self.settings.learner.group_id, topic, parts).items():
                             stored[(topic, p)] = off
-                break
+                return stored
             except PersonalizationError as exc:
                 # Without the stored offsets no position is safe: wait for PostgreSQL.
                 log.warning("cannot read stored offsets (%s); retrying in %.1f s", exc, delay)
                 metrics.RETRIES.labels("postgres").inc()
                 if self.stop.wait(delay):
-                    break
-                delay = min(delay * 2, self.settings.learner_retry_max_s)
-        for tp in partitions:
-            tp.offset = stored.get((tp.topic, tp.partition), OFFSET_BEGINNING)
-        log.info("assigned %s", ", ".join(f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
-        consumer.assign(partitions)
-
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Nothing to flush: batches are applied completely between two consume() calls.
-        log.info("revoked %s", ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+                    return stored
+                delay = min(delay * 2, self.settings.learner.retry_max_s)
 
     def _dead_letter(self, result: BatchResult) -> None:
         """Produce the batch's unreadable messages to the DLQ and wait for the acknowledgement."""
-        if not result.malformed:
-            return
-        if self._producer is None:
-            self._producer = Producer(
-                {
-                    "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                    "acks": "all",
-                    "enable.idempotence": True,
-                    "message.timeout.ms": 10_000,
-                    **client_logging("learner"),
-                }
-            )
-        failures: list[str] = []
-
-        def delivered(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                failures.append(err.str())
-
-        for bad in result.malformed:
-            m = bad.message
-            self._producer.produce(
-                self.settings.dlq_topic,
-                key=m.key,
-                value=m.value,
-                headers=[
-                    ("source_topic", m.topic.encode()),
-                    ("source_partition", str(m.partition).encode()),
-                    ("source_offset", str(m.offset).encode()),
-                    ("error", bad.error.encode()[:1000]),
-                ],
-                on_delivery=delivered,
-            )
-        left = self._producer.flush(15)
-        if left or failures:
-            raise DeadLetterUnavailable(f"dead-letter topic did not acknowledge: {failures[:1] or 'timeout'}")
+        try:
+            self._dlq.publish([(bad.message, bad.error) for bad in result.malformed])
+        except DeliveryFailed as exc:
+            raise DeadLetterUnavailable(str(exc)) from exc
 
     # -- Redis -----------------------------------------------------------------------------
-
-    def _content_version(self) -> object:
-        try:
-            if self._version_client is None:
-                import redis
-
-                self._version_client = redis.Redis.from_url(
-                    self.settings.redis_url, socket_timeout=self.settings.learner_redis_timeout_s
-                )
-            return self._version_client.get(keys.content_embeddings_version())
-        except Exception:
-            return None
 
     def _write_redis(self, result: BatchResult) -> None:
         writes = [(u, v) for u, v in result.redis_writes.items() if u not in result.redis_deletes]
@@ -195,10 +147,10 @@ class Learner:
 
     def resync_redis(self) -> int:
         """Write recently changed embeddings to Redis again (after a restart); returns how many."""
-        if self.settings.learner_redis_resync_s <= 0:
+        if self.settings.learner.redis_resync_s <= 0:
             return 0
         with self.store.transaction() as tx:
-            rows = tx.recent_embeddings(self.settings.learner_redis_resync_s)
+            rows = tx.recent_embeddings(self.settings.learner.redis_resync_s)
         for i in range(0, len(rows), 1000):
             self.cache.apply(rows[i : i + 1000], [])
         return len(rows)
@@ -207,7 +159,7 @@ class Learner:
 
     def _wait_for_services(self, cause: str, exc: Exception) -> None:
         """Back off until PostgreSQL and Redis both answer (or stop is set)."""
-        delay = self.settings.learner_retry_initial_s
+        delay = self.settings.learner.retry_initial_s
         log.warning("%s unavailable (%s); pausing, nothing committed for the failed batch", cause, exc)
         while not self.stop.wait(delay):
             try:
@@ -218,25 +170,11 @@ class Learner:
                 return
             except PersonalizationError as again:
                 log.debug("still unavailable: %s", again)
-            delay = min(delay * 2, self.settings.learner_retry_max_s)
-
-    def _rewind(self, consumer: Consumer, messages: list[Incoming]) -> None:
-        """Seek each partition of a failed batch back to its first message."""
-        first: dict[tuple[str, int], int] = {}
-        for m in messages:
-            k = (m.topic, m.partition)
-            first[k] = min(first.get(k, m.offset), m.offset)
-        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
-        for (topic, partition), offset in first.items():
-            if (topic, partition) in assigned:
-                try:
-                    consumer.seek(TopicPartition(topic, partition, offset))
-                except Exception as exc:
-                    log.warning("seek %s[%d]@%d failed: %s", topic, partition, offset, exc)
+            delay = min(delay * 2, self.settings.learner.retry_max_s)
 
     def _process(self, messages: list[Incoming]) -> BatchResult:
         started = time.perf_counter()
-        self.content.check_version(self._content_version())
+        self.content.check_version(self.cache.content_version())
         # Probe Redis first: when it is down nothing is committed (the write after the
         # commit would otherwise have to wait with the offsets already stored).
         self.cache.ping()
@@ -244,16 +182,17 @@ class Learner:
             result = apply_batch(
                 tx,
                 messages,
-                group_id=self.settings.learner_group_id,
-                events_topic=self.settings.events_topic,
+                group_id=self.settings.learner.group_id,
+                events_topic=names.events_topic(self.settings.kafka.topic_prefix),
                 decay=self.decay,
                 content=self.content,
+                signal_types=self.signal_types,
             )
             # Dead letters are acknowledged before the commit: a crash in between sends
             # them again (at-least-once into the DLQ) but never loses one.
             self._dead_letter(result)
-            if self.settings.learner_debug_commit_delay_s:
-                time.sleep(self.settings.learner_debug_commit_delay_s)
+            if self.settings.learner.debug_commit_delay_s:
+                time.sleep(self.settings.learner.debug_commit_delay_s)
         record_outcomes(result)
         self._flush_redis(result)
         written_at = time.time()
@@ -312,32 +251,12 @@ class Learner:
         if not present:
             raise LearnerConfigError("the learner's tables are missing: run `personalization db upgrade` first")
 
-    def _poll_batch(self, consumer: Consumer) -> list[Message]:
-        """Wait up to the poll timeout for a message, then take what else is already fetched.
-
-        Under a backlog the batch grows to ``learner_batch_max`` (a user's many events then
-        cost one row write); at a trickle it is what arrived, so freshness stays low.
-        """
-        s = self.settings
-        # poll() returns as soon as one message is there (consume() would wait for the full
-        # count or the timeout, adding the timeout to every event's latency at a trickle).
-        first = consumer.poll(s.learner_poll_timeout_s)
-        if first is None:
-            return []
-        raw = [first]
-        deadline = time.monotonic() + s.learner_batch_wait_s
-        while raw and len(raw) < s.learner_batch_max and time.monotonic() < deadline:
-            more = consumer.consume(num_messages=min(s.learner_batch_max - len(raw), 10_000), timeout=0)
-            if not more:
-                break
-            raw.extend(more)
-        return raw
-
     def run(self, *, on_assigned: Callable[[], None] | None = None) -> int:
         """Consume until stopped; returns 0.
 
-        The confluent-kafka Consumer (and the DLQ Producer) are created, polled and closed
-        on this one thread only: the client is not safe to drive from several threads, and
+        The confluent-kafka Consumer and the DLQ Producer (behind ``kafka.consumer``) are
+        created, polled and closed on this one thread only: the client is not safe to drive
+        from several threads, and
         keeping consume(), the rebalance callbacks (which librdkafka calls from inside
         consume() on this thread), seek() and close() together also guarantees that no
         batch is half-applied while partitions move between members.
@@ -350,24 +269,18 @@ class Learner:
                 log.info("wrote %d recently changed embeddings to Redis again", resynced)
         except PersonalizationError as exc:
             log.warning("Redis resync skipped: %s", exc)
-        consumer = Consumer(self._consumer_config())
+        consumer = PositionedConsumer(self._consumer_config(), log)
         self._consumer = consumer
-
-        def assigned(c: Consumer, parts: list[TopicPartition]) -> None:
-            self._on_assign(c, parts)
-            if on_assigned is not None:
-                on_assigned()
-
-        consumer.subscribe(s.topics, on_assign=assigned, on_revoke=self._on_revoke)
-        log.info("learner %s consuming %s", s.learner_group_id, ", ".join(s.topics))
+        consumer.subscribe(subscribed_topics(s), self._stored_positions, on_assigned)
+        log.info("learner %s consuming %s", s.learner.group_id, ", ".join(subscribed_topics(s)))
         try:
             while not self.stop.is_set():
-                raw = self._poll_batch(consumer)
+                raw = consumer.poll_batch(s.learner.poll_timeout_s, s.learner.batch_max, s.learner.batch_wait_s)
                 if not raw:
                     continue
                 failed: PersonalizationError | None = None
-                with _gc_paused(s.learner_gc_pause):
-                    messages = _incoming(raw)
+                with _gc_paused(s.learner.gc_pause):
+                    messages = consumer.records(raw)
                     if not messages:
                         continue
                     try:
@@ -379,38 +292,14 @@ class Learner:
                     # Rolled back: nothing of this batch is stored, so re-reading it is safe.
                     cause = _cause(failed)
                     metrics.RETRIES.labels(cause.split()[0].lower()).inc()
-                    self._rewind(consumer, messages)
+                    consumer.rewind(messages)
                     self._wait_for_services(cause, failed)
         finally:
             consumer.close()
-            if self._producer is not None:
-                self._producer.flush(5)
+            self._dlq.close()
             self.store.close()
             self.cache.close()
         return 0
-
-
-def _incoming(raw: list[Message]) -> list[Incoming]:
-    """The polled messages as the batch sees them (consumer errors are logged and left out)."""
-    messages: list[Incoming] = []
-    for msg in raw:
-        err = msg.error()
-        if err is not None:
-            if err.code() not in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                log.warning("consumer error: %s", err)
-            continue
-        ts_type, ts = msg.timestamp()
-        messages.append(
-            Incoming(
-                msg.topic() or "",
-                msg.partition() or 0,
-                msg.offset() or 0,
-                msg.key(),
-                msg.value(),
-                ts if ts_type != TIMESTAMP_NOT_AVAILABLE else None,
-            )
-        )
-    return messages
 
 
 @contextlib.contextmanager

@@ -21,6 +21,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from personalization.config import RecommendSettings
+
 log = logging.getLogger(__name__)
 
 F32 = npt.NDArray[np.float32]
@@ -53,6 +55,12 @@ class IndexParams:
     expansion_search: int = 128
     threads: int = 0
     dtype: str = "f16"
+
+    @classmethod
+    def of(cls, settings: RecommendSettings) -> IndexParams:
+        """The ANN parameters of the recommend settings section."""
+        return cls(settings.ann_min_items, settings.ann_connectivity, settings.ann_expansion_add,
+                   settings.ann_expansion_search, settings.ann_threads)
 
 
 class VectorIndex:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
+from personalization.config import RecommendSettings
 from personalization.recommend.catalog import tag_key
 from personalization.recommend.ranker import RankedItem, RankPolicy, rank
-from personalization.recommend.settings import RecommendSettings
 from personalization.recommend.sources import (
     CandidateSource,
     CollaborativeSource,

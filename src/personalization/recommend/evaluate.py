@@ -33,18 +33,18 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from personalization.config import RecommendSettings
 from personalization.core import embedding as emb
-from personalization.core.decay import DAY_S, DEFAULT_DECAY, DecayConfig
+from personalization.core.decay import DAY_S, DecayConfig
 from personalization.errors import FieldError, InvalidInput
 from personalization.learner.model import ContentVector, add_to_embedding
-from personalization.recommend.ann import VectorIndex
+from personalization.recommend.ann import IndexParams, VectorIndex
 from personalization.recommend.catalog import Catalog
 from personalization.recommend.engine import MODE_SOURCES, policy_from, profile_traits, recommend
 from personalization.recommend.history import HistoryEvent, ReaderHistory, fold_history
 from personalization.recommend.loader import catalog_from_rows
 from personalization.recommend.models import Trending
 from personalization.recommend.nightly import load_events
-from personalization.recommend.settings import RecommendSettings
 from personalization.recommend.sources import Context, Models
 from personalization.recommend.sources.base import SOURCE_NAMES, SourceName
 from personalization.recommend.training import (
@@ -157,7 +157,7 @@ class Split:
 
 
 def split_events(catalog: Catalog, events: EventColumns, n_users: int, cutoff: float, settings: RecommendSettings,
-                 max_readers: int, seed: int = 7) -> Split:
+                 max_readers: int, decay: DecayConfig, seed: int = 7) -> Split:
     """Older part for training; test readers with new positive passages after the cut-off."""
     train = events.select(events.at < cutoff)
     test = events.select(events.at >= cutoff)
@@ -170,7 +170,7 @@ def split_events(catalog: Catalog, events: EventColumns, n_users: int, cutoff: f
     test_items = passage_codes(test, catalog)
     rel: dict[int, set[int]] = {}
     for u, p, t in zip(test.user.tolist(), test_items.tolist(), test.signal_types, strict=True):
-        if p >= 0 and t in consumed and DEFAULT_DECAY.for_signal(t).scale > 0 and p not in before.get(u, set()):
+        if p >= 0 and t in consumed and decay.for_signal(t).scale > 0 and p not in before.get(u, set()):
             rel.setdefault(u, set()).add(p)
     users = sorted(u for u in rel if u in before)
     if len(users) > max_readers:
@@ -209,7 +209,7 @@ def _implicit_baselines(matrix: sp.csr_matrix, users: list[int], k: int, setting
     }
 
 
-def evaluate_split(split: Split, settings: RecommendSettings, k: int, *, decay: DecayConfig = DEFAULT_DECAY,
+def evaluate_split(split: Split, settings: RecommendSettings, k: int, *, decay: DecayConfig,
                    profiles: dict[int, tuple[dict[str, str | None], list[tuple[str, object, float]]]] | None = None,
                    single_sources: bool = True, on_step: Callable[[str], None] | None = None) -> dict[
                        str, MethodScore]:
@@ -219,7 +219,7 @@ def evaluate_split(split: Split, settings: RecommendSettings, k: int, *, decay: 
     step("training on the older events")
     matrix = interaction_matrix(split.train, catalog, split.n_users, decay, now)
     t0 = time.perf_counter()
-    index_args = settings.index_params()
+    index_args = IndexParams.of(settings)
     cf_model = train_cf(matrix, catalog, settings)
     cf = cf_model.aligned(catalog, index_args) if cf_model is not None else None
     neighbours = co_engagement(matrix, catalog, settings).aligned(catalog) if matrix.nnz else None
@@ -283,9 +283,9 @@ def evaluate_split(split: Split, settings: RecommendSettings, k: int, *, decay: 
     return scores
 
 
-async def evaluate(db: Database, settings: RecommendSettings | None = None, *, dim: int, k: int = 10,
+async def evaluate(db: Database, settings: RecommendSettings, *, dim: int, decay: DecayConfig, k: int = 10,
                    holdout_days: float | None = None, holdout_fraction: float | None = None,
-                   max_readers: int = 5000, decay: DecayConfig = DEFAULT_DECAY,
+                   max_readers: int = 5000,
                    on_step: Callable[[str], None] | None = None) -> EvalReport:
     """Load the stored catalogue and events, split by time and score every method."""
     if holdout_days is not None and holdout_fraction is not None:
@@ -296,14 +296,13 @@ async def evaluate(db: Database, settings: RecommendSettings | None = None, *, d
         raise InvalidInput([FieldError(["holdout_fraction"], "must be between 0 and 1 (exclusive)")])
     if not 1 <= k <= 100:
         raise InvalidInput([FieldError(["k"], "must be between 1 and 100")])
-    settings = settings or RecommendSettings()
     step = on_step or (lambda _: None)
     store = RecommendStore(db)
     step("loading catalogue and events")
     catalog = catalog_from_rows(await store.catalog(dim), dim)
     events, user_ids = await load_events(store, datetime.max.replace(tzinfo=UTC))
     cutoff = choose_cutoff(events.at, holdout_days, holdout_fraction)
-    split = split_events(catalog, events, len(user_ids), cutoff, settings, max_readers)
+    split = split_events(catalog, events, len(user_ids), cutoff, settings, max_readers, decay)
     if not split.test_users:
         raise InvalidInput([FieldError(["holdout"], "no reader has new items after the cut-off: choose another split")])
     rows = await store.profiles([uuid.UUID(str(user_ids[u])) for u in split.test_users], 0.0)

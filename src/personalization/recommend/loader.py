@@ -1,12 +1,12 @@
 """Loading the serving models from PostgreSQL, and keeping them current in a running process.
 
-A serving process polls two cheap reads (``recommend_catalog_version`` and the artefact
-versions in ``recommend_models``) at most every ``refresh_s`` seconds, from the request
-path but never on it: a check runs as a background task, and a new catalogue or model is
-loaded and indexed beside the current one, then swapped in whole.  So a content import
-or a nightly training reaches every API process without a restart, and the first
-request after start-up waits only for an exact-search load (the HNSW index follows in
-the background).
+A serving process polls two cheap reads (the durable catalogue version that every content
+import raises, ``catalog_version``, and the artefact versions in ``recommend_models``) at
+most every ``refresh_s`` seconds, from the request path but never on it: a check runs as a
+background task, and a new catalogue or model is loaded and indexed beside the current
+one, then swapped in whole.  So a content import or a nightly training reaches every API
+process without a restart, and the first request after start-up waits only for an
+exact-search load (the HNSW index follows in the background).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from personalization.config import RecommendSettings
 from personalization.core.decay import DAY_S, DecayConfig
-from personalization.recommend.ann import VectorIndex
+from personalization.recommend.ann import IndexParams, VectorIndex
 from personalization.recommend.catalog import Catalog, CatalogRow, build_catalog
 from personalization.recommend.models import CFModel, Neighbours, Trending
-from personalization.recommend.settings import RecommendSettings
 from personalization.recommend.sources.base import Models
 from personalization.store.recommend import CatalogTuple, RecommendStore
 
@@ -128,7 +128,7 @@ class ModelLoader:
         rows = await self.store.catalog(self.dim)
         catalog = await asyncio.to_thread(catalog_from_rows, rows, self.dim)
         del rows
-        args = self.settings.index_params()
+        args = IndexParams.of(self.settings)
         if not ann:
             args = dataclasses.replace(args, min_items=catalog.size + 1)  # exact search until the index is built
         index = await asyncio.to_thread(VectorIndex, catalog.vectors, catalog.has_vector, args)

@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from personalization.config import Settings
-from personalization.core.decay import DEFAULT_DECAY, DecayConfig
+from personalization.config import RecommendSettings, Settings
+from personalization.core.decay import DecayConfig
 from personalization.core.privacy import DEFAULT_PRIVACY_LEVEL, POLICIES
 from personalization.recommend.catalog import Catalog
 from personalization.recommend.loader import catalog_from_rows
-from personalization.recommend.settings import RecommendSettings
 from personalization.recommend.training import (
     EventColumns,
     co_engagement,
@@ -99,24 +98,23 @@ def fit(catalog: Catalog, events: EventColumns, n_users: int, settings: Recommen
 
 def train_blocking(settings: Settings, *, on_step: Callable[[str], None] | None = None) -> TrainReport:
     """Open a small pool, train and store (for the nightly CLI and its scheduler thread)."""
-    from personalization.serving.settings import ServingSettings
 
     async def go() -> TrainReport:
         db = Database(settings, min_size=1, max_size=2)
         await db.open()
         try:
-            return await train(db, RecommendSettings(), dim=ServingSettings().embedding_dim, on_step=on_step)
+            return await train(db, settings.recommend, dim=settings.embedding.dim, decay=settings.decay.config(),
+                               on_step=on_step)
         finally:
             await db.close()
 
     return asyncio.run(go())
 
 
-async def train(db: Database, settings: RecommendSettings | None = None, *, dim: int,
-                decay: DecayConfig = DEFAULT_DECAY, until: datetime | None = None,
+async def train(db: Database, settings: RecommendSettings, *, dim: int,
+                decay: DecayConfig, until: datetime | None = None,
                 on_step: Callable[[str], None] | None = None) -> TrainReport:
     """Train on every event before ``until`` (default now) and store the artefacts."""
-    settings = settings or RecommendSettings()
     until = until or datetime.now(UTC)
     store = RecommendStore(db)
     step = on_step or (lambda _: None)

@@ -21,14 +21,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from personalization.core.decay import DEFAULT_DECAY, DecayConfig
+from personalization.config import RecommendSettings
+from personalization.core.decay import DecayConfig
 from personalization.errors import FieldError, InvalidInput, NotFound
 from personalization.recommend.engine import MODE_SOURCES, Mode, policy_from, profile_traits, recommend
 from personalization.recommend.history import HistoryEvent, ReaderHistory, fold_history
 from personalization.recommend.loader import ModelLoader
 from personalization.recommend.models import Trending
 from personalization.recommend.ranker import RankedItem
-from personalization.recommend.settings import RecommendSettings
 from personalization.recommend.sources import Context, Models, neighbour_scores
 from personalization.serving.flags import FlagResult
 from personalization.serving.service import ServingService
@@ -86,16 +86,16 @@ def _check_limit(limit: int) -> None:
 class Recommender:
     """Recommendations for readers, sessions and content pages; popular content."""
 
-    def __init__(self, db: Database, serving: ServingService, settings: RecommendSettings | None = None, *,
-                 decay: DecayConfig = DEFAULT_DECAY, embedding_dim: int | None = None) -> None:
-        self.settings = settings or RecommendSettings()
+    def __init__(self, db: Database, serving: ServingService, settings: RecommendSettings, *,
+                 decay: DecayConfig, embedding_dim: int | None = None) -> None:
+        self.settings = settings
         if self.settings.blas_threads:
             limit_blas_threads(self.settings.blas_threads)
         self.serving = serving
         self.store = RecommendStore(db)
         self.decay = decay
         self.policy = policy_from(self.settings)
-        self.loader = ModelLoader(self.store, self.settings, decay, embedding_dim or serving.settings.embedding_dim)
+        self.loader = ModelLoader(self.store, self.settings, decay, embedding_dim or serving.embedding_dim)
         self._popular: dict[tuple[str | None, int], tuple[float, Trending]] = {}
         self._popular_lock = asyncio.Lock()
 

@@ -22,10 +22,10 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse as sp
 
+from personalization.config import RecommendSettings
 from personalization.core.decay import DAY_S, DecayConfig
 from personalization.recommend.catalog import Catalog
 from personalization.recommend.models import CFModel, Neighbours
-from personalization.recommend.settings import RecommendSettings
 
 log = logging.getLogger(__name__)
 

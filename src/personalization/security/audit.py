@@ -12,18 +12,20 @@ import getpass
 import hashlib
 import logging
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
-import orjson
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
-
-from personalization.store.db import Database, wrap_exceptions
-from personalization.store.queries import q
+from personalization.store.db import Database
+from personalization.store.security import AuditRows
 
 log = logging.getLogger("personalization.audit")
-_SQL = "security.sql"
+
+
+class AuditWriter(Protocol):
+    """Something that inserts an audit row inside its own open transaction (the erase's)."""
+
+    async def insert_audit(self, row: dict[str, Any]) -> int:
+        """Insert ``row`` (the ``audit_log`` columns); returns its id."""
+        ...
 
 
 def subject_hash(user_id: uuid.UUID | str) -> str:
@@ -40,8 +42,11 @@ def cli_actor() -> str:
     return f"cli:{who}"
 
 
-def _jsonb(details: dict[str, Any]) -> Jsonb:
-    return Jsonb(details, dumps=lambda o: orjson.dumps(o, default=str).decode())
+def _row(actor: str, action: str, subject: uuid.UUID | str | None, target: str | None, outcome: str,
+         details: dict[str, Any]) -> dict[str, Any]:
+    sh = subject_hash(subject) if subject is not None else None
+    return {"actor": actor, "action": action, "subject_hash": sh, "target": target, "outcome": outcome,
+            "details": details}
 
 
 def _log_line(audit_id: int, actor: str, action: str, subject: str | None, target: str | None, outcome: str,
@@ -63,7 +68,7 @@ def _log_line(audit_id: int, actor: str, action: str, subject: str | None, targe
 
 
 async def record_in(
-    conn: AsyncConnection[Any],
+    tx: AuditWriter,
     *,
     actor: str,
     action: str,
@@ -73,18 +78,7 @@ async def record_in(
     details: dict[str, Any] | None = None,
 ) -> int:
     """Insert an audit row inside the caller's transaction; returns its id (logged by the caller's commit)."""
-    details = details or {}
-    sh = subject_hash(subject) if subject is not None else None
-    async with conn.cursor(row_factory=dict_row) as cur:
-        with wrap_exceptions():
-            await cur.execute(
-                q("insert_audit", _SQL),
-                {"actor": actor, "action": action, "subject_hash": sh, "target": target, "outcome": outcome,
-                 "details": _jsonb(details)},
-            )
-            row = await cur.fetchone()
-    assert row is not None
-    return int(row["audit_id"])
+    return await tx.insert_audit(_row(actor, action, subject, target, outcome, details or {}))
 
 
 async def record(
@@ -99,9 +93,7 @@ async def record(
 ) -> int:
     """Write one audit row in its own transaction and the matching log line."""
     details = details or {}
-    async with db.connection() as conn:
-        audit_id = await record_in(conn, actor=actor, action=action, subject=subject, target=target,
-                                   outcome=outcome, details=details)
+    audit_id = await AuditRows(db).insert(_row(actor, action, subject, target, outcome, details))
     _log_line(audit_id, actor, action, subject_hash(subject) if subject is not None else None, target, outcome,
               details)
     return audit_id
@@ -110,14 +102,11 @@ async def record(
 async def finish(db: Database, audit_id: int, *, actor: str, action: str, subject: uuid.UUID | str | None,
                  target: str | None, outcome: str, details: dict[str, Any]) -> None:
     """Set the final outcome and details of a row written earlier, and log the line."""
-    async with db.connection() as conn:
-        with wrap_exceptions():
-            await conn.execute(q("update_audit", _SQL),
-                               {"audit_id": audit_id, "outcome": outcome, "details": _jsonb(details)})
+    await AuditRows(db).update(audit_id, outcome, details)
     _log_line(audit_id, actor, action, subject_hash(subject) if subject is not None else None, target, outcome,
               details)
 
 
 async def recent(db: Database, action: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """The newest audit rows, optionally of one action."""
-    return await db.fetch_all(q("list_audit", _SQL), {"action": action, "limit": limit})
+    return await AuditRows(db).recent(action, limit)

@@ -23,13 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-import psycopg
-from psycopg.rows import dict_row
-
 from personalization.config import Settings
 from personalization.errors import Conflict, FieldError, InvalidInput, NotFound
-from personalization.store.db import Database, wrap_exceptions
-from personalization.store.queries import q
+from personalization.store.db import Database
+from personalization.store.security import ApiKeyRows, SyncConnection, insert_api_key_sync
 
 SCOPES: Final = ("ingest", "profile:write", "read", "admin")
 """``ingest`` writes events; ``profile:write`` writes profiles and traits; ``read`` serves
@@ -41,7 +38,6 @@ _KEY_RE: Final = re.compile(r"^pzk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _KEY_ID_RE: Final = re.compile(r"^[0-9a-f]{16}$")
 # Names are labels for operators: printable, no control characters, bounded.
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._:@/-]{0,99}$")
-_SQL = "security.sql"
 
 SCRYPT_N: Final = 2**14
 SCRYPT_R: Final = 8
@@ -163,21 +159,27 @@ def needs_slow_verify(stored: StoredKey) -> bool:
 
 def server_secret_of(settings: Settings) -> str | None:
     """The configured server secret, if any."""
-    return settings.api_key_secret.get_secret_value() if settings.api_key_secret else None
+    return settings.auth.api_key_secret.get_secret_value() if settings.auth.api_key_secret else None
 
 
-def create_key_sync(conn: psycopg.Connection[Any], settings: Settings, name: str, scopes: list[str],
-                    created_by: str) -> str:
-    """Create a key on a synchronous connection (benchmarks, tools); commits; returns the full key."""
+def new_key(settings: Settings, name: str, scopes: list[str] | tuple[str, ...],
+            created_by: str) -> tuple[str, dict[str, Any]]:
+    """A new key after validating its name and scopes: ``(full key, the row to store)``."""
     name = validate_name(name)
     canonical = validate_scopes(scopes)
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
     scheme, digest, salt = hash_secret(secret, server_secret_of(settings))
-    conn.execute(q("insert_api_key", _SQL), {"key_id": key_id, "name": name, "scopes": list(canonical),
-                                            "hash_scheme": scheme, "key_hash": digest, "salt": salt,
-                                            "created_by": created_by})
-    conn.commit()
-    return f"{KEY_PREFIX}_{key_id}_{secret}"
+    row = {"key_id": key_id, "name": name, "scopes": list(canonical), "hash_scheme": scheme, "key_hash": digest,
+           "salt": salt, "created_by": created_by}
+    return f"{KEY_PREFIX}_{key_id}_{secret}", row
+
+
+def create_key_sync(conn: SyncConnection, settings: Settings, name: str, scopes: list[str],
+                    created_by: str) -> str:
+    """Create a key on a synchronous connection (benchmarks, tools); commits; returns the full key."""
+    full, row = new_key(settings, name, scopes, created_by)
+    insert_api_key_sync(conn, row)
+    return full
 
 
 def _info(row: dict[str, Any]) -> KeyInfo:
@@ -198,34 +200,21 @@ class KeyStore:
     def __init__(self, db: Database, settings: Settings) -> None:
         self.db = db
         self.settings = settings
+        self.rows = ApiKeyRows(db)
 
     async def create(self, name: str, scopes: list[str] | tuple[str, ...], created_by: str) -> tuple[str, KeyInfo]:
         """Make a key; returns the full key (shown once) and what is stored about it."""
-        name = validate_name(name)
-        canonical = validate_scopes(scopes)
-        key_id = secrets.token_hex(8)
-        secret = secrets.token_urlsafe(32)
-        scheme, digest, salt = hash_secret(secret, server_secret_of(self.settings))
-        params = {
-            "key_id": key_id,
-            "name": name,
-            "scopes": list(canonical),
-            "hash_scheme": scheme,
-            "key_hash": digest,
-            "salt": salt,
-            "created_by": created_by,
-        }
+        full, params = new_key(self.settings, name, scopes, created_by)
         try:
-            row = await self.db.fetch_one(q("insert_api_key", _SQL), params)
+            row = await self.rows.insert(params)
         except Conflict as exc:
-            raise InvalidInput([FieldError(["name"], f"a live key named {name!r} already exists", "conflict")],
-                               409) from exc
-        assert row is not None
-        return f"{KEY_PREFIX}_{key_id}_{secret}", _info(row)
+            raise InvalidInput([FieldError(["name"], f"a live key named {params['name']!r} already exists",
+                                           "conflict")], 409) from exc
+        return full, _info(row)
 
     async def get(self, key_id: str) -> StoredKey | None:
         """The verification row of ``key_id``, or None."""
-        row = await self.db.fetch_one(q("get_api_key", _SQL), {"key_id": key_id})
+        row = await self.rows.get(key_id)
         if row is None:
             return None
         return StoredKey(
@@ -240,23 +229,20 @@ class KeyStore:
 
     async def touch(self, key_id: str) -> tuple[str, tuple[str, ...], datetime | None] | None:
         """Record a use; returns ``(name, scopes, revoked_at)`` or None when the key is gone."""
-        row = await self.db.fetch_one(q("touch_api_key", _SQL), {"key_id": key_id})
+        row = await self.rows.touch(key_id)
         if row is None:
             return None
         return row["name"], tuple(row["scopes"]), row["revoked_at"]
 
     async def list(self, include_revoked: bool = False) -> list[KeyInfo]:
         """Every key (without hashes), oldest first."""
-        rows = await self.db.fetch_all(q("list_api_keys", _SQL), {"include_revoked": include_revoked})
+        rows = await self.rows.list(include_revoked)
         return [_info(r) for r in rows]
 
     async def revoke(self, key_id: str) -> KeyInfo:
         """Revoke a key (idempotent); NotFound when no such key exists."""
         validate_key_id(key_id)
-        async with self.db.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            with wrap_exceptions():
-                await cur.execute(q("revoke_api_key", _SQL), {"key_id": key_id})
-                row = await cur.fetchone()
+        row = await self.rows.revoke(key_id)
         if row is None:
             raise NotFound("api key", "key_id", key_id)
         return _info(row)

@@ -22,7 +22,6 @@ from personalization.core.fast_events import (
     USER_ID,
     WEIGHT,
     ValidEvent,
-    copy_escape,
 )
 from personalization.store.queries import q
 
@@ -35,19 +34,37 @@ NULL = "\\N"  # COPY text format's NULL
 COPY_CHUNK_ROWS = 2000
 
 
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_escape(text: str) -> str:
+    """``text`` as a field of COPY's text format (backslash, tab, newline, CR escaped)."""
+    return text.translate(_COPY_ESCAPES)
+
+
+def copy_json(text: str) -> str:
+    """Compact JSON as a field of COPY's text format.
+
+    JSON text from orjson holds no raw tab, newline or carriage return (they are escaped
+    inside strings), so only its backslashes need doubling.
+    """
+    return text.replace("\\", "\\\\") if "\\" in text else text
+
+
 def copy_line(e: ValidEvent, session_id: str | None, metadata: str | None) -> str:
     """One row of ``personalization_events`` in COPY text format (no trailing newline).
 
-    ``session_id`` and ``metadata`` are passed separately because the privacy level
-    may strip them; ``metadata`` is already escaped for COPY (see ValidEvent).
+    ``session_id`` and ``metadata`` (compact JSON) are passed separately because the
+    privacy level may strip them.
     """
     if e[CLEAN]:
         content, ctype, stype = e[CONTENT_ID], e[CONTENT_TYPE], e[SIGNAL_TYPE]
     else:
         content, ctype, stype = copy_escape(e[CONTENT_ID]), copy_escape(e[CONTENT_TYPE]), copy_escape(e[SIGNAL_TYPE])
+    meta = NULL if metadata is None else copy_json(metadata)
     return (
         f"{e[USER_ID] or NULL}\t{session_id or NULL}\t{content}\t{ctype}\t{stype}\t{e[WEIGHT]}"
-        f"\t{metadata or NULL}\t{e[OCCURRED_AT]}"
+        f"\t{meta}\t{e[OCCURRED_AT]}"
     )
 
 

@@ -4,6 +4,11 @@ The job runs on plain (synchronous) psycopg connections: it is a batch process w
 long statements, and two of them run at once on two connections (the rollup refresh and
 the decay pass, sharing one exported snapshot).  Every driver error leaves through
 ``wrap_exceptions`` so the use case (``personalization.nightly.job``) never sees psycopg.
+
+Length: a little over 500 lines because the run ledger, the view swap and the snapshot
+build share the advisory-lock keys, the view catalogue and the SQL templates, and are
+read together when the swap's locking is reviewed; the ADBC point-in-time session is in
+``store/pit.py``.
 """
 
 from __future__ import annotations
@@ -14,20 +19,20 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Literal, assert_never
+from typing import Any, assert_never
 
 import psycopg
-import pyarrow as pa
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
+from personalization.config import RefreshMode
 from personalization.core.decay import DecayConfig
-from personalization.errors import StoreError, StoreUnavailable
+from personalization.errors import StoreError
 from personalization.store.db import wrap_exceptions
+from personalization.store.pit import PitSession, pit_session
 from personalization.store.queries import q
 
 log = logging.getLogger("personalization.nightly.job")
@@ -38,7 +43,6 @@ ROLLUPS_VIEW = "user_signal_rollups"
 # The rebuilt view before its swap; a run killed before the swap leaves it behind and the
 # next run drops it.
 NEXT_VIEW = f"{ROLLUPS_VIEW}__next"
-RefreshMode = Literal["swap", "concurrently"]
 # Advisory lock keys (bigint).  RUN_LOCK: one nightly run at a time, across processes and
 # hosts.  SWAP_LOCK: the snapshot swap against erase_user_features.
 RUN_LOCK_KEY = 0x7A6E_6967_6874_0001
@@ -291,109 +295,17 @@ class NightlyStore:
         lock wait (never the rebuild).
         """
         step = on_step or (lambda _name: None)
-        stage = f"_stage_{run_id}"
-        decay_tbl = f"_decay_{run_id}"
-        scale, half_life = decay_sql(decay)
-        at = sql.Literal(as_of_ts)
-        lit_as_of = sql.SQL("{}::date").format(sql.Literal(as_of.isoformat()))
         with self.connect(autocommit=False) as a, self.connect(autocommit=False) as b, wrap_exceptions():
-            a.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            row = a.execute(_q("export_snapshot")).fetchone()
-            assert row is not None
-            snapshot, computed_at = row[0], row[1]
-            b.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            b.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-
-            view = self._view_info(a)
-            mode: RefreshMode = self.refresh_mode
-            if mode == "swap" and view.has_dependents:
-                log.warning("user_signal_rollups has dependent views: refreshing CONCURRENTLY instead of swapping",
-                            extra={"run_id": run_id})
-                mode = "concurrently"
-            nxt = view.ident(NEXT_VIEW)
-            rollups = nxt if mode == "swap" else view.ident()
-
-            def decay_pass() -> None:
-                b.execute(_c("create_decay", decay=sql.Identifier(decay_tbl), scale=scale, half_life=half_life, at=at,
-                             levels=sql.SQL("{}::text[]").format(sql.Literal(list(privacy.levels))),
-                             null_ok=sql.Literal(privacy.null_ok)))
-                # Statistics for the copy's join: without them the planner sorts both sides
-                # for a merge join (2-3x slower than the hash join it picks with them).
-                b.execute(_c("analyze", table=sql.Identifier("feature_store", decay_tbl)))
-                b.commit()
-
-            def refresh() -> None:
-                if mode == "swap":
-                    # A leftover of a killed run was dropped by drop_leftovers before this run.
-                    a.execute(_c("create_next_view", next=nxt, definition=sql.SQL(view.definition)))
-                    a.execute(_c("analyze", table=nxt))
-                elif mode == "concurrently":
-                    a.execute(_q("refresh_rollups"))
-                else:
-                    assert_never(mode)
-                a.commit()
-
+            build = _SnapshotBuild(self, a, b, run_id=run_id, as_of=as_of, as_of_ts=as_of_ts, decay=decay,
+                                   privacy=privacy)
             step("refresh")
-            _parallel(decay_pass, refresh, "nightly-decay")
-
-            def index_next() -> None:
-                if mode == "swap":
-                    for i, (_name, definition) in enumerate(view.indexes):
-                        b.execute(self._next_index_sql(view, definition, i))
-                b.commit()
-
-            def copy() -> None:
-                a.execute(_c("create_stage", stage=sql.Identifier(stage)))
-                a.execute(_q("copy_join_plan"))
-                filled = a.execute(_c("fill_stage", stage=sql.Identifier(stage), decay=sql.Identifier(decay_tbl),
-                                      rollups=rollups), {"as_of": as_of}).rowcount
-                a.execute(_c("index_stage", stage=sql.Identifier(stage), check=sql.Identifier(f"{stage}_as_of"),
-                             as_of=lit_as_of))
-                a.execute(_c("drop_table", part=sql.Identifier(decay_tbl)))
-                a.commit()
-                counts["filled"] = filled
-
-            counts: dict[str, int] = {}
+            _parallel(build.decay_pass, build.refresh, "nightly-decay")
             step("copy")
-            _parallel(index_next, copy, "nightly-index")
-
-            def analyze_stage() -> None:
-                b.execute(_c("analyze", table=sql.Identifier("feature_store", stage)))
-                b.commit()
-
-            def swap_view() -> None:
-                nonlocal mode
-                if mode == "swap" and not self._swap_view(a, view):
-                    log.warning("the rollup view swap could not get its lock: refreshing CONCURRENTLY instead",
-                                extra={"run_id": run_id, "attempts": self.swap.attempts})
-                    a.execute(_c("drop_view_if_exists", view=nxt))
-                    a.execute(_q("refresh_rollups"))
-                    a.commit()
-                    mode = "concurrently"
-
+            _parallel(build.index_next, build.copy, "nightly-index")
             step("swap")
-            _parallel(analyze_stage, swap_view, "nightly-analyze")
-            # Table lock first, advisory swap lock second: if the swap has to wait for a
-            # reader, it waits before it holds the lock that erasures take.
-            a.execute(_q("lock_catalogue"))
-            a.execute(_q("swap_lock"), {"key": SWAP_LOCK_KEY})
-            pruned = a.execute(_c("prune_stage", stage=sql.Identifier(stage)), privacy.params()).rowcount
-            rows = max(0, counts["filled"] - max(0, pruned))
-            part = partition_name(as_of)
-            self._drop_partition(a, as_of)
-            a.execute(_c("attach_partition", stage=sql.Identifier(stage), as_of=lit_as_of))
-            a.execute(_c("rename_stage", stage=sql.Identifier(stage), part=sql.Identifier(part)))
-            a.execute(_q("upsert_snapshot"), {"as_of": as_of, "as_of_ts": as_of_ts, "computed_at": computed_at,
-                                               "row_count": rows, "run_id": run_id})
-            dropped = [r[0] for r in a.execute(_q("expired_snapshots"), {"keep_from": keep_from}).fetchall()]
-            for d in dropped:
-                self._drop_partition(a, d)
-                a.execute(_q("delete_snapshot"), {"as_of": d})
-            # The ledger row's outcome commits with the snapshot itself: either both or neither.
-            a.execute(_q("finish_run"), {"run_id": run_id, "status": "succeeded", "row_count": rows,
-                                         "dropped": len(dropped), "error": None})
-            a.commit()
-        return BuildResult(rows=rows, dropped=dropped, computed_at=computed_at, refresh=mode)
+            _parallel(build.analyze_stage, build.swap_view, "nightly-analyze")
+            rows, dropped = build.publish(keep_from)
+        return BuildResult(rows=rows, dropped=dropped, computed_at=build.computed_at, refresh=build.mode)
 
     @staticmethod
     def _view_info(conn: psycopg.Connection[Any]) -> _ViewInfo:
@@ -478,76 +390,124 @@ class NightlyStore:
 
     # -- point-in-time export -----------------------------------------------------------
 
-    @contextmanager
-    def pit_session(self) -> Iterator[PitSession]:
-        """A session with the entities temp tables, for a chunked point-in-time export.
-
-        It runs on an ADBC connection: results arrive as Arrow tables decoded in C++ from
-        binary COPY, which keeps hundreds of thousands of feature rows out of per-row Python.
-        """
-        import adbc_driver_postgresql.dbapi as adbc  # type: ignore[import-untyped]
-
-        with _wrap_adbc():
-            conn = adbc.connect(self.database_url, autocommit=True)
-        try:
-            with _wrap_adbc():
-                cur = conn.cursor()
-                cur.execute(f"SET work_mem = '{self.work_mem}'")
-                cur.execute(_q("create_entities"))
-                cur.execute(_q("create_assigned"))
-            yield PitSession(cur)
-        finally:
-            conn.close()
+    def pit_session(self) -> contextlib.AbstractContextManager[PitSession]:
+        """A session for a chunked point-in-time export (see :mod:`personalization.store.pit`)."""
+        return pit_session(self.database_url, self.work_mem)
 
 
-@contextmanager
-def _wrap_adbc() -> Iterator[None]:
-    import adbc_driver_manager
+class _SnapshotBuild:
+    """One run of :meth:`NightlyStore.build_snapshot` on its two connections.
 
-    try:
-        yield
-    except adbc_driver_manager.OperationalError as exc:
-        raise StoreUnavailable(str(exc).splitlines()[0]) from exc
-    except adbc_driver_manager.Error as exc:
-        raise StoreError(str(exc).splitlines()[0]) from exc
+    ``a`` carries the rollups, the stage and the final transaction; ``b`` (in the same
+    exported snapshot as ``a``) the decay table and the index builds, so each pair of
+    steps runs side by side (see ``_parallel``).
+    """
 
+    def __init__(self, store: NightlyStore, a: psycopg.Connection[Any], b: psycopg.Connection[Any], *,
+                 run_id: int, as_of: date, as_of_ts: datetime, decay: DecayConfig, privacy: PrivacyFilter) -> None:
+        self.store, self.a, self.b = store, a, b
+        self.run_id, self.as_of, self.as_of_ts, self.decay, self.privacy = run_id, as_of, as_of_ts, decay, privacy
+        self.stage = f"_stage_{run_id}"
+        self.decay_tbl = f"_decay_{run_id}"
+        self.lit_as_of = sql.SQL("{}::date").format(sql.Literal(as_of.isoformat()))
+        a.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        row = a.execute(_q("export_snapshot")).fetchone()
+        assert row is not None
+        snapshot, self.computed_at = row[0], row[1]
+        b.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        b.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        self.view = store._view_info(a)
+        self.mode: RefreshMode = store.refresh_mode
+        if self.mode == "swap" and self.view.has_dependents:
+            log.warning("user_signal_rollups has dependent views: refreshing CONCURRENTLY instead of swapping",
+                        extra={"run_id": run_id})
+            self.mode = "concurrently"
+        self.nxt = self.view.ident(NEXT_VIEW)
+        self.rollups = self.nxt if self.mode == "swap" else self.view.ident()
+        self.filled = 0
 
-class PitSession:
-    """Joins chunks of entity rows with the snapshot valid at each row's timestamp."""
+    def decay_pass(self) -> None:
+        """(b) The decayed weight of every rollup row at ``as_of_ts``."""
+        scale, half_life = decay_sql(self.decay)
+        self.b.execute(_c("create_decay", decay=sql.Identifier(self.decay_tbl), scale=scale, half_life=half_life,
+                          at=sql.Literal(self.as_of_ts),
+                          levels=sql.SQL("{}::text[]").format(sql.Literal(list(self.privacy.levels))),
+                          null_ok=sql.Literal(self.privacy.null_ok)))
+        # Statistics for the copy's join: without them the planner sorts both sides
+        # for a merge join (2-3x slower than the hash join it picks with them).
+        self.b.execute(_c("analyze", table=sql.Identifier("feature_store", self.decay_tbl)))
+        self.b.commit()
 
-    def __init__(self, cur: Any) -> None:
-        self.cur = cur
+    def refresh(self) -> None:
+        """(a) Rebuild the view beside the live one, or refresh it concurrently."""
+        mode = self.mode
+        if mode == "swap":
+            # A leftover of a killed run was dropped by drop_leftovers before this run.
+            self.a.execute(_c("create_next_view", next=self.nxt, definition=sql.SQL(self.view.definition)))
+            self.a.execute(_c("analyze", table=self.nxt))
+        elif mode == "concurrently":
+            self.a.execute(_q("refresh_rollups"))
+        else:
+            assert_never(mode)
+        self.a.commit()
 
-    def join(self, entities: pa.Table, privacy: PrivacyFilter) -> tuple[pa.Table, pa.Table]:
-        """Join one chunk of ``row_no, user_id (text), ts`` rows.
+    def index_next(self) -> None:
+        """(b) The live view's indexes on the rebuilt one."""
+        if self.mode == "swap":
+            for i, (_name, definition) in enumerate(self.view.indexes):
+                self.b.execute(self.store._next_index_sql(self.view, definition, i))
+        self.b.commit()
 
-        Returns ``row_no, as_of, computed_at`` for every entity row in ``row_no`` order, and
-        ``row_no, content_type, signal_type, event_count, total_weight, last_seen_at,
-        decayed_weight`` for every feature row of the assigned snapshots (unordered).  One
-        REPEATABLE READ transaction per chunk (both results see the same catalogue), never
-        one for the whole export: a transaction open that long would hold up the nightly swap.
-        """
-        assign = _c("assign_snapshots", levels=sql.SQL("{}::text[]").format(sql.Literal(list(privacy.levels))),
-                    null_ok=sql.Literal(privacy.null_ok)).as_string(None)
-        cur = self.cur
-        with _wrap_adbc():
-            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            try:
-                cur.execute("TRUNCATE pit_entities, pit_assigned")
-                cur.adbc_ingest("pit_entities", entities, mode="append", temporary=True)
-                cur.execute("ANALYZE pit_entities")
-                cur.execute(assign)
-                cur.execute("ANALYZE pit_assigned")
-                cur.execute(_q("select_assigned"))
-                assigned = cur.fetch_arrow_table()
-                cur.execute(_q("select_features"))
-                features = cur.fetch_arrow_table()
-                cur.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    cur.execute("ROLLBACK")
-                raise
-        return assigned, features
+    def copy(self) -> None:
+        """(a) The staging table from the refreshed rollups and the decay table, indexed."""
+        a, stage = self.a, sql.Identifier(self.stage)
+        a.execute(_c("create_stage", stage=stage))
+        a.execute(_q("copy_join_plan"))
+        self.filled = a.execute(_c("fill_stage", stage=stage, decay=sql.Identifier(self.decay_tbl),
+                                   rollups=self.rollups), {"as_of": self.as_of}).rowcount
+        a.execute(_c("index_stage", stage=stage, check=sql.Identifier(f"{self.stage}_as_of"), as_of=self.lit_as_of))
+        a.execute(_c("drop_table", part=sql.Identifier(self.decay_tbl)))
+        a.commit()
+
+    def analyze_stage(self) -> None:
+        """(b) Statistics of the stage."""
+        self.b.execute(_c("analyze", table=sql.Identifier("feature_store", self.stage)))
+        self.b.commit()
+
+    def swap_view(self) -> None:
+        """(a) The rebuilt view replaces the live one; without its lock, a concurrent refresh instead."""
+        if self.mode == "swap" and not self.store._swap_view(self.a, self.view):
+            log.warning("the rollup view swap could not get its lock: refreshing CONCURRENTLY instead",
+                        extra={"run_id": self.run_id, "attempts": self.store.swap.attempts})
+            self.a.execute(_c("drop_view_if_exists", view=self.nxt))
+            self.a.execute(_q("refresh_rollups"))
+            self.a.commit()
+            self.mode = "concurrently"
+
+    def publish(self, keep_from: date) -> tuple[int, list[date]]:
+        """(a) One short transaction: the date's partition, expired ones dropped, catalogue and ledger."""
+        a, store = self.a, self.store
+        # Table lock first, advisory swap lock second: if the swap has to wait for a
+        # reader, it waits before it holds the lock that erasures take.
+        a.execute(_q("lock_catalogue"))
+        a.execute(_q("swap_lock"), {"key": SWAP_LOCK_KEY})
+        pruned = a.execute(_c("prune_stage", stage=sql.Identifier(self.stage)), self.privacy.params()).rowcount
+        rows = max(0, self.filled - max(0, pruned))
+        store._drop_partition(a, self.as_of)
+        a.execute(_c("attach_partition", stage=sql.Identifier(self.stage), as_of=self.lit_as_of))
+        a.execute(_c("rename_stage", stage=sql.Identifier(self.stage),
+                     part=sql.Identifier(partition_name(self.as_of))))
+        a.execute(_q("upsert_snapshot"), {"as_of": self.as_of, "as_of_ts": self.as_of_ts,
+                                           "computed_at": self.computed_at, "row_count": rows, "run_id": self.run_id})
+        dropped = [r[0] for r in a.execute(_q("expired_snapshots"), {"keep_from": keep_from}).fetchall()]
+        for d in dropped:
+            store._drop_partition(a, d)
+            a.execute(_q("delete_snapshot"), {"as_of": d})
+        # The ledger row's outcome commits with the snapshot itself: either both or neither.
+        a.execute(_q("finish_run"), {"run_id": self.run_id, "status": "succeeded", "row_count": rows,
+                                     "dropped": len(dropped), "error": None})
+        a.commit()
+        return rows, dropped
 
 
 def erase_user_features_sync(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> int:

@@ -11,6 +11,7 @@ from psycopg.types.json import Jsonb
 
 from personalization.store.db import Database, wrap_exceptions
 from personalization.store.queries import q
+from personalization.store.serving import catalog_version
 
 _SQL = "recommend.sql"
 
@@ -50,9 +51,8 @@ class RecommendStore:
                     yield rows
 
     async def catalog_version(self) -> int:
-        """The catalogue version (bumped by every write to content_items or content_embeddings)."""
-        rows = await self._rows("catalog_version", {})
-        return int(rows[0][0]) if rows else 0
+        """The durable catalogue version, owned by content import (:func:`store.serving.catalog_version`)."""
+        return await catalog_version(self.db)
 
     async def model_versions(self) -> dict[str, int]:
         """``{kind: version}`` of the stored artefacts."""
@@ -108,20 +108,3 @@ class RecommendStore:
         """Profile fields and confident traits of the given readers."""
         return await self.db.fetch_all(_q("profiles"), {"user_ids": list(user_ids), "min_confidence": min_confidence})
 
-    async def upsert_catalog(self, rows: Sequence[CatalogTuple], model: str, dim: int) -> int:
-        """Upsert catalogue rows and their embeddings in one transaction (COPY into a temporary table)."""
-        async with self.db.connection() as conn:
-            with wrap_exceptions():
-                await conn.execute(
-                    "CREATE TEMP TABLE catalog_import (content_id TEXT, content_type TEXT, title TEXT, passage_id TEXT,"
-                    " translation TEXT, series TEXT, position INTEGER, tags TEXT[], embedding BYTEA) ON COMMIT DROP"
-                )
-                async with conn.cursor() as cur, cur.copy(
-                    "COPY catalog_import (content_id, content_type, title, passage_id, translation, series, position,"
-                    " tags, embedding) FROM STDIN"
-                ) as cp:
-                    for r in rows:
-                        await cp.write_row(r)
-                await conn.execute(_q("upsert_catalog_items"))
-                await conn.execute(_q("upsert_catalog_embeddings"), {"model": model, "dim": dim})
-        return len(rows)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from psycopg.conninfo import conninfo_to_dict
 
 
 def with_dbname(url: str, dbname: str) -> str:
@@ -17,3 +20,8 @@ def dbname_of(url: str) -> str:
     """The database named by a URL (``postgres`` when it names none)."""
     path = urlsplit(url).path.lstrip("/")
     return path or "postgres"
+
+
+def conninfo_parts(url: str) -> dict[str, Any]:
+    """The connection parameters of a URL or conninfo string, as libpq reads them (host, port, dbname...)."""
+    return conninfo_to_dict(url)

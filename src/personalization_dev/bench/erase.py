@@ -40,7 +40,7 @@ def _kafka_reachable(settings: Settings) -> bool:
 
     try:
         # log_level 0: a missing broker is an expected answer here, not console noise.
-        probe = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "socket.timeout.ms": 2000,
+        probe = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers, "socket.timeout.ms": 2000,
                              "log_level": 0})
         probe.list_topics(timeout=2)
         return True
@@ -94,7 +94,7 @@ def _load(url: str, users: int, events: int, victims: list[uuid.UUID], user_even
 
 
 def _fill_redis(settings: Settings, url: str, victims: list[uuid.UUID]) -> int:
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis.Redis.from_url(settings.redis.url)
     made = 0
     with psycopg.connect(url) as conn, r.pipeline(transaction=False) as pipe:
         for v in victims:
@@ -134,7 +134,7 @@ async def _erase_all(settings: Settings, victims: list[uuid.UUID], kafka: bool) 
         tomb = KafkaTombstones(settings) if kafka else None
         if tomb is not None:
             await asyncio.to_thread(tomb.connect)
-        eraser = Eraser(p.db, p.redis, settings.model_copy(update={"erase_kafka_tombstones": kafka}),
+        eraser = Eraser(p.db, p.redis, settings.replace(erase={"kafka_tombstones": kafka}),
                         tombstones=tomb)
         try:
             for v in victims:
@@ -161,7 +161,7 @@ def run_erase_bench(settings: Settings, *, users: int = 5000, events: int = 1_00
             from personalization_dev.broker import LocalBroker
 
             bootstrap = stack.enter_context(LocalBroker())
-            settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+            settings = settings.replace(kafka={"bootstrap_servers": bootstrap})
             kafka_source = "local Tansu broker"
         _create_topics(settings)
         result = _run(settings, users, events, user_events, victims)
@@ -172,7 +172,7 @@ def run_erase_bench(settings: Settings, *, users: int = 5000, events: int = 1_00
 def _create_topics(settings: Settings) -> None:
     from personalization.kafka.topics import ensure_topics
 
-    ensure_topics(settings.kafka_bootstrap_servers, cdc_topics(settings))
+    ensure_topics(settings.kafka.bootstrap_servers, cdc_topics(settings))
 
 
 def _run(settings: Settings, users: int, events: int, user_events: int, victims: int) -> dict[str, Any]:
@@ -186,7 +186,7 @@ def _run(settings: Settings, users: int, events: int, user_events: int, victims:
         load_s = time.perf_counter() - t0
         baseline_delete_s = _bare_delete(url, baseline_victim)
         baseline_refresh_s = _bare_refresh(url)
-        bench_settings = settings.model_copy(update={"database_url": url})
+        bench_settings = settings.replace(database={"url": url})
         reports = asyncio.run(_erase_all(bench_settings, erase_victims, kafka))
         with psycopg.connect(url) as conn:
             left = conn.execute("SELECT count(*) FROM personalization_events WHERE user_id = ANY(%s)",

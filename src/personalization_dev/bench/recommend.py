@@ -184,7 +184,7 @@ async def _in_process(settings: Settings, users: list[uuid.UUID], requests: int)
     out: dict[str, Any] = {}
     async with open_platform(settings) as p:
         t0 = time.perf_counter()
-        report = await train(p.db, p.recommender.settings, dim=384)
+        report = await train(p.db, p.recommender.settings, dim=settings.embedding.dim, decay=p.recommender.decay)
         out["nightly_train_s"] = round(time.perf_counter() - t0, 2)
         out["nightly_seconds"] = report.as_dict()["seconds"]
         rec = p.recommender
@@ -218,7 +218,7 @@ async def _in_process(settings: Settings, users: list[uuid.UUID], requests: int)
         out["speedup_p50_over_exact"] = round(out["in_process_exact"]["p50_ms"] / out["in_process"]["p50_ms"], 2)
         out["process_max_rss_mb"] = round(_rss_mb(), 1)
     # Redis down: nothing listens on port 1, every read falls back to PostgreSQL.
-    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    down = settings.replace(redis={"url": "redis://127.0.0.1:1/0"})
     async with open_platform(down) as p:
         # The same models (no second load and index build in this process).
         p.recommender.loader.models, p.recommender.loader.versions = models, rec.loader.versions
@@ -239,7 +239,7 @@ async def _http(settings: Settings, users: list[uuid.UUID], rate: float, duratio
 
     key = await _bench_key(settings)
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    proc, base = _start_server(settings, settings.database_url)
+    proc, base = _start_server(settings, settings.database.url)
     try:
         async with aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=concurrency),
                                          headers=headers) as session:
@@ -309,13 +309,15 @@ def run_recommend_bench(settings: Settings, *, items: int = 100_000, readers: in
     step = on_step or (lambda _: None)
     with _env(PERSONALIZATION_EMBEDDING_DIM=str(dim), PERSONALIZATION_RATE_LIMIT_PER_S="1000000",
               PERSONALIZATION_RATE_LIMIT_BURST="1000000"), \
-            scratch_database(settings.database_url, "recommend") as url:
+            scratch_database(settings.database.url, "recommend") as url:
         step("populating the catalogue, readers and events")
         t0 = time.perf_counter()
         users = _populate(url, items, readers, dim, events_per_reader, seed)
         out: dict[str, Any] = {"bench": "recommend", "items": items, "readers": readers, "dim": dim,
                                "events": readers * events_per_reader, "populate_s": round(time.perf_counter() - t0, 1)}
-        bench_settings = settings.model_copy(update={"database_url": url})
+        # The server subprocess reads the dimension and rate limits from the environment above.
+        bench_settings = settings.replace(database={"url": url}, embedding={"dim": dim},
+                                          auth={"rate_limit_per_s": 1e6, "rate_limit_burst": 1_000_000})
         step("training and measuring in process")
         out.update(asyncio.run(_in_process(bench_settings, users, requests)))
         step("measuring over HTTP")

@@ -1,8 +1,5 @@
 -- Queries of the recommender (issue 16).
 
--- name: catalog_version
-SELECT version FROM recommend_catalog_version WHERE singleton;
-
 -- name: model_versions
 SELECT kind, version FROM recommend_models;
 
@@ -71,18 +68,3 @@ SELECT p.user_id, p.denomination, p.spiritual_goal, p.preferred_translation, p.p
 FROM user_profile p
 WHERE p.user_id = ANY(%(user_ids)s);
 
--- name: upsert_catalog_items
--- Catalogue rows (from the temporary table catalog_import) with the passage, translation,
--- series, position and tags columns.
-INSERT INTO content_items (content_id, content_type, title, passage_id, translation, series, position, tags)
-SELECT content_id, content_type, title, passage_id, translation, series, position, tags FROM catalog_import
-ON CONFLICT (content_id) DO UPDATE SET
-    content_type = EXCLUDED.content_type, title = EXCLUDED.title, passage_id = EXCLUDED.passage_id,
-    translation = EXCLUDED.translation, series = EXCLUDED.series, position = EXCLUDED.position,
-    tags = EXCLUDED.tags, updated_at = now();
-
--- name: upsert_catalog_embeddings
-INSERT INTO content_embeddings (content_id, model, dim, embedding)
-SELECT content_id, %(model)s, %(dim)s, embedding FROM catalog_import WHERE embedding IS NOT NULL
-ON CONFLICT (content_id) DO UPDATE SET
-    model = EXCLUDED.model, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding, updated_at = now();

@@ -1,4 +1,4 @@
-"""HTTP routes of the read path.  ``router`` carries the /v1 routes (auth attaches there), ``ops_router`` health."""
+"""The read path: preferences, login pre-warm, flags (and their rules), recent content, rerank."""
 
 from __future__ import annotations
 
@@ -9,19 +9,18 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from personalization.api.auth import require
+from personalization.api.deps import platform
 from personalization.api.responses import JSONBody
 from personalization.core.flags import FlagRulesIn
 from personalization.serving.service import RerankIn, ServingService
 
 router = APIRouter(tags=["serving"])
-ops_router = APIRouter(tags=["ops"])
 # API key scopes (issue 6): serving reads need "read"; flag rules are "admin" and audited.
 _read = [require("read")]
 
 
 def _svc(request: Request) -> ServingService:
-    svc: ServingService = request.app.state.platform.serving
-    return svc
+    return platform(request).serving
 
 
 @router.get("/v1/users/{user_id}/preferences", dependencies=_read)
@@ -87,8 +86,3 @@ async def rerank(user_id: uuid.UUID, request: Request) -> JSONBody:
     result = await _svc(request).rerank(user_id, body)
     return JSONBody(result.as_dict())
 
-
-@ops_router.get("/healthz/serving")
-async def serving_health(request: Request) -> JSONBody:
-    """Read-path health: ``degraded`` while Redis is unavailable and reads come from PostgreSQL."""
-    return JSONBody(_svc(request).health())

@@ -1,4 +1,8 @@
-"""HTTP routes of recommendations (issue 16), all behind the ``read`` scope.  Thin: parse, call, render."""
+"""HTTP routes of recommendations (issue 16), all behind the ``read`` scope.  Thin: parse, call, render.
+
+``/healthz/recommendations`` is in :mod:`personalization.api.routers.ops`; errors are mapped in
+``api/errors.py`` (an unknown ``content_id`` is a 404 naming the path parameter).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 
 from personalization.api.auth import require
+from personalization.api.deps import platform
 from personalization.api.responses import JSONBody
-from personalization.errors import NotFound
 from personalization.recommend.service import MAX_LIMIT, MAX_WINDOW_DAYS, Recommender
 
 router = APIRouter(tags=["recommendations"], dependencies=[require("read")])
-ops_router = APIRouter(tags=["ops"])
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="items to return")]
 ContentType = Annotated[str | None, Query(min_length=1, max_length=64, description="only this content type")]
@@ -24,8 +27,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def _rec(request: Request) -> Recommender:
-    rec: Recommender = request.app.state.platform.recommender
-    return rec
+    return platform(request).recommender
 
 
 @router.get("/v1/users/{user_id}/recommendations", responses=_RESPONSES)
@@ -72,16 +74,6 @@ async def similar(
     limit: Limit = 10,
 ) -> JSONBody:
     """Content like this one (co-engagement and embeddings); never itself nor another translation of it."""
-    try:
-        result = await _rec(request).similar(content_id, limit)
-    except NotFound as exc:
-        # The id is a path parameter: the error names it there.
-        return JSONBody({"detail": [{"loc": ["path", "content_id"], "field": "content_id",
-                                     "msg": f"{exc.resource} not found", "type": "not_found"}]}, status_code=404)
+    result = await _rec(request).similar(content_id, limit)
     return JSONBody(result.as_dict())
 
-
-@ops_router.get("/healthz/recommendations")
-async def recommendations_health(request: Request) -> JSONBody:
-    """What this process serves with: catalogue size, index kind and memory, model versions."""
-    return JSONBody(_rec(request).status())
