@@ -50,6 +50,10 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/metrics/{name}"): "admin",
     ("GET", "/v1/experiments/{flag}"): "read",
     ("GET", "/v1/experiments/{flag}/results"): "read",
+    ("GET", "/v1/users/{user_id}/recommendations"): "read",
+    ("GET", "/v1/sessions/{session_id}/recommendations"): "read",
+    ("GET", "/v1/content/{content_id}/similar"): "read",
+    ("GET", "/v1/content/popular"): "read",
 }
 
 

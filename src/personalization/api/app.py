@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from personalization.api.auth import install_security
 from personalization.api.errors import install_error_handlers
 from personalization.api.middleware import BodyLimitMiddleware
-from personalization.api.routers import datarights, events, experiments, keys, ops, profiles, serving
+from personalization.api.routers import datarights, events, experiments, keys, ops, profiles, recommend, serving
 from personalization.api.routers import platform as platform_health
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
         datarights.router,
         keys.router,
         experiments.router,
+        recommend.router,
     ):
         app.include_router(router)
     return app

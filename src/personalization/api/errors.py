@@ -11,7 +11,8 @@ Error                                  Status  Body
 RequestValidationError (FastAPI)       400     malformed JSON (``json_invalid``)
 RequestValidationError (FastAPI)       422     each invalid field
 InvalidInput                           its     each FieldError (422, 413 or 409)
-NotFound                               404     the path parameter or body field that missed
+NotFound                               404     the path parameter (user_id, trait_id, flag, content_id)
+                                               or the body field that missed
 Conflict                               409     the conflicting field
 EraseIncomplete                        503     the erase report + ``detail``, Retry-After
 AuthError (Unauthorized/Forbidden/...) 401..   the ``authorization`` header
@@ -47,7 +48,7 @@ security_log = logging.getLogger("personalization.security")
 AUTH_REFUSED = Counter("personalization_auth_refused_total", "Requests refused by the API-key check", ["status"])
 
 # NotFound on these names is about a path parameter; any other name is a body field.
-_PATH_FIELDS = ("user_id", "trait_id", "flag")
+_PATH_FIELDS = ("user_id", "trait_id", "flag", "content_id")
 
 
 def error_response(status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None) -> JSONBody:

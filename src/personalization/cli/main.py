@@ -85,6 +85,7 @@ def _register_optional() -> None:
         ("personalization.cli.users", "users"),
         ("personalization.cli.content", "content"),
         ("personalization.cli.experiments", "experiments"),
+        ("personalization.cli.eval", "eval"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -200,3 +200,39 @@ def bench_experiments(
         ),
         json_out,
     )
+
+
+@bench_app.command("recommend")
+def bench_recommend(
+    items: int = typer.Option(100_000, min=100, help="catalogue passages (50-chapter books)"),
+    readers: int = typer.Option(100_000, min=10),
+    events_per_reader: int = typer.Option(20, min=4),
+    requests: int = typer.Option(3000, min=100, help="in-process requests measured"),
+    rate: float = typer.Option(300.0, min=1, help="offered HTTP requests per second"),
+    duration: float = typer.Option(10.0, min=1, help="seconds of the HTTP run"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Recommendation latency in process (HNSW vs exact in the same run, Redis down) and over HTTP."""
+    from rich.console import Console
+
+    from personalization_dev.bench.recommend import run_recommend_bench
+
+    settings = get_settings()
+    console = Console(stderr=True)
+    with console.status("starting", spinner="dots") as status:
+        _bench(lambda: run_recommend_bench(settings, items=items, readers=readers, events_per_reader=events_per_reader,
+                                           requests=requests, rate=rate, duration_s=duration,
+                                           on_step=lambda s: status.update(s)), json_out)
+
+
+@bench_app.command("ann")
+def bench_ann(
+    n: int = typer.Option(100_000, min=1000, help="vectors"),
+    dim: int = typer.Option(384, min=2),
+    queries: int = typer.Option(500, min=10),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """usearch vs faiss-cpu vs hnswlib (build, memory, recall@10 vs exact, latency); exact search as baseline."""
+    from personalization_dev.bench.recommend import run_ann_bench
+
+    _bench(lambda: run_ann_bench(n, dim, queries), json_out)
