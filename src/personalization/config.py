@@ -74,6 +74,15 @@ class Settings(BaseSettings):
     kafka_timeout_s: float = Field(default=5.0, gt=0)
     # Erase publishes tombstones for the user's key on the CDC topics (off only where no Kafka exists).
     erase_kafka_tombstones: bool = True
+    # Outbox workers (issue 17): each API process runs the erasure worker and the invalidation
+    # replay as background tasks (off: run them with `personalization workers run ...`).
+    background_workers: bool = True
+    # How often an idle erasure worker looks for pending parts (an erase in the process wakes it at once).
+    erasure_worker_poll_s: float = Field(default=1.0, gt=0, le=60)
+    # Longest backoff between two attempts of a failed part (Kafka down: tombstones within this of its return).
+    erasure_retry_max_s: float = Field(default=30.0, gt=0, le=3600)
+    # How often the invalidation outbox is replayed (changes whose invalidation did not reach Redis).
+    invalidation_replay_s: float = Field(default=1.0, gt=0, le=60)
 
 
 def configured_service_urls() -> bool:

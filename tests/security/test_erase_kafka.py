@@ -1,7 +1,11 @@
-"""Erase publishes a tombstone for the user's key on every CDC topic, in the key's partition."""
+"""Erase tombstones: the erasure worker publishes one for the user's key on every CDC topic, in
+the key's partition, and keeps retrying while the broker is down (the request does not wait)."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import time
 import uuid
 
 import httpx
@@ -16,6 +20,7 @@ from personalization.api.app import create_app
 from personalization.composition import Platform
 from personalization.config import Settings
 from personalization.datarights.erase import Eraser, KafkaTombstones, cdc_key, cdc_topics
+from personalization.datarights.worker import ErasureWorker
 from personalization_dev.testing.kafka import consume, new_consumer
 
 
@@ -45,13 +50,15 @@ async def test_erase_sends_tombstones_to_the_users_partition(
         producer.produce(topics[0], key=cdc_key(uid), value=orjson.dumps({"op": "c", "after": {"user_id": str(uid)}}))
     assert producer.flush(30) == 0
 
+    report = await Eraser(platform.db, platform.redis, settings).erase(victim, "test")
+    assert report.pending == ["kafka"] and report.outcome == "pending"
+    assert set(rows_per_table(db_url, victim).values()) == {0}
     tomb = KafkaTombstones(settings)
     try:
-        report = await Eraser(platform.db, platform.redis, settings, tombstones=tomb).erase(victim, "test")
+        result = await ErasureWorker(platform.db, platform.redis, settings, tombstones=tomb).run_once()
     finally:
         tomb.close()
-    assert report.kafka_tombstones == 3 and report.outcome == "ok"
-    assert set(rows_per_table(db_url, victim).values()) == {0}
+    assert result.done == {"kafka": 1} and result.completed == 1 and not result.failed
 
     consumer = new_consumer(kafka_bootstrap, *topics)
     try:
@@ -68,28 +75,75 @@ async def test_erase_sends_tombstones_to_the_users_partition(
     assert not [m for m in messages if m.key() == cdc_key(other) and m.value() is None]
 
 
-async def test_kafka_down_is_503_partial_and_audited(
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_kafka_down_answers_at_once_and_tombstones_follow_when_the_broker_is_back(
     platform: Platform, auth_settings: Settings, db_url: str, make_key: MakeKey
 ) -> None:
-    settings = Settings(**(auth_settings.model_dump() | {"kafka_bootstrap_servers": "127.0.0.1:1",
-                                                          "kafka_timeout_s": 1.0, "erase_kafka_tombstones": True}))
+    from personalization.kafka.topics import ensure_topics
+    from personalization_dev.broker import LocalBroker
+
+    port = _free_port()  # nobody listens here until the broker starts below
+    settings = Settings(**(auth_settings.model_dump() | {
+        "kafka_bootstrap_servers": f"127.0.0.1:{port}", "kafka_timeout_s": 1.0, "erase_kafka_tombstones": True,
+        "erasure_retry_max_s": 0.5, "kafka_topic_prefix": f"down{uuid.uuid4().hex[:8]}"}))
     app = create_app(settings, platform=platform)
     uid = uuid.uuid4()
     with psycopg.connect(db_url) as conn:
         conn.execute("INSERT INTO user_profile (user_id) VALUES (%s)", (uid,))
     h = {"Authorization": f"Bearer {await make_key('admin')}"}
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        started = time.monotonic()
         r = await c.delete(f"/v1/users/{uid}", params={"erase": "true"}, headers=h)
-    assert r.status_code == 503 and r.headers["retry-after"]
-    body = r.json()
-    assert body["outcome"] == "partial" and "kafka" in body["errors"] and "Traceback" not in r.text
-    assert "run the erase again" in body["detail"][0]["msg"]
-    # PostgreSQL and Redis are erased already; the audit row says what is missing.
-    assert set(rows_per_table(db_url, uid).values()) == {0}
+        # No 503 and no waiting for Kafka: the tombstones are recorded for the worker.
+        assert r.status_code == 202 and time.monotonic() - started < 1.0, r.text
+        body = r.json()
+        assert body["pending"] == ["kafka"] and "Traceback" not in r.text
+        assert set(rows_per_table(db_url, uid).values()) == {0}
+
+        tomb = KafkaTombstones(settings)
+        worker = ErasureWorker(platform.db, platform.redis, settings, tombstones=tomb)
+        try:
+            failed = await worker.run_once()
+            assert "kafka" in failed.failed and failed.completed == 0
+            status = (await c.get(body["status_url"], headers=h)).json()
+            assert status["complete"] is False and status["parts"]["kafka"]["attempts"] == 1
+            assert status["parts"]["kafka"]["last_error"] and status["parts"]["kafka"]["next_attempt_at"]
+            with psycopg.connect(db_url) as conn:
+                assert conn.execute("SELECT outcome FROM audit_log WHERE action = 'user.erase'").fetchone() == (
+                    "pending",)
+
+            with LocalBroker(port=port) as bootstrap:
+                ensure_topics(bootstrap, cdc_topics(settings))
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    result = await worker.run_once()  # retried when the backoff has passed
+                    if result.completed:
+                        break
+                    await asyncio.sleep(0.2)
+                status = (await c.get(body["status_url"], headers=h)).json()
+                assert status["complete"] is True, status
+                assert status["parts"]["kafka"]["state"] == "done" and status["parts"]["kafka"]["attempts"] >= 2
+                consumer = new_consumer(bootstrap, *cdc_topics(settings))
+                try:
+                    messages = consume(consumer, 3, timeout_s=30)
+                finally:
+                    consumer.close()
+        finally:
+            tomb.close()
+    assert sorted(m.topic() for m in messages if m.key() == cdc_key(uid) and m.value() is None) == sorted(
+        cdc_topics(settings))
+    # Completion is in the audit log; the outbox no longer holds the user id.
     with psycopg.connect(db_url) as conn:
-        row = conn.execute("SELECT outcome, details->'errors' ? 'kafka' FROM audit_log "
+        row = conn.execute("SELECT outcome, details ? 'completed_at' FROM audit_log "
                            "WHERE action = 'user.erase'").fetchone()
-    assert row == ("partial", True)
+        assert row == ("ok", True)
+        assert conn.execute("SELECT subject_id, redis_keys FROM erasures").fetchone() == (None, None)
 
 
 def test_the_learner_reads_the_tombstone_as_an_erase() -> None:

@@ -83,6 +83,7 @@ def _register_optional() -> None:
         ("personalization.cli.keys", "keys"),
         ("personalization.cli.users", "users"),
         ("personalization.cli.content", "content"),
+        ("personalization.cli.workers", "workers"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -134,8 +134,7 @@ async def _erase_all(settings: Settings, victims: list[uuid.UUID], kafka: bool) 
         tomb = KafkaTombstones(settings) if kafka else None
         if tomb is not None:
             await asyncio.to_thread(tomb.connect)
-        eraser = Eraser(p.db, p.redis, settings.model_copy(update={"erase_kafka_tombstones": kafka}),
-                        tombstones=tomb)
+        eraser = Eraser(p.db, p.redis, settings.model_copy(update={"erase_kafka_tombstones": kafka}))
         try:
             for v in victims:
                 t0 = time.perf_counter()
