@@ -52,7 +52,8 @@ class World:
     popularity: np.ndarray  # per chapter, sums to 1 within each topic
 
 
-def make_world(chapters: list[Chapter], n_users: int, seed: int = 42) -> World:
+def make_world(chapters: list[Chapter], n_users: int, seed: int = 42, *, fresh_ids: bool = False) -> World:
+    """The seeded population; ``fresh_ids`` gives the readers random ids (the rest stays seeded)."""
     rng = np.random.default_rng(seed)
     topic_names = list(TOPICS)
     by_topic: dict[str, list[int]] = {t: [] for t in topic_names}
@@ -70,7 +71,8 @@ def make_world(chapters: list[Chapter], n_users: int, seed: int = 42) -> World:
     readers = []
     p_levels = np.array([p for _, p in PRIVACY])
     for _ in range(n_users):
-        uid = uuid.UUID(bytes=rng.bytes(16), version=4)
+        seeded = uuid.UUID(bytes=rng.bytes(16), version=4)  # drawn either way: the stream stays the same
+        uid = uuid.uuid4() if fresh_ids else seeded
         aff = rng.dirichlet(np.full(len(topic_names), 0.35))
         level = PRIVACY[int(rng.choice(len(PRIVACY), p=p_levels))][0]
         profile = {
