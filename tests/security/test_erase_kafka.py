@@ -150,3 +150,24 @@ def test_the_learner_reads_the_tombstone_as_an_erase() -> None:
     envelope = pytest.importorskip("personalization.learner.envelope")
     uid = uuid.uuid4()
     assert envelope.parse_event_message(cdc_key(uid), None) == envelope.UserErased(uid)
+
+
+def test_cdc_topics_are_created_with_what_an_erase_relies_on(kafka_bootstrap: str) -> None:
+    from confluent_kafka.admin import ConfigResource
+
+    from personalization.kafka.topics import cdc_topic_configs, ensure_topics
+
+    prefix = f"ret{uuid.uuid4().hex[:8]}"
+    configs = cdc_topic_configs(prefix)
+    assert sorted(ensure_topics(kafka_bootstrap, list(configs), configs=configs)) == sorted(configs)
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    found = {r.name: f.result(30) for r, f in admin.describe_configs(
+        [ConfigResource("topic", t) for t in configs]).items()}
+    events, profile, traits = (found[f"{prefix}.public.{t}"] for t in
+                               ("personalization_events", "user_profile", "user_traits"))
+    # Profile and trait records of an erased user go with compaction after the tombstone;
+    # event records age out (compaction would break the learner's stream).
+    assert profile["cleanup.policy"].value == traits["cleanup.policy"].value == "compact"
+    assert profile["max.compaction.lag.ms"].value == str(24 * 3600 * 1000)
+    assert events["cleanup.policy"].value == "delete"
+    assert events["retention.ms"].value == str(7 * 24 * 3600 * 1000)

@@ -244,6 +244,22 @@ def _build_engine(
     return engine, consumer
 
 
+def _create_topics(settings: CdcSettings) -> None:
+    # The CDC topics with the retention an erase relies on (kafka/topics.py); a cluster that
+    # refuses (no create permission) leaves them to auto-creation, which is logged.
+    from personalization.kafka.topics import cdc_topic_configs, ensure_topics
+
+    configs = cdc_topic_configs(settings.kafka_topic_prefix)
+    wanted = [f"{settings.kafka_topic_prefix}.{t}" for t in settings.captured_tables]
+    try:
+        created = ensure_topics(settings.kafka_bootstrap_servers, wanted, configs=configs, timeout_s=10.0)
+    except Exception as exc:  # the relay still runs; topics then get the broker's defaults
+        log.warning("could not create the CDC topics with their retention settings: %s", exc)
+        return
+    if created:
+        log.info("created CDC topics %s", ", ".join(created))
+
+
 def run_relay(
     settings: CdcSettings,
     *,
@@ -290,6 +306,7 @@ def run_relay(
     if seed_lsn is not None and settings.cdc_offsets_file:
         _seed_file_offsets(settings, seed_lsn)
 
+    _create_topics(settings)
     outcome = _Outcome()
     finished = threading.Event()
     handler = KafkaRelayHandler(settings)
