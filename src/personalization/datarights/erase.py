@@ -41,7 +41,7 @@ from prometheus_client import Counter, Histogram
 from personalization.cache.client import AsyncRedis
 from personalization.cache.datarights import delete_user_keys, user_key_names
 from personalization.config import Settings
-from personalization.errors import CacheUnavailable
+from personalization.errors import PersonalizationError
 from personalization.kafka.tombstones import TombstoneProducer
 from personalization.security import audit
 from personalization.store.datarights import DataRightsStore
@@ -196,13 +196,17 @@ class Eraser:
         # Again after the commit (a reader may have re-cached from the uncommitted rows); when
         # this fails the outbox keeps the redis part and the worker deletes them.
         mark = time.perf_counter()
+        # Everything here runs after the commit: a failure leaves the part pending for the
+        # worker and must not turn the committed erase into an error answer.
         try:
             report.redis_keys += await delete_user_keys(self.redis, names)
-        except CacheUnavailable as exc:
-            log.warning("second Redis delete of erasure %s failed, left to the worker: %s", report.erasure_id, exc)
+            completed = await self.outbox.complete_part(report.erasure_id, "redis")
+        except PersonalizationError as exc:
+            log.warning("second Redis delete of erasure %s left to the worker: %s", report.erasure_id, exc)
         else:
-            for done in await self.outbox.complete_part(report.erasure_id, "redis"):
+            if completed is not None:
+                report.parts["redis"] = "done"
+            for done in completed or []:
                 audit.log_line(done.audit_id, done.actor, "user.erase", done.subject_hash, None, "ok",
                                done.audit_details)
-            report.parts["redis"] = "done"
         report.timings_s["redis"] += time.perf_counter() - mark

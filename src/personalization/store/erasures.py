@@ -157,10 +157,16 @@ class ErasureOutbox:
                                            r["attempts"]) for r in rows]
                 yield PartClaim(conn, part, claimed)
 
-    async def complete_part(self, erasure_id: uuid.UUID, part: Part) -> list[Completed]:
-        """Mark one part of one erasure done (the request's own second Redis delete)."""
+    async def complete_part(self, erasure_id: uuid.UUID, part: Part) -> list[Completed] | None:
+        """Mark one part of one erasure done (the request's own second Redis delete).
+
+        None when the part is not pending or a worker holds it at the moment (the worker
+        does the same work and completes it); else the erasures this completed.
+        """
         async with self.db.connection() as conn:
             with wrap_exceptions():
+                if not await _rows(conn, "claim_one_part", {"erasure_id": erasure_id, "part": part}):
+                    return None
                 return await _complete(conn, [erasure_id], part)
 
     async def get(self, erasure_id: uuid.UUID) -> dict[str, Any] | None:

@@ -14,6 +14,13 @@ INSERT INTO erasure_parts (erasure_id, part, state, done_at)
 SELECT %(erasure_id)s, p.part, p.state, CASE WHEN p.state = 'pending' THEN NULL ELSE now() END
   FROM unnest(%(parts)s::text[], %(states)s::text[]) AS p(part, state);
 
+-- name: claim_one_part
+-- The request's own part, unless a worker holds it (then the worker completes it).  Parts
+-- are always locked before erasures, by everyone: no two completers can deadlock.
+SELECT erasure_id FROM erasure_parts
+ WHERE erasure_id = %(erasure_id)s AND part = %(part)s AND state = 'pending'
+   FOR UPDATE SKIP LOCKED;
+
 -- name: lock_erasures
 -- Taken first by everyone who completes a part: the "anything still pending?" check below
 -- then sees every other completer's committed update (no two finish without seeing each other).
