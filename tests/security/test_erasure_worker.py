@@ -7,11 +7,15 @@ import time
 import uuid
 
 import httpx
+import orjson
 import psycopg
+import pytest
 import redis
+from typer.testing import CliRunner
 
 from personalization.api.app import create_app
 from personalization.cache import keys
+from personalization.cli.main import app as cli_app
 from personalization.composition import Platform
 from personalization.config import Settings
 from personalization.datarights.erase import Eraser
@@ -112,3 +116,33 @@ async def test_keys_left_by_a_process_killed_after_the_commit_are_deleted(
     with psycopg.connect(db_url) as conn:
         assert conn.execute("SELECT subject_id, redis_keys, completed_at IS NOT NULL FROM erasures").fetchone() == (
             None, None, True)
+
+
+def test_workers_run_once_from_the_cli(db_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    (uid,) = _users_in_rollups(db_url, 1)
+    monkeypatch.setenv("PERSONALIZATION_DATABASE_URL", db_url)
+    monkeypatch.setenv("PERSONALIZATION_REDIS_URL", redis_url)
+    monkeypatch.setenv("PERSONALIZATION_ERASE_KAFKA_TOMBSTONES", "false")
+    from personalization.config import get_settings
+
+    get_settings.cache_clear()
+    try:
+        runner = CliRunner()
+        # --wait-s 0: the erase leaves the refresh to a worker and says so (exit 3).
+        res = runner.invoke(cli_app, ["users", "erase", str(uid), "--yes", "--wait-s", "0", "--json"])
+        assert res.exit_code == 3, res.output
+        report = orjson.loads(res.stdout)
+        assert report["pending"] == ["rollups"] and "workers run erasures" in res.stderr
+        res = runner.invoke(cli_app, ["workers", "run", "erasures", "--once"])
+        assert res.exit_code == 0, res.output
+        assert orjson.loads(res.stdout)["completed"] == 1
+        res = runner.invoke(cli_app, ["users", "erasure", report["erasure_id"]])
+        assert res.exit_code == 0 and orjson.loads(res.stdout)["complete"] is True
+        res = runner.invoke(cli_app, ["workers", "run", "invalidations", "--once"])
+        assert res.exit_code == 0 and orjson.loads(res.stdout) == {"worker": "invalidations", "replayed": 0}
+        res = runner.invoke(cli_app, ["workers", "run", "everything"])
+        assert res.exit_code == 2
+        res = runner.invoke(cli_app, ["users", "erasure", str(uuid.uuid4())])
+        assert res.exit_code == 2 and "erasure not found" in res.stderr
+    finally:
+        get_settings.cache_clear()
