@@ -21,6 +21,9 @@ CREATE TABLE erasures (
 );
 
 CREATE INDEX erasures_subject_idx ON erasures (subject_hash);
+-- The workers' "how many are pending" (a gauge, every poll) stays cheap however many
+-- erasures were ever made; completed rows stay as the record of each erasure (no user id).
+CREATE INDEX erasures_pending_idx ON erasures (requested_at) WHERE completed_at IS NULL;
 
 -- One row per part of an erasure.  postgres: done in the request's transaction.  redis:
 -- deleted in the request (before and after the commit); pending only until the request's
