@@ -56,8 +56,10 @@ COMPLETION_SECONDS = Histogram("personalization_erasure_completion_seconds",
 _BATCH = {"redis": 200, "kafka": 500, "rollups": 100_000}
 # The request deletes its keys a second time itself; only older parts are the worker's.
 _REDIS_MIN_AGE_S = 5.0
-# After a wake-up, a moment for the other erasures of a burst to commit (one refresh for all).
-_GATHER_S = 0.2
+# After a wake-up the rollups loop waits until no erase arrived for _GATHER_S (at most
+# _GATHER_MAX_S), so one refresh covers a whole burst instead of its first few erasures.
+_GATHER_S = 0.3
+_GATHER_MAX_S = 2.0
 
 
 @dataclass
@@ -120,8 +122,8 @@ class ErasureWorker:
             if result.full:
                 continue
             await _wait_any(wake, stop, self.settings.erasure_worker_poll_s)
-            if wake.is_set() and part == "rollups" and not stop.is_set():
-                await asyncio.sleep(_GATHER_S)
+            if wake.is_set() and part == "rollups":
+                await _gather(wake, stop)
             wake.clear()
 
     async def _pass(self, part: Part, result: PassResult) -> None:
@@ -187,6 +189,18 @@ class ErasureWorker:
             COMPLETED.inc()
             COMPLETION_SECONDS.observe((c.completed_at - c.requested_at).total_seconds())
             audit.log_line(c.audit_id, c.actor, "user.erase", c.subject_hash, None, "ok", c.audit_details)
+
+
+async def _gather(wake: asyncio.Event, stop: asyncio.Event) -> None:
+    deadline = time.monotonic() + _GATHER_MAX_S
+    while not stop.is_set():
+        wake.clear()
+        left = min(_GATHER_S, deadline - time.monotonic())
+        if left <= 0:
+            return
+        await _wait_any(wake, stop, left)
+        if not wake.is_set():
+            return
 
 
 async def _wait_any(event: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:
