@@ -46,6 +46,8 @@ from personalization_dev.bench.common import percentile
 from personalization_dev.bench.ingest import scratch_database
 
 _FILLER_BATCH = 5000
+# Background events per load transaction.
+_LOAD_CHUNK = 250_000
 
 
 def _kafka_reachable(settings: Settings) -> bool:
@@ -79,17 +81,23 @@ def _load(url: str, users: int, events: int, victims: list[uuid.UUID], user_even
             "unnest(ARRAY['tone', 'language', 'content_format']) t",
             (victims,),
         )
-        conn.execute(
-            """
-            INSERT INTO personalization_events (user_id, session_id, content_id, content_type, signal_type,
-                                                signal_weight, metadata, occurred_at)
-            SELECT md5('bench-u' || (g %% %(users)s))::uuid, md5('s' || (g / 25))::uuid, 'GEN.' || (g %% 1189),
-                   'chapter', (ARRAY['view', 'read', 'bookmark', 'share', 'skip'])[1 + g %% 5], 0.500,
-                   '{"screen": "reader"}'::jsonb, now() - (g %% 2592000) * interval '1 second'
-            FROM generate_series(1, %(n)s) g
-            """,
-            {"users": users - len(victims), "n": background},
-        )
+        conn.commit()
+        # In chunks, each its own transaction: a transaction open for minutes holds up everyone
+        # else's logical slot creation on the cluster (a CDC relay starting) and vacuum.
+        for lo in range(1, background + 1, _LOAD_CHUNK):
+            conn.execute(
+                """
+                INSERT INTO personalization_events (user_id, session_id, content_id, content_type, signal_type,
+                                                    signal_weight, metadata, occurred_at)
+                SELECT md5('bench-u' || (g %% %(users)s))::uuid, md5('s' || (g / 25))::uuid,
+                       'GEN.' || (g %% 1189), 'chapter',
+                       (ARRAY['view', 'read', 'bookmark', 'share', 'skip'])[1 + g %% 5],
+                       0.500, '{"screen": "reader"}'::jsonb, now() - (g %% 2592000) * interval '1 second'
+                FROM generate_series(%(lo)s, %(hi)s) g
+                """,
+                {"users": users - len(victims), "lo": lo, "hi": min(background, lo + _LOAD_CHUNK - 1)},
+            )
+            conn.commit()
         conn.execute(
             """
             INSERT INTO personalization_events (user_id, session_id, content_id, content_type, signal_type,
