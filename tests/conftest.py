@@ -16,6 +16,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import psycopg
@@ -23,11 +24,12 @@ import pytest
 import redis
 from psycopg import sql
 
-from personalization.api.app import create_app
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings
 from personalization.store import migrate
 from personalization.store.urls import with_dbname
+from personalization_dev.testing.http import AppClients
+from personalization_dev.testing.waiting import wait_until
 
 # Kafka broker fixtures (session-scoped Tansu broker), shared by every test package.
 pytest_plugins = ["personalization_dev.testing.kafka"]
@@ -85,26 +87,29 @@ def db_url(template_db: str) -> Iterator[str]:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _take_redis_db() -> tuple[int, IO[str]] | None:
+    """Lock a free Redis logical database (1..15) for this process: its number and lock file."""
+    lock_dir = Path(os.environ.get("TMPDIR", "/tmp"))
+    for n in range(1, 16):
+        fh = open(lock_dir / f"personalization-test-redis-{n}.lock", "w")  # noqa: SIM115 - closed by _redis_db
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        return n, fh
+    return None
+
+
 @contextlib.contextmanager
 def _redis_db() -> Iterator[int]:
-    lock_dir = Path(os.environ.get("TMPDIR", "/tmp"))
-    while True:
-        for n in range(1, 16):
-            fh = open(lock_dir / f"personalization-test-redis-{n}.lock", "w")  # noqa: SIM115
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                fh.close()
-                continue
-            try:
-                yield n
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-                fh.close()
-            return
-        import time
-
-        time.sleep(0.2)
+    # Concurrent test runs may hold all fifteen; one of them frees its database when its test ends.
+    n, fh = wait_until(_take_redis_db, 300, "a free Redis test database (other test runs hold 1..15)", interval_s=0.2)
+    try:
+        yield n
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 @pytest.fixture
@@ -121,7 +126,7 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def settings(db_url: str, redis_url: str) -> Settings:
     """Settings pointing at this test's database and Redis db."""
-    return Settings(database_url=db_url, redis_url=redis_url, group_commit_window_ms=1.0)
+    return Settings(database={"url": db_url}, redis={"url": redis_url}, ingest={"group_commit_window_ms": 1.0})
 
 
 @pytest.fixture
@@ -132,15 +137,27 @@ async def platform(settings: Settings) -> AsyncIterator[Platform]:
 
 
 @pytest.fixture
-async def client(platform: Platform, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client talking to the real app in process (ASGI), in development mode (no API keys).
+async def make_client() -> AsyncIterator[AppClients]:
+    """``await make_client(settings, platform)``: an HTTP client on the real app, in process (ASGI).
 
-    The tests of authentication itself (tests/security) build their own clients with keys.
+    The one way the tests build a client: ``settings`` decide API keys (``auth.dev_mode``),
+    limits and the rest, ``platform`` the wired library behind it.  Every client made is
+    closed when the test ends.
     """
-    app = create_app(settings.model_copy(update={"auth_dev_mode": True}), platform=platform)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-        yield c
+    clients = AppClients()
+    try:
+        yield clients
+    finally:
+        await clients.aclose()
+
+
+@pytest.fixture
+async def client(platform: Platform, make_client: AppClients, settings: Settings) -> httpx.AsyncClient:
+    """The real app in development mode (no API keys), for tests that are not about authentication.
+
+    The tests of authentication itself (tests/security) make clients with keys checked.
+    """
+    return await make_client(settings.replace(auth={"dev_mode": True}), platform)
 
 
 @pytest.fixture

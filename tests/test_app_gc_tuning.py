@@ -12,7 +12,7 @@ async def test_server_start_freezes_startup_objects(settings: Settings) -> None:
     gc.unfreeze()
     threshold = gc.get_threshold()
     try:
-        app = create_app(settings.model_copy(update={"http_gc_tuning": True}))
+        app = create_app(settings.replace(http={"gc_tuning": True}))
         async with app.router.lifespan_context(app):
             assert gc.get_freeze_count() > 0
             assert gc.get_threshold()[0] > threshold[0]
@@ -24,7 +24,7 @@ async def test_server_start_freezes_startup_objects(settings: Settings) -> None:
 async def test_freeze_can_be_turned_off(settings: Settings) -> None:
     gc.unfreeze()
     threshold = gc.get_threshold()
-    app = create_app(settings.model_copy(update={"http_gc_tuning": False}))
+    app = create_app(settings.replace(http={"gc_tuning": False}))
     async with app.router.lifespan_context(app):
         assert gc.get_freeze_count() == 0
         assert gc.get_threshold() == threshold

@@ -19,7 +19,7 @@ import redis
 from psycopg import sql
 
 from personalization.cli.common import ExitCode
-from personalization.serving.settings import ServingSettings
+from personalization.config import Settings
 
 CLI = str(Path(sys.executable).parent / "personalization")
 
@@ -45,7 +45,7 @@ def _written(db_url: str, redis_url: str, root: Path) -> tuple[object, ...]:
 
 def _bad_jsonl(tmp: Path) -> str:
     # A good row, then a truncated one: the whole file is validated before anything is written.
-    dim = ServingSettings().embedding_dim
+    dim = Settings().embedding.dim
     path = tmp / "bad.jsonl"
     path.write_bytes(orjson.dumps({"content_id": "a", "embedding": [0.5] * dim}) + b'\n{"content_id": "b", "emb\n')
     return str(path)

@@ -19,6 +19,7 @@ from personalization.cache import keys
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings
 from personalization.errors import InvalidInput, NotFound, StoreError
+from personalization_dev.testing.http import AppClients
 
 
 def _ev(user: uuid.UUID | None, **kw: Any) -> dict[str, Any]:
@@ -188,29 +189,27 @@ async def test_malformed_envelopes(client: httpx.AsyncClient, db_url: str, raw: 
     assert _rows(db_url) == []
 
 
-async def test_batch_and_body_limits(platform: Platform, settings: Settings, db_url: str) -> None:
-    from personalization.api.app import create_app
-
-    small = settings.model_copy(update={"max_batch_events": 3, "max_body_bytes": 4096, "auth_dev_mode": True})
-    app = create_app(small, platform=platform)
+async def test_batch_and_body_limits(platform: Platform, settings: Settings, db_url: str,
+                                     make_client: AppClients) -> None:
+    small = settings.replace(ingest={"max_batch_events": 3}, http={"max_body_bytes": 4096}, auth={"dev_mode": True})
     platform.ingestor.settings = small  # the limit is read from the ingestor's settings
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
-        r = await c.post("/v1/events", json={"events": [_ev(None)] * 4})
-        assert r.status_code == 413 and r.json()["detail"][0]["field"] == "events"
-        r = await c.post("/v1/events", json={"events": [_ev(None, metadata={"a": "x" * 3000})] * 2})
-        assert r.status_code == 413 and r.json()["detail"][0]["field"] == ""
+    c = await make_client(small, platform)
+    r = await c.post("/v1/events", json={"events": [_ev(None)] * 4})
+    assert r.status_code == 413 and r.json()["detail"][0]["field"] == "events"
+    r = await c.post("/v1/events", json={"events": [_ev(None, metadata={"a": "x" * 3000})] * 2})
+    assert r.status_code == 413 and r.json()["detail"][0]["field"] == ""
 
-        # A chunked body (no Content-Length) is counted as it arrives.
-        async def chunks() -> Any:
-            for _ in range(10):
-                yield b" " * 1000
+    # A chunked body (no Content-Length) is counted as it arrives.
+    async def chunks() -> Any:
+        for _ in range(10):
+            yield b" " * 1000
 
-        r = await c.post("/v1/events", content=chunks(), headers={"content-type": "application/json"})
-        assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body"]
-        r = await c.post(
-            "/v1/events", content=b"{}", headers={"content-length": "x2", "content-type": "application/json"}
-        )
-        assert r.status_code == 400 and r.json()["detail"][0]["field"] == "content-length"
+    r = await c.post("/v1/events", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["detail"][0]["loc"] == ["body"]
+    r = await c.post(
+        "/v1/events", content=b"{}", headers={"content-length": "x2", "content-type": "application/json"}
+    )
+    assert r.status_code == 400 and r.json()["detail"][0]["field"] == "content-length"
     assert _rows(db_url) == []
 
 
@@ -303,7 +302,7 @@ async def test_failed_commit_releases_claimed_ids(platform: Platform, db_url: st
 
 
 async def test_redis_down_still_stores(settings: Settings, db_url: str) -> None:
-    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0", "redis_timeout_s": 0.05})
+    down = settings.replace(redis={"url": "redis://127.0.0.1:1/0", "timeout_s": 0.05})
     async with open_platform(down) as p:
         r = await p.ingestor.ingest([_ev(None), _ev(None)])
     assert r.accepted == 2 and not r.dedup_available

@@ -14,7 +14,8 @@ import pytest
 import redis
 
 from personalization.cache import keys
-from personalization.composition import Platform
+from personalization.composition import Platform, open_platform
+from personalization.config import Settings
 from personalization.core.fast_events import OCCURRED_AT, TS, fast_events
 from personalization.core.models import DEFAULT_LIMITS, EventIn, has_nul_escape
 from personalization.errors import InvalidInput
@@ -99,6 +100,10 @@ VARIANTS: list[dict[str, Any]] = [
     {"content_id": "x" * 257},
     {"content_type": 5},
     {"signal_type": None},
+    {"signal_type": "lik"},
+    {"signal_type": "highlight"},
+    {"signal_weight": 99},
+    {"signal_weight": "0.1234"},
     {"metadata": {"a": "x\ny", "b": "tab\t", "c": "q\"uote", "d": "back\\slash", "e": "\\u0000"}},
     {"metadata": {"a": "nul\x00"}},
     {"metadata": {"nul\x00key": 1}},
@@ -153,8 +158,14 @@ def _rows(db_url: str) -> list[tuple[Any, ...]]:
         ).fetchall()
 
 
-async def test_text_copy_round_trips_exact_values(platform: Platform, db_url: str) -> None:
+async def test_text_copy_round_trips_exact_values(settings: Settings, db_url: str) -> None:
     """Characters COPY's text format escapes, odd timestamp spellings, both validation paths."""
+    # Free text in signal_type too: a deployment that accepts any signal type.
+    async with open_platform(settings.replace(ingest={"signal_types_open": True})) as platform:
+        await _round_trip(platform, db_url)
+
+
+async def _round_trip(platform: Platform, db_url: str) -> None:
     uid = uuid.uuid4()
     await platform.profiles.store.upsert(uid, {})
     meta = {"a": "x\ny", "b": "tab\t", "c": 'q"uote', "d": "back\\slash", "e": "\\N", "f": "\\u0000", "g": "é"}
@@ -252,8 +263,9 @@ async def test_backlog_is_shared_among_idle_flushers(
     """Four waiting requests of 10 rows, split at 10 rows: two groups when two flushers are idle."""
     from personalization.composition import open_platform
 
-    cfg = settings.model_copy(update={"group_commit_window_ms": 50.0, "group_commit_split_rows": 10,
-                                      "group_commit_concurrency": concurrency})
+    cfg = settings.replace(
+        ingest={"group_commit_window_ms": 50.0, "group_commit_split_rows": 10, "group_commit_concurrency": concurrency},
+    )
     async with open_platform(cfg) as p:
         before = _flush_count()
         batches = [[_base(user_id=None, client_event_id=str(uuid.uuid4())) for _ in range(10)] for _ in range(4)]

@@ -17,6 +17,7 @@ from personalization.store.urls import with_dbname
 HERE = Path(__file__).parent
 SPEC_MD = HERE.parent.parent / "shared" / "spec" / "personalization-signal-schema.md"
 SPEC_COPY = HERE / "data" / "spec_schema.sql"
+SCHEMA_DOC = HERE.parent / "docs" / "schema.md"
 SPEC_TABLES = ("user_profile", "user_traits", "personalization_events")
 SPEC_VIEW = "user_signal_rollups"
 
@@ -32,6 +33,15 @@ def test_spec_copy_matches_shared_spec() -> None:
     assert block is not None
     body = SPEC_COPY.read_text().split("\n", 2)[2]
     assert body == block.group(1)
+
+
+def test_schema_doc_holds_the_contract_sql() -> None:
+    # The repository documents the contract itself (docs/schema.md); its SQL block is the one
+    # the conformance tests below apply, so the document cannot drift from what is tested.
+    block = re.search(r"```sql\n(.*?)```", SCHEMA_DOC.read_text(), re.S)
+    assert block is not None
+    body = SPEC_COPY.read_text().split("\n", 2)[2]
+    assert block.group(1) == body
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ __all__ = ["WorkerKind", "Workers", "background_workers", "erasure_worker", "inv
 
 log = logging.getLogger("personalization.workers")
 WorkerKind = Literal["erasures", "invalidations"]
-# A stopping worker finishes its pass within this (a Kafka flush is bounded by kafka_timeout_s).
+# A stopping worker finishes its pass within this (a Kafka flush is bounded by kafka.timeout_s).
 _STOP_GRACE_S = 10.0
 # The start-up replay must not hold a process back for long when Redis is slow.
 _STARTUP_REPLAY_S = 5.0
@@ -39,7 +39,7 @@ def erasure_worker(platform: Platform) -> ErasureWorker:
 
 def invalidation_replayer(platform: Platform) -> InvalidationReplayer:
     """The invalidation replay on the platform's pool and the read path's cache."""
-    return InvalidationReplayer(platform.db, platform.serving.cache, platform.settings.invalidation_replay_s)
+    return InvalidationReplayer(platform.db, platform.serving.cache, platform.settings.workers.invalidation_replay_s)
 
 
 @dataclass

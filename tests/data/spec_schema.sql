@@ -1,4 +1,4 @@
--- Copy of the SQL block of ../shared/spec/personalization-signal-schema.md
+-- Copy of the SQL block of the data contract (docs/schema.md; the specification it came from)
 -- (tests/test_schema_conformance.py checks it still matches when shared/ is present).
 -- Core user profile
 CREATE TABLE user_profile (

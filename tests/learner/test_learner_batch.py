@@ -22,8 +22,8 @@ import pytest
 
 from personalization.core.decay import DEFAULT_DECAY
 from personalization.errors import StoreError
-from personalization.learner.batch import BatchResult, ContentCache, Incoming, apply_batch
-from personalization.learner.envelope import (
+from personalization.kafka import names
+from personalization.kafka.envelope import (
     EPOCH,
     ONE_US,
     EventRecord,
@@ -31,6 +31,7 @@ from personalization.learner.envelope import (
     parse_event_message,
     read_insert_fast,
 )
+from personalization.learner.batch import BatchResult, ContentCache, Incoming, apply_batch
 from personalization.learner.model import add_to_embedding, add_to_score, content_unit_vector
 from personalization.store.learner import LearnerStore, ScoreBatch
 from personalization.store.pgbinary import encode_rows
@@ -171,7 +172,7 @@ def test_binary_copy_rows_round_trip(db_url: str) -> None:
 
 
 DIM = 8
-TOPIC = "pz.public.personalization_events"
+TOPIC = names.events_topic("pz")
 
 
 def test_batch_fold_equals_the_per_user_fold(db_url: str) -> None:

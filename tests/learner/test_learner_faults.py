@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,13 +20,15 @@ import redis
 from prometheus_client import generate_latest
 
 from personalization.cache import keys
+from personalization.config import Settings
+from personalization.kafka import names
 from personalization.learner import metrics
 from personalization.learner.batch import BatchResult
 from personalization.learner.consumer import Learner
 from personalization.learner.recompute import recompute_users
-from personalization.learner.settings import LearnerSettings
 from personalization_dev.synthetic import produce, producer
 from personalization_dev.testing.learner import consumed_offsets, fill_population, stream_order, wait_consumed
+from personalization_dev.testing.waiting import wait_until
 
 DIM = 8
 
@@ -42,6 +43,7 @@ class Cuttable:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self.up = True
+        self.refused = 0  # connections refused while cut: the client's attempts to get back
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -51,6 +53,7 @@ class Cuttable:
             except OSError:
                 return
             if not self.up:
+                self.refused += 1
                 client.close()
                 continue
             try:
@@ -116,23 +119,17 @@ def test_outage_pauses_without_committing_and_resumes_without_loss(
         else Cuttable(rd.hostname or "127.0.0.1", rd.port or 6379)
     )
     prefix = f"lf{uuid.uuid4().hex[:8]}"
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     group = f"g-{uuid.uuid4().hex[:8]}"
     pop = fill_population(db_url, users=6, contents=10, events=600, dim=DIM, seed=5)
     stream = stream_order(pop.rows)
-    settings = LearnerSettings(
-        database_url=_via(db_url, proxy.port) if service == "postgres" else db_url,
-        redis_url=_via(redis_url, proxy.port) if service == "redis" else redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_topic_prefix=prefix,
-        learner_group_id=group,
-        learner_kafka_group_id=f"k-{uuid.uuid4().hex[:8]}",
-        learner_session_timeout_ms=3000,
-        learner_follow_profiles=False,
-        learner_retry_initial_s=0.1,
-        learner_retry_max_s=0.5,
-        learner_redis_timeout_s=0.5,
-        embedding_dim=DIM,
+    settings = Settings(
+        database={"url": _via(db_url, proxy.port) if service == "postgres" else db_url},
+        redis={"url": _via(redis_url, proxy.port) if service == "redis" else redis_url},
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+        learner={"group_id": group, "kafka_group_id": f"k-{uuid.uuid4().hex[:8]}", "session_timeout_ms": 3000,
+                 "follow_profiles": False, "retry_initial_s": 0.1, "retry_max_s": 0.5, "redis_timeout_s": 0.5},
+        embedding={"dim": DIM},
     )
     # A cut that lands while the previous batch's Redis write is in flight is waited out
     # after its commit ("redis_after_commit"); one that lands before the next batch, before it.
@@ -155,7 +152,12 @@ def test_outage_pauses_without_committing_and_resumes_without_loss(
         proxy.cut()
         before = consumed_offsets(db_url, group, topic)
         ends = produce(prod, topic, stream[200:400], topic_prefix=prefix)
-        time.sleep(3.0)
+        # The learner fails on the new batch and keeps trying to reach the service: a batch
+        # retried and three more connection attempts refused (its back-off goes 0.1, 0.2, 0.4 s).
+        wait_until(lambda: retried() > retries_before, 30, f"a batch retried after the {service} cut")
+        refused = proxy.refused
+        wait_until(lambda: proxy.refused >= refused + 3, 30,
+                   lambda: f"three more connections to {service} refused ({proxy.refused - refused})")
         # Nothing of the new messages was committed while the service was down.
         assert consumed_offsets(db_url, group, topic) == before
         assert thread.is_alive()
@@ -186,7 +188,7 @@ def test_outage_pauses_without_committing_and_resumes_without_loss(
     cache = redis.Redis.from_url(redis_url)
     for user_id, vector in online.items():
         assert cache.get(keys.user_embedding(user_id)) == vector
-    recompute_users(LearnerSettings(database_url=db_url, redis_url=redis_url, embedding_dim=DIM))
+    recompute_users(Settings(database={"url": db_url}, redis={"url": redis_url}, embedding={"dim": DIM}))
     with psycopg.connect(db_url) as conn:
         rebuilt: dict[uuid.UUID, bytes] = dict(
             conn.execute("SELECT user_id, embedding FROM user_embeddings").fetchall()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import random
 import re
-import time
 import uuid
 from typing import Any
 
@@ -23,10 +22,11 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING
 
 from personalization.cache import keys
+from personalization.config import Settings
 from personalization.core.decay import DEFAULT_DECAY
-from personalization.learner.envelope import parse_event_message
+from personalization.kafka import names
+from personalization.kafka.envelope import parse_event_message
 from personalization.learner.recompute import recompute_users
-from personalization.learner.settings import LearnerSettings
 from personalization_dev.synthetic import envelope, key_for, produce, producer
 from personalization_dev.testing.kafka import consume, new_consumer
 from personalization_dev.testing.learner import (
@@ -36,6 +36,7 @@ from personalization_dev.testing.learner import (
     stream_order,
     wait_consumed,
 )
+from personalization_dev.testing.waiting import wait_until
 
 DIM = 8
 
@@ -68,10 +69,10 @@ def _in_transaction(db_url: str, pid: int) -> bool:
 
 def _kill_mid_batch(proc: LearnerProcess, db_url: str) -> None:
     """SIGKILL ``proc`` while it has a batch transaction open (applied, not committed)."""
-    deadline = time.monotonic() + 60
-    while not _in_transaction(db_url, proc.pid):
-        assert time.monotonic() < deadline, proc.output()[-3000:]
-        time.sleep(0.002)
+    # Polled every 2 ms: the window between a batch's writes and its commit is short.
+    wait_until(lambda: _in_transaction(db_url, proc.pid), 60,
+               lambda: f"the learner inside a batch transaction; its output:\n{proc.output()[-3000:]}",
+               interval_s=0.002)
     proc.kill()
 
 
@@ -86,7 +87,7 @@ def test_online_state_equals_recompute_after_replays_reordering_and_kill_9(
     limited, private = pop.users[0], pop.users[1]
     stream = stream_order(pop.rows)
     rng = random.Random(3)
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     malformed: list[tuple[bytes | None, bytes | None]] = [
         (b'{"user_id":null}', b"not json at all"),
         (key_for(pop.users[2]), b'{"hello": "world"}'),
@@ -158,7 +159,7 @@ def test_online_state_equals_recompute_after_replays_reordering_and_kill_9(
     ttl = cache.ttl(keys.user_embedding(pop.users[5]))
     assert 0 < ttl <= keys.USER_EMBEDDING.ttl_s
 
-    settings = LearnerSettings(database_url=db_url, redis_url=redis_url, embedding_dim=DIM)
+    settings = Settings(database={"url": db_url}, redis={"url": redis_url}, embedding={"dim": DIM})
     report = recompute_users(settings)
     assert report.users == len(pop.users) and report.events == len(pop.rows)
     re_scores, re_embs = _state(db_url)
@@ -191,7 +192,7 @@ def test_online_state_equals_recompute_after_replays_reordering_and_kill_9(
         assert cached[u] == vec
 
     # The malformed messages went to the dead-letter topic with their origin.
-    dlq = new_consumer(kafka_bootstrap, f"{prefix}.learner.dlq")
+    dlq = new_consumer(kafka_bootstrap, names.learner_dlq_topic(prefix))
     try:
         dead = consume(dlq, len(malformed), timeout_s=30)
     finally:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -20,14 +20,16 @@ import pytest
 import redis
 
 from personalization.cache import keys
+from personalization.config import Settings
+from personalization.kafka import names
+from personalization.kafka.envelope import EventRecord, FastInsert, parse_event_message, read_insert_fast
 from personalization.learner import batch
 from personalization.learner.consumer import Learner
-from personalization.learner.envelope import EventRecord, FastInsert, parse_event_message, read_insert_fast
 from personalization.learner.recompute import recompute_users
-from personalization.learner.settings import LearnerSettings
 from personalization_dev.relayproc import RelayProcess
 from personalization_dev.synthetic import key_for, produce, producer
 from personalization_dev.testing.kafka import relay_env
+from personalization_dev.testing.waiting import wait_until
 
 DIM = 8
 INSERT = (
@@ -36,25 +38,16 @@ INSERT = (
 )
 
 
-def _wait(predicate: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.fixture
-def stack(db_url: str, redis_url: str, kafka_bootstrap: str) -> Iterator[tuple[dict[str, str], LearnerSettings]]:
+def stack(db_url: str, redis_url: str, kafka_bootstrap: str) -> Iterator[tuple[dict[str, str], Settings]]:
     prefix = f"lr{uuid.uuid4().hex[:8]}"
     env = relay_env(db_url, kafka_bootstrap, prefix)
-    settings = LearnerSettings(
-        database_url=db_url,
-        redis_url=redis_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_topic_prefix=prefix,
-        learner_group_id=f"g-{prefix}",
-        learner_session_timeout_ms=3000,
-        embedding_dim=DIM,
+    settings = Settings(
+        database={"url": db_url},
+        redis={"url": redis_url},
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+        learner={"group_id": f"g-{prefix}", "session_timeout_ms": 3000},
+        embedding={"dim": DIM},
     )
     yield env, settings
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -77,7 +70,7 @@ def _embedding(conn: psycopg.Connection[Any], user: UUID) -> bytes | None:
 
 
 def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
-    stack: tuple[dict[str, str], LearnerSettings], redis_url: str, monkeypatch: pytest.MonkeyPatch
+    stack: tuple[dict[str, str], Settings], redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env, settings = stack
     # What the real relay writes must take the learner's fast insert reader (it hands over
@@ -93,7 +86,7 @@ def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
         return got
 
     monkeypatch.setattr(batch, "read_insert_fast", reading)
-    db_url = settings.database_url
+    db_url = settings.database.url
     cache = redis.Redis.from_url(redis_url)
     alice, bob, carol, dave, erin = (uuid.uuid4() for _ in range(5))
     rng = np.random.default_rng(3)
@@ -128,14 +121,29 @@ def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
             other.commit()
             for i, user in enumerate((alice, bob, carol, dave, erin) * 6):
                 conn.execute(INSERT, (user, f"c{i % 12}", ("view", "share", "bookmark")[i % 3], "0.500", i))
-            _wait(
+            wait_until(
                 lambda: all(cache.exists(keys.user_embedding(u)) for u in (alice, carol, dave, erin)),
+                60,
                 "embeddings in Redis",
             )
             assert not cache.exists(keys.user_embedding(bob))  # limited: no learner state
 
             # Kill -9 the relay while rows keep coming; the restarted relay may send some again.
             writer_stop = threading.Event()
+            written = [0]
+
+            def applied() -> int:
+                row = conn.execute(
+                    "SELECT coalesce(sum(event_count), 0) FROM user_signal_scores WHERE user_id IN (%s, %s)",
+                    (alice, dave),
+                ).fetchone()
+                return int(row[0]) if row else 0
+
+            def stored() -> int:
+                row = conn.execute(
+                    "SELECT count(*) FROM personalization_events WHERE user_id IN (%s, %s)", (alice, dave)
+                ).fetchone()
+                return int(row[0]) if row else 0
 
             def writer() -> None:
                 with psycopg.connect(db_url, autocommit=True) as w:
@@ -143,24 +151,31 @@ def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
                     while not writer_stop.is_set():
                         w.execute(INSERT, ((alice, dave)[n % 2], f"c{n % 12}", "read", "0.250", n % 48))
                         n += 1
-                        time.sleep(0.005)
+                        written[0] = n
+                        time.sleep(0.005)  # pacing, not waiting: a steady trickle of single-row commits
 
             wt = threading.Thread(target=writer)
+            before = stored()
             wt.start()
-            time.sleep(1.0)
+            # Mid-stream: the first relay is delivering the writer's rows when it dies.
+            wait_until(lambda: applied() >= before + 20, 60, "20 of the writer's rows applied via the first relay")
             relay.kill()
-            time.sleep(0.5)
+            at_kill = written[0]
+            wait_until(lambda: written[0] >= at_kill + 50, 30, "50 rows committed while no relay runs")
             relay2 = RelayProcess(env)
             relay2.start()
-            time.sleep(1.0)
+            # The restarted relay delivers what piled up in the slot meanwhile, rows still coming.
+            piled_up = stored()
+            wait_until(lambda: applied() >= piled_up, 60,
+                       lambda: f"the {piled_up} rows of alice and dave applied via the restarted relay ({applied()})")
             writer_stop.set()
             wt.join()
 
             # A delete in SQL (bypassing any API) and a privacy change arrive on the profile topic.
             conn.execute("DELETE FROM user_profile WHERE user_id = %s", (carol,))
             conn.execute("UPDATE user_profile SET privacy_level = 'limited' WHERE user_id = %s", (dave,))
-            _wait(lambda: not cache.exists(keys.user_embedding(carol)), "carol's key deleted")
-            _wait(lambda: not cache.exists(keys.user_embedding(dave)), "dave's key deleted")
+            wait_until(lambda: not cache.exists(keys.user_embedding(carol)), 60, "carol's key deleted")
+            wait_until(lambda: not cache.exists(keys.user_embedding(dave)), 60, "dave's key deleted")
             assert _embedding(conn, dave) is None
             assert _embedding(conn, carol) is None  # ON DELETE CASCADE
             # Below `standard` (and after a delete) no learner state is left.
@@ -169,29 +184,20 @@ def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
                 assert row == (0,), gone
             # Consent given again: the learner rebuilds dave from his stored events.
             conn.execute("UPDATE user_profile SET privacy_level = 'standard' WHERE user_id = %s", (dave,))
-            _wait(lambda: cache.exists(keys.user_embedding(dave)) == 1, "dave's embedding rebuilt")
+            wait_until(lambda: cache.exists(keys.user_embedding(dave)) == 1, 60, "dave's embedding rebuilt")
 
             # The erase flow's tombstone (key of the user, null value) clears the cache entry.
-            produce(producer(settings.kafka_bootstrap_servers), settings.events_topic, [], raw=[(key_for(erin), None)])
-            _wait(lambda: not cache.exists(keys.user_embedding(erin)), "erin's key deleted")
+            topic = names.events_topic(settings.kafka.topic_prefix)
+            produce(producer(settings.kafka.bootstrap_servers), topic, [], raw=[(key_for(erin), None)])
+            wait_until(lambda: not cache.exists(keys.user_embedding(erin)), 60, "erin's key deleted")
 
-            # Let the stream drain: the last inserted row must be applied.
-            last = conn.execute("SELECT max(event_id) FROM personalization_events").fetchone()
-            assert last is not None
-            total = conn.execute(
-                "SELECT count(*) FROM personalization_events WHERE user_id IN (%s, %s)", (alice, dave)
-            ).fetchone()
-            assert total is not None
-
-            def drained() -> bool:
-                row = conn.execute(
-                    "SELECT coalesce(sum(event_count), 0) FROM user_signal_scores WHERE user_id IN (%s, %s)",
-                    (alice, dave),
-                ).fetchone()
-                return row is not None and int(row[0]) >= int(total[0])
-
-            _wait(drained, "every event of alice and dave applied")
-            time.sleep(1.0)  # late re-sends, if any, must not count twice
+            # Let the stream drain.  A re-send of the restarted relay comes before anything
+            # committed after it, so once one more row of each of alice and dave is applied no
+            # late re-send is still on its way (and none may have counted twice).
+            for user in (alice, dave):
+                conn.execute(INSERT, (user, "c0", "read", "0.250", 0))
+            wait_until(lambda: applied() >= stored(), 60,
+                       lambda: f"every event of alice and dave applied ({applied()} of {stored()})")
             online = {u: _embedding(conn, u) for u in (alice, dave)}
             online_counts = conn.execute(
                 "SELECT user_id, sum(event_count) FROM user_signal_scores GROUP BY user_id"
@@ -211,7 +217,7 @@ def test_relay_to_redis_with_privacy_deletes_and_relay_crash(
     assert stored is not None and counts[alice] == int(stored[0])
     for user in (alice, dave):
         assert cache.get(keys.user_embedding(user)) == online[user]
-    recompute_users(LearnerSettings(database_url=db_url, redis_url=redis_url, embedding_dim=DIM), [alice, dave])
+    recompute_users(Settings(database={"url": db_url}, redis={"url": redis_url}, embedding={"dim": DIM}), [alice, dave])
     with psycopg.connect(db_url) as conn:
         for user in (alice, dave):
             rebuilt = _embedding(conn, user)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from personalization.cli.learner import app as learner_app
 from personalization.core.decay import DEFAULT_DECAY
-from personalization.learner.envelope import (
+from personalization.kafka.envelope import (
     EventRecord,
     Ignored,
     MalformedMessage,
@@ -168,7 +168,7 @@ def test_recompute_cli_unknown_user(db_url: str, redis_url: str) -> None:
 def test_run_cli_rejects_bad_settings() -> None:
     result = CliRunner().invoke(learner_app, ["run"], env={"PERSONALIZATION_LEARNER_BATCH_MAX": "0"})
     assert result.exit_code == 2
-    assert "learner_batch_max" in result.output and len(result.output.strip().splitlines()) == 1
+    assert "PERSONALIZATION_LEARNER_BATCH_MAX" in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_run_cli_refuses_an_unmigrated_database(pg_admin_url: str) -> None:

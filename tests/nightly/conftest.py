@@ -11,7 +11,9 @@ import psycopg
 import pytest
 from nightly_helpers import add_events, add_user
 
-from personalization.nightly.job import NightlyJob, NightlySettings
+from personalization.config import NightlySettings
+from personalization.core.decay import DEFAULT_DECAY
+from personalization.nightly.job import NightlyJob
 
 NOW = datetime.now(UTC)
 
@@ -30,7 +32,7 @@ def nightly_settings() -> NightlySettings:
 
 @pytest.fixture
 def job(db_url: str, nightly_settings: NightlySettings) -> NightlyJob:
-    return NightlyJob(db_url, nightly_settings)
+    return NightlyJob(db_url, nightly_settings, decay=DEFAULT_DECAY)
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ from typing import Any
 
 import psycopg
 
+from personalization_dev.testing.waiting import wait_until
+
 
 def add_user(conn: psycopg.Connection[Any], privacy: str | None = "standard") -> uuid.UUID:
     u = uuid.uuid4()
@@ -38,3 +40,17 @@ def ledger(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     return conn.execute(
         "SELECT run_id, as_of, trigger, status, row_count, error FROM feature_store.nightly_runs ORDER BY run_id"
     ).fetchall()
+
+
+def nightly_sessions(conn: psycopg.Connection[Any], *, waiting_on_lock: bool = False) -> int:
+    """Sessions of nightly runs on this test's database (only those waiting for a lock, if asked)."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'personalization-nightly'"
+        " AND datname = current_database() AND (NOT %s OR wait_event_type = 'Lock')", (waiting_on_lock,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def wait_blocked(conn: psycopg.Connection[Any], timeout_s: float = 60.0) -> None:
+    """Wait until a nightly run waits for a lock (a test holds one to stop the run mid-way)."""
+    wait_until(lambda: nightly_sessions(conn, waiting_on_lock=True), timeout_s, "a nightly run waiting for a lock")

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,11 +16,15 @@ from typing import Any
 
 import psycopg
 import pyarrow.parquet as pq
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES
 from apscheduler.triggers.cron import CronTrigger
-from nightly_helpers import ledger, snapshot_rows
+from nightly_helpers import ledger, nightly_sessions, snapshot_rows, wait_blocked
 
-from personalization.nightly.job import NightlyJob, NightlySettings
+from personalization.config import NightlySettings
+from personalization.core.decay import DEFAULT_DECAY
+from personalization.nightly.job import NightlyJob
 from personalization.nightly.scheduler import NightlyScheduler
+from personalization_dev.testing.waiting import wait_until
 
 TODAY = datetime.now(UTC).date()
 CLI = str(Path(sys.executable).parent / "personalization")
@@ -52,23 +55,11 @@ def test_killed_run_keeps_previous_snapshot_and_next_run_succeeds(
         # Stop the next run in the middle (its swap waits for this lock), then kill -9 it.
         blocker.execute("LOCK TABLE feature_store.snapshots IN ACCESS EXCLUSIVE MODE")
         proc = _cli(db_url, "jobs", "nightly", "--json")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            row = pg.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'personalization-nightly'"
-                             " AND wait_event_type = 'Lock' AND datname = current_database()").fetchone()
-            if row and row[0]:
-                break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("the run never reached its swap")
+        wait_blocked(pg)  # the run reached its swap
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
         # The server notices the dead client (client_connection_check_interval) and ends its sessions.
-        deadline = time.monotonic() + 30
-        while pg.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'personalization-nightly'"
-                         " AND datname = current_database()").fetchone() != (0,):
-            assert time.monotonic() < deadline, "the killed run's sessions did not go away"
-            time.sleep(0.1)
+        wait_until(lambda: nightly_sessions(pg) == 0, 30, "the killed run's sessions to go away")
         blocker.rollback()
     assert snapshot_rows(pg, TODAY) == before
     code, out, _ = _run(db_url, "jobs", "runs", "--json")
@@ -113,7 +104,7 @@ def test_catch_up_runs_a_missed_night_once(db_url: str, pg: psycopg.Connection[A
                                            make_user: Callable[..., uuid.UUID]) -> None:
     make_user()
     settings = NightlySettings(timezone="Europe/Berlin", cron="30 1 * * *")
-    sched = NightlyScheduler(NightlyJob(db_url, settings))
+    sched = NightlyScheduler(NightlyJob(db_url, settings, decay=DEFAULT_DECAY))
     tz = settings.tz
     now = datetime.now(tz)
     missed = sched.previous_fire_time(now)
@@ -124,40 +115,37 @@ def test_catch_up_runs_a_missed_night_once(db_url: str, pg: psycopg.Connection[A
     assert sched.catch_up(now) is None  # that night is done now
     assert [(r[1], r[2], r[3]) for r in ledger(pg)] == [(missed.date(), "catch-up", "succeeded")]
     # Nothing missed within the window: no catch-up.
-    none = NightlyScheduler(NightlyJob(db_url, NightlySettings(cron="0 2 * * *", catch_up_days=0)))
+    none = NightlyScheduler(NightlyJob(db_url, NightlySettings(cron="0 2 * * *", catch_up_days=0), decay=DEFAULT_DECAY))
     assert none.catch_up(datetime(2026, 1, 1, 1, 0, tzinfo=UTC)) is None
 
 
 def test_scheduler_fires_on_its_trigger_without_overlap(db_url: str, pg: psycopg.Connection[Any],
                                                         make_user: Callable[..., uuid.UUID]) -> None:
     make_user()
-    job = NightlyJob(db_url, NightlySettings(timezone="UTC", catch_up_days=0))
+    job = NightlyJob(db_url, NightlySettings(timezone="UTC", catch_up_days=0), decay=DEFAULT_DECAY)
     sched = NightlyScheduler(job, trigger=CronTrigger(second="*", timezone=job.settings.tz))
+    dropped: list[datetime] = []
     with psycopg.connect(db_url) as blocker:
-        # The first run is held for ~3 s while the trigger fires every second: those fire
-        # times must be dropped (max_instances=1), not started as overlapping runs.
+        # The first run is held while the trigger fires every second: those fire times must
+        # be dropped (max_instances=1), not started as overlapping runs.
         blocker.execute("LOCK TABLE feature_store.snapshots IN ACCESS EXCLUSIVE MODE")
         sched.start(blocking=False)
+        sched.scheduler.add_listener(lambda e: dropped.extend(e.scheduled_run_times), EVENT_JOB_MAX_INSTANCES)
         try:
-            deadline = time.monotonic() + 30
-            while not pg.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                                 " AND application_name = 'personalization-nightly'"
-                                 " AND datname = current_database()").fetchone()[0]:  # type: ignore[index]
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            time.sleep(3)
+            wait_blocked(pg, 30)
+            wait_until(lambda: len(dropped) >= 2, 30, lambda: f"two fire times dropped while held ({dropped})")
             blocker.rollback()
-            deadline = time.monotonic() + 30
-            while len([r for r in ledger(pg) if r[3] == "succeeded"]) < 2:
-                assert time.monotonic() < deadline, ledger(pg)
-                time.sleep(0.2)
+            wait_until(lambda: len([r for r in ledger(pg) if r[3] == "succeeded"]) >= 2, 30,
+                       lambda: f"two succeeded runs (ledger: {ledger(pg)})")
         finally:
             sched.stop()
     runs = ledger(pg)
     assert {r[2] for r in runs} == {"schedule"}
     assert [r[3] for r in runs] == ["succeeded"] * len(runs)  # no 'skipped': no second run ever started
     spans = pg.execute("SELECT started_at, finished_at FROM feature_store.nightly_runs ORDER BY run_id").fetchall()
-    assert spans[0][1] - spans[0][0] > timedelta(seconds=2.5)
+    # The dropped fire times came while the first run was held, a second or more apart.
+    assert spans[0][0] < min(dropped) and max(dropped) < spans[0][1]
+    assert spans[0][1] - spans[0][0] > timedelta(seconds=1)
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
 
 
@@ -167,11 +155,7 @@ def test_sigterm_mid_run_is_recorded_as_failed(db_url: str, pg: psycopg.Connecti
     with psycopg.connect(db_url) as blocker:
         blocker.execute("LOCK TABLE feature_store.snapshots IN ACCESS EXCLUSIVE MODE")
         proc = _cli(db_url, "jobs", "nightly")
-        deadline = time.monotonic() + 60
-        while not pg.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'personalization-nightly'"
-                             " AND wait_event_type = 'Lock' AND datname = current_database()").fetchone()[0]:  # type: ignore[index]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_blocked(pg)
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
         blocker.rollback()

@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from nightly_helpers import add_events
 
+from personalization.config import NightlySettings
+from personalization.core.decay import DEFAULT_DECAY
 from personalization.errors import InvalidInput
 from personalization.nightly.export import export_features
-from personalization.nightly.job import NightlyJob, NightlySettings
+from personalization.nightly.job import NightlyJob
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()
@@ -30,7 +32,7 @@ def _csv(path: Path, rows: list[tuple[Any, ...]], header: str = "user_id,event_t
 def test_no_future_values_leak(tmp_path: Path, db_url: str, pg: psycopg.Connection[Any],
                                make_user: Callable[..., uuid.UUID]) -> None:
     settings = NightlySettings(timezone="UTC", export_chunk_rows=2)  # several chunks: streaming path
-    job = NightlyJob(db_url, settings)
+    job = NightlyJob(db_url, settings, decay=DEFAULT_DECAY)
     u = make_user(events=2)
     limited = make_user("limited", events=1)
     first = job.run(TODAY - timedelta(days=1))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -13,12 +12,13 @@ from typing import Any
 
 import psycopg
 import pytest
-from nightly_helpers import add_events, add_user, ledger, snapshot_rows
+from nightly_helpers import add_events, add_user, ledger, snapshot_rows, wait_blocked
 from psycopg import sql
 
+from personalization.config import NightlySettings
 from personalization.core.decay import DEFAULT_DECAY, DecayConfig, SignalDecay, event_score
 from personalization.errors import InvalidInput, StoreUnavailable
-from personalization.nightly.job import NightlyJob, NightlyRunning, NightlySettings, as_of_start
+from personalization.nightly.job import NightlyJob, NightlyRunning, as_of_start
 from personalization.store.nightly import decay_sql, erase_user_features, erase_user_features_sync
 
 NOW = datetime.now(UTC)
@@ -125,23 +125,10 @@ def test_future_is_judged_in_the_jobs_time_zone(db_url: str) -> None:
     # Kiritimati is UTC+14: its "today" can be a day ahead of UTC's, and that date is valid there.
     ahead = datetime.now(UTC).astimezone(NightlySettings(timezone="Pacific/Kiritimati").tz).date()
     behind = datetime.now(UTC).astimezone(NightlySettings(timezone="Pacific/Pago_Pago").tz).date()
-    NightlyJob(db_url, NightlySettings(timezone="Pacific/Kiritimati")).run(ahead)
+    NightlyJob(db_url, NightlySettings(timezone="Pacific/Kiritimati"), decay=DEFAULT_DECAY).run(ahead)
     if ahead > behind:
         with pytest.raises(InvalidInput):
-            NightlyJob(db_url, NightlySettings(timezone="Pacific/Pago_Pago")).run(ahead)
-
-
-def _wait_blocked(pg: psycopg.Connection[Any], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = pg.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'personalization-nightly'"
-            " AND wait_event_type = 'Lock' AND datname = current_database()"
-        ).fetchone()
-        if row and row[0]:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the nightly run never blocked")
+            NightlyJob(db_url, NightlySettings(timezone="Pacific/Pago_Pago"), decay=DEFAULT_DECAY).run(ahead)
 
 
 def test_concurrent_runs_cannot_both_proceed(db_url: str, pg: psycopg.Connection[Any], job: NightlyJob,
@@ -153,9 +140,9 @@ def test_concurrent_runs_cannot_both_proceed(db_url: str, pg: psycopg.Connection
         blocker.execute("LOCK TABLE feature_store.snapshots IN ACCESS EXCLUSIVE MODE")
         t = threading.Thread(target=lambda: outcome.append(job.run(None)))
         t.start()
-        _wait_blocked(pg)
+        wait_blocked(pg)
         with pytest.raises(NightlyRunning):
-            NightlyJob(db_url, job.settings).run(None, trigger="second")
+            NightlyJob(db_url, job.settings, decay=DEFAULT_DECAY).run(None, trigger="second")
         blocker.rollback()
     t.join(30)
     assert outcome and outcome[0].rows == 1
@@ -165,10 +152,10 @@ def test_concurrent_runs_cannot_both_proceed(db_url: str, pg: psycopg.Connection
 def test_retention_drops_old_snapshots(pg: psycopg.Connection[Any], db_url: str,
                                        make_user: Callable[..., uuid.UUID]) -> None:
     make_user()
-    wide = NightlyJob(db_url, NightlySettings(timezone="UTC", retention_days=10))
+    wide = NightlyJob(db_url, NightlySettings(timezone="UTC", retention_days=10), decay=DEFAULT_DECAY)
     for d in (5, 2, 0):
         wide.run(TODAY - timedelta(days=d))
-    narrow = NightlyJob(db_url, NightlySettings(timezone="UTC", retention_days=3))
+    narrow = NightlyJob(db_url, NightlySettings(timezone="UTC", retention_days=3), decay=DEFAULT_DECAY)
     result = narrow.run(None)
     assert result.dropped == [TODAY - timedelta(days=5)]
     kept = [r[0] for r in pg.execute("SELECT as_of FROM feature_store.snapshots ORDER BY 1").fetchall()]
@@ -198,7 +185,7 @@ def test_failure_mid_run_is_recorded_and_previous_snapshot_kept(
         blocker.execute("LOCK TABLE feature_store.snapshots IN ACCESS EXCLUSIVE MODE")
         t = threading.Thread(target=run)
         t.start()
-        _wait_blocked(pg)
+        wait_blocked(pg)
         # The server ends the job's working session in the middle of the swap.
         pg.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                    " WHERE application_name = 'personalization-nightly' AND wait_event_type = 'Lock'")
@@ -240,7 +227,7 @@ def test_user_erased_during_a_run_is_not_brought_back(db_url: str, pg: psycopg.C
         blocker.execute("LOCK TABLE feature_store.snapshots IN ACCESS EXCLUSIVE MODE")
         t = threading.Thread(target=lambda: outcome.append(job.run(None)))
         t.start()
-        _wait_blocked(pg)  # the snapshot with a's rows is built and waits to be swapped in
+        wait_blocked(pg)  # the snapshot with a's rows is built and waits to be swapped in
         with psycopg.connect(db_url) as eraser:
             erase_user_features_sync(eraser, a)
             eraser.execute("DELETE FROM user_profile WHERE user_id = %s", (a,))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -10,9 +11,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import pytest
 from nightly_helpers import add_events, snapshot_rows
 
-from personalization.nightly.job import NightlyJob, NightlySettings
+from personalization.config import NightlySettings
+from personalization.core.decay import DEFAULT_DECAY
+from personalization.nightly.job import NightlyJob
+from personalization_dev.testing.waiting import wait_until
 
 NOW = datetime.now(UTC)
 TODAY = NOW.date()
@@ -79,7 +84,7 @@ def test_reader_holding_the_view_delays_the_swap_boundedly_then_falls_back(
     db_url: str, pg: psycopg.Connection[Any], make_user: Callable[..., uuid.UUID]
 ) -> None:
     settings = NightlySettings(timezone="UTC", retention_days=30, swap_lock_timeout_ms=100, swap_attempts=3)
-    job = NightlyJob(db_url, settings)
+    job = NightlyJob(db_url, settings, decay=DEFAULT_DECAY)
     u = make_user(events=1)
     job.run(None)
     add_events(pg, u, [("passage", "read", 0.5, NOW - timedelta(minutes=5))])
@@ -95,7 +100,7 @@ def test_reader_holding_the_view_delays_the_swap_boundedly_then_falls_back(
                 t0 = time.perf_counter()
                 other.execute("SELECT count(*) FROM user_signal_rollups").fetchone()
                 waits.append(time.perf_counter() - t0)
-                time.sleep(0.01)
+                time.sleep(0.01)  # pacing, not waiting: a reader every 10 ms while the job runs
         t.join(60)
         holder.rollback()
     assert outcome and outcome[0].refresh == "concurrently"
@@ -105,11 +110,17 @@ def test_reader_holding_the_view_delays_the_swap_boundedly_then_falls_back(
     assert snapshot_rows(pg, TODAY)[0][3] == 2
 
 
+def _swap_waits(caplog: pytest.LogCaptureFixture) -> int:
+    """Swap attempts that timed out on a reader's lock so far (one log record each)."""
+    return sum(r.getMessage() == "rollup view swap waits for readers" for r in caplog.records)
+
+
 def test_reader_finishing_lets_a_later_attempt_swap(
-    db_url: str, pg: psycopg.Connection[Any], make_user: Callable[..., uuid.UUID]
+    db_url: str, pg: psycopg.Connection[Any], make_user: Callable[..., uuid.UUID], caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="personalization.nightly.job")
     settings = NightlySettings(timezone="UTC", retention_days=30, swap_lock_timeout_ms=50, swap_attempts=25)
-    job = NightlyJob(db_url, settings)
+    job = NightlyJob(db_url, settings, decay=DEFAULT_DECAY)
     make_user(events=1)
     job.run(None)
     outcome: list[Any] = []
@@ -117,10 +128,12 @@ def test_reader_finishing_lets_a_later_attempt_swap(
         holder.execute("SELECT count(*) FROM user_signal_rollups").fetchone()
         t = threading.Thread(target=lambda: outcome.append(job.run(None)))
         t.start()
-        time.sleep(1.5)  # several attempts time out meanwhile
+        # Several attempts time out on the reader's lock before it lets go.
+        wait_until(lambda: _swap_waits(caplog) >= 3, 30, lambda: f"3 timed-out swap attempts ({_swap_waits(caplog)})")
         holder.rollback()
         t.join(60)
     assert outcome and outcome[0].refresh == "swap"
+    assert 3 <= _swap_waits(caplog) < settings.swap_attempts
 
 
 def test_user_erased_after_the_snapshot_does_not_return_to_the_view(
@@ -160,7 +173,8 @@ def test_concurrently_mode_and_leftover_next_view_of_a_killed_run(
     u = make_user(events=2)
     # What a run killed between its rebuild and its swap leaves behind.
     pg.execute("CREATE MATERIALIZED VIEW user_signal_rollups__next AS SELECT 1 AS x")
-    job = NightlyJob(db_url, NightlySettings(timezone="UTC", retention_days=30, refresh_mode="concurrently"))
+    settings = NightlySettings(timezone="UTC", retention_days=30, refresh_mode="concurrently")
+    job = NightlyJob(db_url, settings, decay=DEFAULT_DECAY)
     result = job.run(None)
     assert result.refresh == "concurrently"
     assert pg.execute("SELECT to_regclass('user_signal_rollups__next')").fetchone() == (None,)

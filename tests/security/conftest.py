@@ -6,17 +6,15 @@ through the public API where a test is not about authentication.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
 from pydantic import SecretStr
 from security_helpers import MakeKey
 
-from personalization.api.app import create_app
 from personalization.composition import Platform
 from personalization.config import Settings
 from personalization.security.keys import KeyStore
+from personalization_dev.testing.http import AppClients
 
 # kafka_bootstrap (one Tansu broker per session, shared with the stream tests).
 
@@ -24,34 +22,22 @@ from personalization.security.keys import KeyStore
 @pytest.fixture
 def auth_settings(settings: Settings) -> Settings:
     """Keys checked (never dev mode), a server secret, short revalidation, no Kafka unless a test asks."""
-    return Settings(
-        **(
-            settings.model_dump()
-            | {
-                "auth_dev_mode": False,
-                "api_key_secret": SecretStr("test-server-secret"),
-                "auth_revalidate_s": 0.5,
-                "erase_kafka_tombstones": False,
-            }
-        )
+    return settings.replace(
+        auth={"dev_mode": False, "api_key_secret": SecretStr("test-server-secret"), "revalidate_s": 0.5},
+        erase={"kafka_tombstones": False},
     )
 
 
 @pytest.fixture
-async def auth_client(platform: Platform, auth_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def auth_client(platform: Platform, make_client: AppClients, auth_settings: Settings) -> httpx.AsyncClient:
     """An HTTP client on the real app with API keys enforced."""
-    app = create_app(auth_settings, platform=platform)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-        yield c
+    return await make_client(auth_settings, platform)
 
 
 @pytest.fixture
-async def open_client(platform: Platform, auth_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+async def open_client(platform: Platform, make_client: AppClients, auth_settings: Settings) -> httpx.AsyncClient:
     """The same app in development mode (no keys), for setting up data."""
-    dev = Settings(**(auth_settings.model_dump() | {"auth_dev_mode": True}))
-    app = create_app(dev, platform=platform)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-        yield c
+    return await make_client(auth_settings.replace(auth={"dev_mode": True}), platform)
 
 
 @pytest.fixture

@@ -56,7 +56,8 @@ def rows_per_table(db_url: str, user_id: uuid.UUID) -> dict[str, int]:
             "SELECT n.nspname, c.relname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE a.attname = 'user_id' "
             "AND a.atttypid = 'uuid'::regtype AND c.relkind IN ('r', 'p', 'm') AND NOT c.relispartition "
-            "AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+            # Other sessions' temporary tables cannot be read (nor hold anything durable).
+            "AND c.relpersistence <> 't' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
         ).fetchall()
         for schema, table in tables:
             row = conn.execute(

@@ -22,6 +22,7 @@ from personalization.config import Settings
 from personalization.datarights.erase import Eraser
 from personalization.datarights.worker import ErasureWorker
 from personalization.errors import CacheUnavailable
+from personalization_dev.testing.waiting import async_wait_until
 
 
 def _extra_tables(db_url: str) -> None:
@@ -246,18 +247,22 @@ async def test_erase_racing_ingest_leaves_nothing(platform: Platform, auth_setti
     session = uuid.uuid4()
     stop = asyncio.Event()
     accepted = 0
+    attempts = 0
 
     async def writer() -> None:
-        nonlocal accepted
+        nonlocal accepted, attempts
         while not stop.is_set():
             r = await platform.ingestor.ingest([event(uid, session, f"PSA.{i}") for i in range(50)])
             accepted += r.accepted
-            await asyncio.sleep(0)
+            attempts += 1
+            await asyncio.sleep(0)  # a yield, not a wait: lets the erase interleave with the batches
 
     task = asyncio.create_task(writer())
-    await asyncio.sleep(0.3)
+    # The erase starts while batches are being committed, and the writer keeps trying after it.
+    await async_wait_until(lambda: accepted >= 200, 30, lambda: f"four committed batches (accepted {accepted})")
     report = await Eraser(platform.db, platform.redis, auth_settings).erase(uid, "test")
-    await asyncio.sleep(0.2)
+    after_erase = attempts
+    await async_wait_until(lambda: attempts >= after_erase + 5, 30, "five ingest attempts after the erase")
     stop.set()
     await task
     assert report.removed["personalization_events"] == accepted > 0  # every committed event, none after

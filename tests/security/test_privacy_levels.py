@@ -1,14 +1,12 @@
 """Privacy levels on every path, per level: ingest, learner, rerank, nightly (export: test_export.py).
 
 standard: everything; limited: events kept without metadata and session, nothing
-personalized; private: no behavioural events at all.  The learner and nightly parts run
-when their packages are installed (they are separate issues).
+personalized; private: no behavioural events at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import uuid
 
 import httpx
@@ -17,6 +15,8 @@ import psycopg
 from security_helpers import populate_user
 
 from personalization.config import Settings
+from personalization.learner.recompute import recompute_users
+from personalization.nightly.job import NightlyJob
 
 DIM = 384
 LEVELS = ("standard", "limited", "private")
@@ -40,13 +40,6 @@ def _count(db_url: str, sql: str, uid: uuid.UUID) -> int:
     return int(row[0])
 
 
-def _has(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 async def test_each_level_on_every_path(open_client: httpx.AsyncClient, settings: Settings, db_url: str) -> None:
     _content(db_url, [f"PSA.{i}" for i in range(1, 13)])
     users = {level: (await populate_user(open_client, privacy=level, events=6, sessions=2))[0] for level in LEVELS}
@@ -59,16 +52,12 @@ async def test_each_level_on_every_path(open_client: httpx.AsyncClient, settings
     assert [_count(db_url, q_meta, users[lv]) for lv in LEVELS] == [6, 0, 0]
 
     # Learner: no per-user learned state (scores or embedding) below the standard level.
-    if _has("personalization.learner.recompute"):
-        from personalization.learner.recompute import recompute_users
-        from personalization.learner.settings import LearnerSettings
-
-        ls = LearnerSettings(database_url=db_url, redis_url=settings.redis_url, embedding_dim=DIM)
-        await asyncio.to_thread(recompute_users, ls, list(users.values()))
-        q_emb = "SELECT count(*) FROM user_embeddings WHERE user_id = %s AND embedding IS NOT NULL"
-        q_scores = "SELECT count(*) FROM user_signal_scores WHERE user_id = %s"
-        assert [_count(db_url, q_emb, users[lv]) for lv in LEVELS] == [1, 0, 0]
-        assert [_count(db_url, q_scores, users[lv]) > 0 for lv in LEVELS] == [True, False, False]
+    ls = Settings(database={"url": db_url}, redis={"url": settings.redis.url}, embedding={"dim": DIM})
+    await asyncio.to_thread(recompute_users, ls, list(users.values()))
+    q_emb = "SELECT count(*) FROM user_embeddings WHERE user_id = %s AND embedding IS NOT NULL"
+    q_scores = "SELECT count(*) FROM user_signal_scores WHERE user_id = %s"
+    assert [_count(db_url, q_emb, users[lv]) for lv in LEVELS] == [1, 0, 0]
+    assert [_count(db_url, q_scores, users[lv]) > 0 for lv in LEVELS] == [True, False, False]
 
     # Rerank: limited and private users always get the non-personalized order, saying why.
     body = {"session_id": str(uuid.uuid4()), "candidates": [{"content_id": f"PSA.{i}"} for i in range(7, 12)]}
@@ -79,13 +68,10 @@ async def test_each_level_on_every_path(open_client: httpx.AsyncClient, settings
         served[lv] = (r.json()["variant"], r.json()["reason"])
     assert served["limited"] == served["private"] == ("non_personalized", "privacy")
     assert served["standard"][1] != "privacy"
-    if _has("personalization.learner.recompute"):
-        assert served["standard"][0] == "personalized"
+    assert served["standard"][0] == "personalized"
 
     # Nightly feature snapshot: per-user features only for levels that allow personalization.
-    if _has("personalization.nightly.job"):
-        from personalization.nightly.job import NightlyJob
-
-        await asyncio.to_thread(NightlyJob(db_url).run)
-        q_feat = "SELECT count(*) FROM feature_store.user_signal_features WHERE user_id = %s"
-        assert [_count(db_url, q_feat, users[lv]) > 0 for lv in LEVELS] == [True, False, False]
+    job = NightlyJob(db_url, settings.nightly, decay=settings.decay.config())
+    await asyncio.to_thread(job.run)
+    q_feat = "SELECT count(*) FROM feature_store.user_signal_features WHERE user_id = %s"
+    assert [_count(db_url, q_feat, users[lv]) > 0 for lv in LEVELS] == [True, False, False]

@@ -91,7 +91,8 @@ async def test_export_streams_a_large_user(
         for i in range(n):
             cp.write_row((uid, None, f"GEN.{i % 50}.{i}", "verse", "view", "0.250", t0 + timedelta(seconds=i)))
     # The use case yields the document in pieces (httpx's ASGI transport would buffer them).
-    chunks = [c async for c in Exporter(platform.db, platform.redis).stream(uid, "test")]
+    exporter = Exporter(platform.db, platform.redis, platform.settings.decay.config())
+    chunks = [c async for c in exporter.stream(uid, "test")]
     assert len(chunks) > 5 and max(map(len, chunks)) < 200_000
     assert orjson.loads(b"".join(chunks))["events_count"] == n + 1
     doc = await _export(auth_client, uid, admin_headers)

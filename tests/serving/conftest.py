@@ -2,24 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import httpx
 import psycopg
 import pytest
-
-from personalization.api.app import create_app
-from personalization.composition import Platform
-from personalization.config import Settings
-
-
-@pytest.fixture
-async def client(platform: Platform, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """The real app in process, API keys not checked (these tests are about the read path, not auth)."""
-    open_settings = Settings(**(settings.model_dump() | {"auth_dev_mode": True}))
-    app = create_app(open_settings, platform=platform)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-        yield c
 
 
 @pytest.fixture

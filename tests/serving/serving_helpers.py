@@ -99,7 +99,7 @@ class RedisProxy:
         try:
             while data := await reader.read(65536):
                 if self.delay_s:
-                    await asyncio.sleep(self.delay_s)
+                    await asyncio.sleep(self.delay_s)  # the injected latency of a slow Redis
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

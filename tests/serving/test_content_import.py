@@ -138,7 +138,7 @@ async def test_import_reaches_running_rerank(platform: Platform, client: httpx.A
     await platform.redis.set(keys.user_embedding(uid), emb.encode(user_vec))
 
     async def load(a: np.ndarray, b: np.ndarray) -> None:
-        batch = ContentBatch(["a", "b"], emb.normalize_rows(np.stack([a, b])), [None, None], [None, None], [None, None])
+        batch = ContentBatch.of_embeddings(["a", "b"], np.stack([a, b]))
         await import_batch(platform.db, platform.serving.cache, batch, "m")
 
     body = RerankIn(session_id=uuid.uuid4(), candidates=[Candidate(content_id="a"), Candidate(content_id="b")])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -12,32 +11,23 @@ import pytest
 from prometheus_client import REGISTRY
 from serving_helpers import RedisProxy, make_user
 
-from personalization.api.app import create_app
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings
+from personalization_dev.testing.http import AppClients
+from personalization_dev.testing.waiting import async_wait_until
 
 
 @pytest.fixture
 async def proxied(
-    settings: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, redis_url: str, monkeypatch: pytest.MonkeyPatch, make_client: AppClients
 ) -> AsyncIterator[tuple[RedisProxy, Platform, httpx.AsyncClient]]:
     proxy = RedisProxy()
     await proxy.start()
     db_index = redis_url.rsplit("/", 1)[1]
     monkeypatch.setenv("PERSONALIZATION_CACHE_RETRY_S", "0.1")
-    cfg = Settings(
-        **(
-            settings.model_dump()
-            | {
-                "redis_url": f"redis://127.0.0.1:{proxy.port}/{db_index}",
-                "auth_dev_mode": True,
-            }
-        )
-    )
+    cfg = settings.replace(redis={"url": f"redis://127.0.0.1:{proxy.port}/{db_index}"}, auth={"dev_mode": True})
     async with open_platform(cfg) as platform:
-        app = create_app(cfg, platform=platform)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-            yield proxy, platform, c
+        yield proxy, platform, await make_client(cfg, platform)
     await proxy.stop()
 
 
@@ -46,12 +36,10 @@ def _degraded_gauge() -> float | None:
 
 
 async def _wait_health(client: httpx.AsyncClient, status: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if (await client.get("/healthz/serving")).json()["status"] == status:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"health never became {status}")
+    async def reached() -> bool:
+        return bool((await client.get("/healthz/serving")).json()["status"] == status)
+
+    await async_wait_until(reached, timeout_s, f"/healthz/serving to say {status!r}")
 
 
 async def test_down_then_back(proxied: tuple[RedisProxy, Platform, httpx.AsyncClient]) -> None:

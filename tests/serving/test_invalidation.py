@@ -49,7 +49,7 @@ async def test_concurrent_writers_and_readers(
 
     async def slow_snapshot(user_id: uuid.UUID, min_confidence: Decimal) -> dict[str, Any] | None:
         row = await real_snapshot(user_id, min_confidence)
-        await asyncio.sleep(rng.uniform(0, 0.004))
+        await asyncio.sleep(rng.uniform(0, 0.004))  # the dawdle itself: a slow reader is what is tested
         return row
 
     monkeypatch.setattr(svc.store, "preferences_snapshot", slow_snapshot)
@@ -67,12 +67,12 @@ async def test_concurrent_writers_and_readers(
             got = (await svc.preferences(uid)).traits.get("counter")
             if got != n:
                 stale_after_write.append((uid, n, got))
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield, not a wait: lets the readers interleave
 
     async def reader(uid: uuid.UUID) -> None:
         while not stop.is_set():
             await svc.preferences(uid)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield, not a wait: lets the writers interleave
 
     readers = [asyncio.create_task(reader(u)) for u in users for _ in range(4)]
     await asyncio.gather(*(writer(u) for u in users))

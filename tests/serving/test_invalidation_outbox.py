@@ -8,7 +8,6 @@ process (the restarted API's first thing) applies it.
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from personalization.errors import CacheUnavailable
 from personalization.serving.outbox import InvalidationReplayer
 from personalization_dev.childproc import CliChild
 from personalization_dev.stack.redis import LocalRedis
+from personalization_dev.testing.waiting import wait_until
 
 
 def _outbox(db_url: str, uid: uuid.UUID) -> int:
@@ -78,17 +78,17 @@ def _api(db_url: str, redis_url: str, port: int, tmp_path: Path, name: str) -> C
     child = CliChild("personalization.cli", ["serve", "--host", "127.0.0.1", "--port", str(port)], env,
                      name=name, log_path=tmp_path / f"{name}.log")
     child.spawn()
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return child
-        except httpx.HTTPError:
-            pass
+
+    def up() -> bool:
         code = child.wait_or_none()
         assert code is None, f"API exited with {code}:\n{child.tail()}"
-        assert time.monotonic() < deadline, f"API not up in 60 s:\n{child.tail()}"
-        time.sleep(0.1)
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, 60, lambda: f"the API to answer /healthz:\n{child.tail()}", interval_s=0.1)
+    return child
 
 
 def test_sigkill_with_redis_paused_then_restart_serves_fresh_preferences(db_url: str, tmp_path: Path) -> None:

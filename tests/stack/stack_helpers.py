@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from personalization_dev.stack.state import read_state
+from personalization_dev.testing.waiting import WaitTimeout, wait_until
 
 
 def pids_of_stack(root: Path) -> set[int]:
@@ -76,12 +77,10 @@ def alive(pid: int) -> bool:
 
 def wait_gone(pids: set[int], timeout_s: float = 20.0) -> set[int]:
     """Wait until none of ``pids`` runs; returns those still alive at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    left = {p for p in pids if alive(p)}
-    while left and time.monotonic() < deadline:
-        time.sleep(0.1)
-        left = {p for p in left if alive(p)}
-    return left
+    with contextlib.suppress(WaitTimeout):  # the caller asserts on what is left, naming it
+        wait_until(lambda: not any(alive(p) for p in pids), timeout_s, f"processes {sorted(pids)} to end",
+                   interval_s=0.1)
+    return {p for p in pids if alive(p)}
 
 
 def start_cli_up(root: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[str, str]]:

@@ -14,13 +14,14 @@ from urllib.parse import urlsplit
 import psycopg
 import pytest
 import redis
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from stack_helpers import alive, pids_of_stack, wait_gone
 
 from personalization_dev.stack import LocalStack, StackConfig, StackError, StackUrls, running_owner
 from personalization_dev.stack import redis as redis_mod
+from personalization_dev.testing.waiting import wait_until
 
 
 def _check_postgres(urls: StackUrls) -> None:
@@ -59,13 +60,13 @@ def _check_kafka(urls: StackUrls) -> None:
     )
     try:
         consumer.subscribe([topic])
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is not None and msg.error() is None:
-                assert msg.value() == b"hello"
-                return
-        raise AssertionError("message not consumed from the local broker")
+
+        def polled() -> list[Message]:
+            msg = consumer.poll(0.5)  # blocks up to 0.5 s itself: no extra poll interval below
+            return [msg] if msg is not None and msg.error() is None else []
+
+        (msg,) = wait_until(polled, 20, "the message consumed from the local broker", interval_s=0)
+        assert msg.value() == b"hello"
     finally:
         consumer.close()
 
@@ -246,9 +247,15 @@ def test_from_env_reads_ports_and_dir() -> None:
     assert urls.export_lines()[0] == "export PERSONALIZATION_DATABASE_URL=postgresql://a"
 
 
+def _proc_state(pid: int) -> str:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rfind(")") + 2]
+
+
 def test_alive_helper_sees_a_zombie_as_gone() -> None:
     proc = subprocess.Popen(["true"])
-    time.sleep(0.3)  # exited, not yet reaped: a zombie
+    # Exited, not yet reaped: a zombie (read straight from /proc, not through alive()).
+    wait_until(lambda: _proc_state(proc.pid) == "Z", 10, f"process {proc.pid} to become a zombie")
     assert not alive(proc.pid)
     proc.wait()
 
@@ -309,7 +316,7 @@ def test_configured_or_local(stack_root: Path, clean_env: None, monkeypatch: pyt
 
     with configured_or_local(StackConfig(root=stack_root, apply_migrations=False)) as urls:
         assert os.environ["PERSONALIZATION_DATABASE_URL"] == urls.database_url
-        assert get_settings().redis_url == urls.redis_url
+        assert get_settings().redis.url == urls.redis_url
         _select_one(urls)
     assert "PERSONALIZATION_DATABASE_URL" not in os.environ
     assert running_owner(stack_root) is None
@@ -344,7 +351,7 @@ def test_stack_down_never_signals_a_pid_from_a_stale_state_file(stack_root: Path
             f"f = open({str(stack_root / 'stack.lock')!r}, 'a')\n"
             "fcntl.flock(f, fcntl.LOCK_EX)\n"
             "print('locked', flush=True)\n"
-            "time.sleep(60)\n",
+            "time.sleep(60)\n",  # holds the lock until the test kills it
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -381,9 +388,7 @@ def test_a_server_that_dies_is_reported_and_the_data_dir_recovers(stack_root: Pa
         assert stack.postgres.proc is not None
         # The postmaster dies outright (OOM killer, a stray kill -9): no clean shutdown.
         os.kill(stack.postgres.proc.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while "postgres" not in stack.failed() and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: "postgres" in stack.failed(), 10, lambda: f"postgres reported failed ({stack.failed()})")
         assert "postgres exited with code -9" in stack.failed()["postgres"]
     finally:
         stack.stop()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 
 from confluent_kafka import Producer
 
 from personalization_dev.broker import LocalBroker
 from personalization_dev.testing.kafka import consume, new_consumer
+from personalization_dev.testing.waiting import wait_until
 
 
 def test_round_trip(kafka_bootstrap: str) -> None:
@@ -48,7 +48,7 @@ def test_broker_dies_with_parent_killed() -> None:
         "from personalization_dev.broker import LocalBroker\n"
         "b = LocalBroker(); b.start()\n"
         "print(b._proc.pid, flush=True)\n"
-        "time.sleep(60)\n"
+        "time.sleep(60)\n"  # the parent stays until the test kills it
     )
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=dict(os.environ))
     assert child.stdout is not None
@@ -56,7 +56,4 @@ def test_broker_dies_with_parent_killed() -> None:
     assert _alive(broker_pid)
     child.kill()
     child.wait()
-    deadline = time.monotonic() + 5
-    while _alive(broker_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(broker_pid)
+    wait_until(lambda: not _alive(broker_pid), 5, f"the broker (pid {broker_pid}) to die with its parent")

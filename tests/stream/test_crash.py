@@ -20,8 +20,10 @@ import pytest
 from typer.testing import CliRunner
 
 from personalization.cli.cdc import app as cdc_app
+from personalization.kafka import names
 from personalization_dev.relayproc import RelayProcess
 from personalization_dev.testing.kafka import consume, new_consumer, relay_env
+from personalization_dev.testing.waiting import wait_until
 
 
 class Inserter(threading.Thread):
@@ -46,7 +48,7 @@ class Inserter(threading.Thread):
                     )
                 self.transactions += 1
                 size = size % 50 + 7  # mixes single-row and multi-row transactions
-                time.sleep(0.003)
+                time.sleep(0.003)  # pacing, not waiting: a steady stream of commits, not a flood
 
 
 @pytest.fixture(scope="module")
@@ -55,59 +57,75 @@ def env(cdc_db_url: str, kafka_bootstrap: str) -> dict[str, str]:
 
 
 def _topic(env: dict[str, str]) -> str:
-    return f"{env['PERSONALIZATION_KAFKA_TOPIC_PREFIX']}.public.personalization_events"
+    return names.events_topic(env["PERSONALIZATION_KAFKA_TOPIC_PREFIX"])
+
+
+def _max_event_id(db_url: str) -> int:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute("SELECT coalesce(max(event_id), 0) FROM personalization_events").fetchone()
+    return int(row[0]) if row else 0
 
 
 def test_kill_9_loses_no_committed_row(env: dict[str, str]) -> None:
     db_url = env["PERSONALIZATION_DATABASE_URL"]
     inserter = Inserter(db_url)
-    first = RelayProcess(env)
-    first.start()
-    inserter.start()
+    consumer = new_consumer(env["PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS"], _topic(env))
+    counts: Counter[int] = Counter()
+
+    def delivered() -> set[int]:
+        """Every event id on the topic so far (each delivery counted)."""
+        for message in consumer.consume(num_messages=1000, timeout=0.2):
+            if message.error() is None:
+                envelope: dict[str, Any] = json.loads(message.value())
+                counts[int(envelope["after"]["event_id"])] += 1
+        return set(counts)
+
+    def deliver_after(after_id: int, relay: str, rows: int = 100) -> None:
+        """Wait until ``rows`` rows committed after ``after_id`` are on the topic: only ``relay`` can send them."""
+        wait_until(lambda: sum(i > after_id for i in delivered()) >= rows, 90,
+                   lambda: f"{rows} rows committed after event {after_id} delivered by the {relay} relay")
+
+    relays = [RelayProcess(env) for _ in range(3)]
+    first, second, third = relays
     try:
-        time.sleep(2.0)
-        first.kill()  # mid-stream
-        time.sleep(0.7)  # rows pile up in the slot while no relay runs
-        second = RelayProcess(env)
-        second.start()
-        time.sleep(1.3)
-        second.kill()
-        third = RelayProcess(env)
-        third.start()
-        time.sleep(1.0)
-    finally:
-        inserter.stop.set()
-        inserter.join()
-    try:
+        try:
+            first.start()
+            inserter.start()
+            deliver_after(0, "first")
+            first.kill()  # mid-stream: rows are being committed and delivered
+            killed_at = _max_event_id(db_url)
+            # Rows pile up in the slot while no relay runs.
+            wait_until(lambda: _max_event_id(db_url) >= killed_at + 500, 30, "500 rows committed while no relay runs")
+            second.start()
+            deliver_after(killed_at, "second")
+            second.kill()
+            killed_at = _max_event_id(db_url)
+            third.start()
+            deliver_after(killed_at, "third")
+        finally:
+            inserter.stop.set()
+            if inserter.ident is not None:  # started
+                inserter.join()
         with psycopg.connect(db_url) as conn:
             committed = {int(r[0]) for r in conn.execute("SELECT event_id FROM personalization_events")}
         assert len(committed) > 500
-        consumer = new_consumer(env["PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS"], _topic(env))
-        counts: Counter[int] = Counter()
-        deadline = time.monotonic() + 120
-        try:
-            while time.monotonic() < deadline and not committed <= set(counts):
-                for message in consume(consumer, 1, timeout_s=1):
-                    envelope: dict[str, Any] = json.loads(message.value())
-                    counts[int(envelope["after"]["event_id"])] += 1
-            # Keep reading briefly so that late duplicates are counted too.
-            for message in consume(consumer, 0, timeout_s=10, idle_s=2):
-                counts[int(json.loads(message.value())["after"]["event_id"])] += 1
-        finally:
-            consumer.close()
-        missing = committed - set(counts)
+        wait_until(lambda: committed <= delivered(), 120,
+                   lambda: f"every committed row on the topic ({len(committed - set(counts))} missing, "
+                   f"e.g. {sorted(committed - set(counts))[:5]})")
+        # Keep reading until the topic is quiet, so that late duplicates are counted too.
+        for message in consume(consumer, 0, timeout_s=10, idle_s=2):
+            counts[int(json.loads(message.value())["after"]["event_id"])] += 1
         duplicates = sum(counts.values()) - len(counts)
         print(
             f"\ncommitted={len(committed)} delivered={sum(counts.values())} "
             f"duplicates={duplicates} transactions={inserter.transactions}"
         )
-        assert not missing, f"{len(missing)} committed rows never arrived, e.g. {sorted(missing)[:5]}"
         assert set(counts) <= committed
-    finally:
         assert third.stop() == 0, third.output()[-3000:]
-        third.close()
-        first.close()
-        second.close()
+    finally:
+        consumer.close()
+        for relay in relays:
+            relay.close()
 
 
 def test_lost_slot_is_detected_and_recoverable(env: dict[str, str]) -> None:
@@ -141,13 +159,16 @@ def test_lost_slot_is_detected_and_recoverable(env: dict[str, str]) -> None:
         consumer = new_consumer(env["PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS"], _topic(env))
         try:
             seen: set[int] = set()
-            deadline = time.monotonic() + 60
-            while not wanted <= seen and time.monotonic() < deadline:
+
+            def arrived() -> bool:
                 for message in consume(consumer, 1, timeout_s=1):
                     seen.add(json.loads(message.value())["after"]["event_id"])
+                return wanted <= seen
+
+            # consume() blocks up to a second itself: no extra poll interval.
+            wait_until(arrived, 60, lambda: f"rows {sorted(wanted - seen)} on the topic", interval_s=0)
         finally:
             consumer.close()
-        assert wanted <= seen
         assert relay.stop() == 0
 
 
@@ -179,21 +200,23 @@ def test_kafka_outage_delays_but_loses_nothing(cdc_db_url: str, tmp_path: Path) 
         broker.stop()
         with psycopg.connect(cdc_db_url, autocommit=True) as conn:
             ids = {int(conn.execute(insert, (f"outage-{i}",)).fetchone()[0]) for i in range(20)}  # type: ignore[index]
-        time.sleep(5)  # longer than the delivery timeout: the relay must be retrying
+        # Past the delivery timeout the relay says so and retries; it must not exit.
+        relay.wait_for_output("Kafka delivery failed", 60)
         assert relay.wait_or_none() is None, relay.output()[-3000:]
-        assert "Kafka delivery failed" in relay.output()
         broker = LocalBroker(port=port)
         broker.start()
         consumer = new_consumer(bootstrap, _topic(env))
         try:
             seen: set[int] = set()
-            deadline = time.monotonic() + 60
-            while not ids <= seen and time.monotonic() < deadline:
+
+            def arrived() -> bool:
                 for message in consume(consumer, 1, timeout_s=1):
                     seen.add(int(json.loads(message.value())["after"]["event_id"]))
+                return ids <= seen
+
+            wait_until(arrived, 60, lambda: f"the {len(ids - seen)} rows of the outage on the topic", interval_s=0)
         finally:
             consumer.close()
-        assert ids <= seen
         assert relay.stop() == 0
         with psycopg.connect(cdc_db_url) as conn:
             stored = conn.execute("SELECT max(event_id) FROM personalization_events").fetchone()

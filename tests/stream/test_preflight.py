@@ -12,27 +12,27 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from personalization.changestream import pgadmin
-from personalization.changestream.settings import CdcSettings
 from personalization.cli.cdc import app as cdc_app
+from personalization.config import Settings
 from personalization_dev.testing.kafka import postgres_binaries, private_postgres
 
 
-def _settings(db_url: str, **extra: object) -> CdcSettings:
-    return CdcSettings(database_url=db_url, cdc_slot_name=f"pre_{uuid.uuid4().hex[:10]}", **extra)
+def _settings(db_url: str, **cdc: object) -> Settings:
+    return Settings(database={"url": db_url}, cdc={"slot_name": f"pre_{uuid.uuid4().hex[:10]}", **cdc})
 
 
-def _env(settings: CdcSettings) -> dict[str, str]:
+def _env(settings: Settings) -> dict[str, str]:
     return {
-        "PERSONALIZATION_DATABASE_URL": settings.database_url,
-        "PERSONALIZATION_CDC_SLOT_NAME": settings.cdc_slot_name,
+        "PERSONALIZATION_DATABASE_URL": settings.database.url,
+        "PERSONALIZATION_CDC_SLOT_NAME": settings.cdc.slot_name,
         "PERSONALIZATION_CDC_METRICS_PORT": "0",
         "PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
     }
 
 
 @pytest.fixture
-def slot_cleanup() -> Iterator[list[CdcSettings]]:
-    created: list[CdcSettings] = []
+def slot_cleanup() -> Iterator[list[Settings]]:
+    created: list[Settings] = []
     yield created
     for settings in created:
         with pgadmin.connect(settings) as conn:
@@ -97,19 +97,19 @@ def _store_offset(conn: psycopg.Connection[tuple[object, ...]], table: str, lsn:
 def test_offsets_without_slot_are_refused(cdc_fresh_db: str) -> None:
     settings = _settings(cdc_fresh_db)
     with pgadmin.connect(settings) as conn:
-        _store_offset(conn, settings.offsets_table, 1000)
+        _store_offset(conn, settings.cdc.offsets_table, 1000)
         with pytest.raises(pgadmin.CdcSetupError) as info:
             pgadmin.preflight(conn, settings)
     assert "does not exist" in str(info.value)
     assert "personalization cdc reset-offsets --yes" in str(info.value)
 
 
-def test_offsets_from_another_database_are_refused(cdc_fresh_db: str, slot_cleanup: list[CdcSettings]) -> None:
+def test_offsets_from_another_database_are_refused(cdc_fresh_db: str, slot_cleanup: list[Settings]) -> None:
     settings = _settings(cdc_fresh_db)
     slot_cleanup.append(settings)
     with pgadmin.connect(settings) as conn:
         pgadmin.ensure_publication_and_slot(conn, settings)
-        _store_offset(conn, settings.offsets_table, 1 << 60)
+        _store_offset(conn, settings.cdc.offsets_table, 1 << 60)
         with pytest.raises(pgadmin.CdcSetupError, match="beyond the end"):
             pgadmin.preflight(conn, settings)
 
@@ -118,7 +118,7 @@ def test_file_offsets_are_read(cdc_fresh_db: str, tmp_path: Path) -> None:
     # The file store is a Java-serialized map holding the offset JSON as raw bytes.
     path = tmp_path / "offsets.dat"
     path.write_bytes(b'\xac\xed\x00\x05sr\x00\x11java.util.HashMap...{"lsn":4242,"txId":7}x')
-    settings = _settings(cdc_fresh_db, cdc_offsets_file=str(path))
+    settings = _settings(cdc_fresh_db, offsets_file=str(path))
     with pgadmin.connect(settings) as conn:
         assert pgadmin.stored_lsn(conn, settings) == 4242
         pgadmin.clear_offsets(conn, settings)
@@ -136,17 +136,17 @@ def test_drop_slot_retires_everything(cdc_fresh_db: str) -> None:
     assert refused.exit_code == 2
     result = CliRunner().invoke(cdc_app, ["drop-slot", "--yes"], env=env)
     assert result.exit_code == 0, result.output
-    assert f"slot {settings.cdc_slot_name}" in result.output
+    assert f"slot {settings.cdc.slot_name}" in result.output
     with pgadmin.connect(settings) as conn:
-        assert pgadmin.read_slot(conn, settings.cdc_slot_name) is None
+        assert pgadmin.read_slot(conn, settings.cdc.slot_name) is None
         assert conn.execute(
             "SELECT count(*) FROM pg_publication WHERE pubname = %s",
-            (settings.cdc_publication_name,),
+            (settings.cdc.publication_name,),
         ).fetchone() == (0,)
 
 
 def test_slot_creation_blocked_by_open_transaction_names_it(cdc_fresh_db: str) -> None:
-    settings = _settings(cdc_fresh_db, cdc_slot_create_timeout_s=1.0)
+    settings = _settings(cdc_fresh_db, slot_create_timeout_s=1.0)
     with psycopg.connect(cdc_fresh_db) as blocker:
         # An open transaction holding an xid: logical slot creation must wait for it.
         blocker.execute("INSERT INTO user_profile (user_id) VALUES (%s)", (uuid.uuid4(),))
@@ -156,5 +156,5 @@ def test_slot_creation_blocked_by_open_transaction_names_it(cdc_fresh_db: str) -
         blocker.rollback()
     assert f"pid {pid}" in str(info.value) and "pg_terminate_backend" in str(info.value)
     with pgadmin.connect(settings) as conn:
-        assert pgadmin.read_slot(conn, settings.cdc_slot_name) is None
+        assert pgadmin.read_slot(conn, settings.cdc.slot_name) is None
         pgadmin.drop_slot_and_publication(conn, settings, keep_offsets=False)

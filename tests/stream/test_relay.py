@@ -22,23 +22,23 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
+from personalization.cache import keys
+from personalization.cache.serving import generation_invalidator
 from personalization.changestream import pgadmin
-from personalization.changestream.settings import CdcSettings
 from personalization.cli.cdc import app as cdc_app
-from personalization.serving.invalidation import (
-    preferences_key,
-    redis_invalidator,
-    run_invalidation_consumer,
-)
+from personalization.config import Settings
+from personalization.kafka import names
+from personalization.serving.invalidation import run_invalidation_consumer
 from personalization_dev.relayproc import RelayProcess
 from personalization_dev.testing.kafka import consume, new_consumer, relay_env
+from personalization_dev.testing.waiting import wait_until
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kafka-connect"
 
 
 @dataclass
 class Relay:
-    settings: CdcSettings
+    settings: Settings
     env: dict[str, str]
     process: RelayProcess
     metrics_port: int
@@ -57,21 +57,18 @@ def relay(cdc_db_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPa
     prefix = f"t{uuid.uuid4().hex[:8]}"
     port = _free_port()
     env = relay_env(cdc_db_url, kafka_bootstrap, prefix, PERSONALIZATION_CDC_METRICS_PORT=str(port))
-    settings = CdcSettings(
-        database_url=cdc_db_url,
-        kafka_bootstrap_servers=kafka_bootstrap,
-        kafka_topic_prefix=prefix,
-        cdc_slot_name=env["PERSONALIZATION_CDC_SLOT_NAME"],
+    settings = Settings(
+        database={"url": cdc_db_url},
+        kafka={"bootstrap_servers": kafka_bootstrap, "topic_prefix": prefix},
+        cdc={"slot_name": env["PERSONALIZATION_CDC_SLOT_NAME"]},
     )
     with RelayProcess(env, cwd=str(workdir)) as process:
         process.start()
         # "Connector task started" comes before the walsender attaches to the slot; tests
         # that look at the slot (status, drop refusal) need it attached.
-        deadline = time.monotonic() + 60
         with pgadmin.connect(settings) as conn:
-            while not ((slot := pgadmin.read_slot(conn, settings.cdc_slot_name)) and slot.active):
-                assert time.monotonic() < deadline, "the relay never attached to its slot"
-                time.sleep(0.1)
+            wait_until(lambda: (slot := pgadmin.read_slot(conn, settings.cdc.slot_name)) and slot.active, 60,
+                       f"the relay attached to its slot {settings.cdc.slot_name}")
         yield Relay(settings, env, process, port)
         assert process.stop() == 0, process.output()
 
@@ -98,7 +95,8 @@ def _insert_event(
 
 
 def _events_for(relay: Relay, marker: str, count: int) -> list[Any]:
-    consumer = new_consumer(relay.settings.kafka_bootstrap_servers, relay.settings.events_topic)
+    topic = names.events_topic(relay.settings.kafka.topic_prefix)
+    consumer = new_consumer(relay.settings.kafka.bootstrap_servers, topic)
     try:
         found: list[Any] = []
         deadline = time.monotonic() + 60
@@ -118,7 +116,7 @@ def test_envelope_key_and_exact_decimals(relay: Relay) -> None:
     alice, bob = uuid.uuid4(), uuid.uuid4()
     weights = {"a1": "0.750", "a2": "0.001", "b1": "-9.999", "n1": "1.000", "a3": "-0.125"}
     owners = {"a1": alice, "a2": alice, "a3": alice, "b1": bob, "n1": None}
-    with psycopg.connect(relay.settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(relay.settings.database.url, autocommit=True) as conn:
         _insert_profile(conn, alice)
         _insert_profile(conn, bob)
         for name in ("a1", "a2", "b1", "n1", "a3"):
@@ -149,14 +147,14 @@ def test_envelope_matches_kafka_connect_documentation(relay: Relay) -> None:
     documented = json.loads((DEPLOY / "envelope-fields.json").read_text())
     marker = f"doc-{uuid.uuid4().hex[:8]}"
     user = uuid.uuid4()
-    with psycopg.connect(relay.settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(relay.settings.database.url, autocommit=True) as conn:
         _insert_profile(conn, user)
         _insert_event(conn, user, f"{marker}-x", "0.500")
     [message] = _events_for(relay, marker, 1)
     envelope = json.loads(message.value())
-    topic_doc = documented["topics"]["personalization.public.personalization_events"]
-    assert message.topic() == relay.settings.events_topic
-    assert relay.settings.events_topic.split(".", 1)[1] == "public.personalization_events"
+    topic_doc = documented["topics"][names.events_topic("personalization")]
+    assert message.topic() == names.events_topic(relay.settings.kafka.topic_prefix)
+    assert names.events_topic(relay.settings.kafka.topic_prefix).split(".", 1)[1] == "public.personalization_events"
     assert set(envelope) == set(documented["envelope"])
     assert set(documented["source_required"]) <= set(envelope["source"])
     assert list(envelope["after"]) == topic_doc["row"]
@@ -167,7 +165,7 @@ def test_envelope_matches_kafka_connect_documentation(relay: Relay) -> None:
 def test_update_and_delete_are_published_as_documented(relay: Relay) -> None:
     marker = f"upd-{uuid.uuid4().hex[:8]}"
     user = uuid.uuid4()
-    with psycopg.connect(relay.settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(relay.settings.database.url, autocommit=True) as conn:
         _insert_profile(conn, user)
         event_id = _insert_event(conn, user, f"{marker}-x", "0.200")
         conn.execute(
@@ -175,7 +173,8 @@ def test_update_and_delete_are_published_as_documented(relay: Relay) -> None:
             (f"{marker}-y", event_id),
         )
         conn.execute("DELETE FROM personalization_events WHERE event_id = %s", (event_id,))
-    consumer = new_consumer(relay.settings.kafka_bootstrap_servers, relay.settings.events_topic)
+    topic = names.events_topic(relay.settings.kafka.topic_prefix)
+    consumer = new_consumer(relay.settings.kafka.bootstrap_servers, topic)
     try:
         seen: list[dict[str, Any]] = []
         deadline = time.monotonic() + 60
@@ -203,30 +202,27 @@ def test_profile_and_trait_changes_invalidate_preferences(relay: Relay, redis_ur
     client = redis.Redis.from_url(redis_url)
     user, other = uuid.uuid4(), uuid.uuid4()
     for u in (user, other):
-        client.hset(preferences_key(u), "tone", "gentle")
+        client.hset(keys.user_preferences(u), "tone", "gentle")
     seen: list[UUID] = []
-    delete_in_redis = redis_invalidator(redis_url)
+    api_protocol = generation_invalidator(redis_url)
 
     def invalidate(user_id: UUID) -> None:
+        api_protocol(user_id)
         seen.append(user_id)
-        delete_in_redis(user_id)
 
     stop = threading.Event()
     thread = threading.Thread(
         target=run_invalidation_consumer,
-        args=(relay.settings.kafka_bootstrap_servers, relay.settings.kafka_topic_prefix, invalidate),
+        args=(relay.settings.kafka.bootstrap_servers, relay.settings.kafka.topic_prefix, invalidate),
         kwargs={"stop": stop, "extra_config": {"session.timeout.ms": 3000}},
     )
     thread.start()
 
     def wait_for(*users: UUID) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not all(u in seen for u in users):
-            time.sleep(0.05)
-        assert all(u in seen for u in users), seen
+        wait_until(lambda: all(u in seen for u in users), 60, lambda: f"invalidations of {users} (seen {seen})")
 
     try:
-        with psycopg.connect(relay.settings.database_url, autocommit=True) as conn:
+        with psycopg.connect(relay.settings.database.url, autocommit=True) as conn:
             _insert_profile(conn, user)
             _insert_profile(conn, other)
             trait_id = uuid.uuid4()
@@ -237,7 +233,7 @@ def test_profile_and_trait_changes_invalidate_preferences(relay: Relay, redis_ur
             )
             wait_for(user, other)
             for u in (user, other):
-                client.hset(preferences_key(u), "tone", "gentle")
+                client.hset(keys.user_preferences(u), "tone", "gentle")
             seen.clear()
             # Writes that bypass the API: a trait deleted and a profile updated in SQL.
             conn.execute("DELETE FROM user_traits WHERE trait_id = %s", (trait_id,))
@@ -247,18 +243,18 @@ def test_profile_and_trait_changes_invalidate_preferences(relay: Relay, redis_ur
     finally:
         stop.set()
         thread.join(timeout=30)
-    assert client.exists(preferences_key(user)) == 0
-    assert client.exists(preferences_key(other)) == 0
+    assert client.exists(keys.user_preferences(user)) == 0
+    assert client.exists(keys.user_preferences(other)) == 0
 
 
 def test_retained_wal_metric_is_exposed(relay: Relay) -> None:
-    deadline = time.monotonic() + 30
-    text = ""
-    while time.monotonic() < deadline:
+    active = f'personalization_cdc_slot_active{{slot="{relay.settings.cdc.slot_name}"}} 1.0'
+
+    def scraped() -> str:
         text = httpx.get(f"http://127.0.0.1:{relay.metrics_port}/metrics").text
-        if f'personalization_cdc_slot_active{{slot="{relay.settings.cdc_slot_name}"}} 1.0' in text:
-            break
-        time.sleep(0.5)
+        return text if active in text else ""
+
+    text = wait_until(scraped, 30, f"{active!r} on the relay's metrics page", interval_s=0.5)
     line = next(ln for ln in text.splitlines() if ln.startswith("personalization_cdc_slot_retained_wal_bytes{"))
     assert float(line.rsplit(" ", 1)[1]) >= 0
     assert "personalization_cdc_records_produced_total" in text
@@ -274,16 +270,16 @@ def test_status_and_drop_slot_refused_while_streaming(relay: Relay) -> None:
     assert refused.exit_code == 3  # the running relay holds the slot
     assert "in use" in refused.output
     with pgadmin.connect(relay.settings) as conn:
-        assert pgadmin.read_slot(conn, relay.settings.cdc_slot_name) is not None
+        assert pgadmin.read_slot(conn, relay.settings.cdc.slot_name) is not None
 
 
 def test_walsender_loss_reconnects(relay: Relay) -> None:
     """A dropped replication connection (as in a PostgreSQL restart) is re-established."""
-    with psycopg.connect(relay.settings.database_url, autocommit=True) as conn:
+    with psycopg.connect(relay.settings.database.url, autocommit=True) as conn:
         terminated = conn.execute(
             "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
             "WHERE slot_name = %s AND active_pid IS NOT NULL",
-            (relay.settings.cdc_slot_name,),
+            (relay.settings.cdc.slot_name,),
         ).fetchall()
         assert terminated == [(True,)]
         marker = f"reconnect-{uuid.uuid4().hex[:8]}"

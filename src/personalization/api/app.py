@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from personalization.api.auth import install_security
 from personalization.api.errors import install_error_handlers
 from personalization.api.middleware import BodyLimitMiddleware
-from personalization.api.routers import datarights, events, keys, ops, profiles, serving
+from personalization.api.routers import datarights, events, experiments, keys, ops, profiles, serving
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
 from personalization.workers import background_workers
@@ -46,10 +46,10 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             return
         async with open_platform(cfg) as p, contextlib.AsyncExitStack() as stack:
             app.state.platform = p
-            if cfg.background_workers:
+            if cfg.workers.background:
                 # The outbox workers (erase completion, invalidation replay) in every API process.
                 app.state.workers = await stack.enter_async_context(background_workers(p))
-            if cfg.http_gc_tuning:
+            if cfg.http.gc_tuning:
                 _tune_gc()
             yield
 
@@ -61,10 +61,18 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     )
     if platform is not None:
         app.state.platform = platform
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.http.max_body_bytes)
     # API keys on every /v1 route: scope dependencies, header guard, audit, dev-mode notice.
     install_security(app, cfg)
     install_error_handlers(app)
-    for router in (ops.router, profiles.router, events.router, serving.router, datarights.router, keys.router):
+    for router in (
+        ops.router,
+        profiles.router,
+        events.router,
+        serving.router,
+        datarights.router,
+        keys.router,
+        experiments.router,
+    ):
         app.include_router(router)
     return app

@@ -55,7 +55,7 @@ def authenticator_of(request: Request) -> Authenticator:
 
 
 def _dev_mode(request: Request) -> bool:
-    return bool(request.app.state.auth_settings.auth_dev_mode)
+    return bool(request.app.state.auth_settings.auth.dev_mode)
 
 
 def require(scope: str | None, *, audit_action: str | None = None) -> Any:
@@ -143,8 +143,8 @@ def install_security(app: FastAPI, settings: Settings) -> None:
     """Add the security handlers and middleware to ``app``; announce development mode."""
 
     app.state.auth_settings = settings
-    app.add_middleware(SecurityMiddleware, max_header_bytes=settings.max_header_bytes)
-    if settings.auth_dev_mode:
+    app.add_middleware(SecurityMiddleware, max_header_bytes=settings.http.max_header_bytes)
+    if settings.auth.dev_mode:
         msg = ("DEVELOPMENT MODE: API keys are NOT checked; every /v1 route is open "
                "(PERSONALIZATION_AUTH_DEV_MODE=true). Never run this in production.")
         log.warning(msg, extra={"auth_dev_mode": True})

@@ -15,6 +15,7 @@ NotFound                               404     the path parameter or body field 
 Conflict                               409     the conflicting field
 AuthError (Unauthorized/Forbidden/...) 401..   the ``authorization`` header
 StoreUnavailable                       503     "database unavailable, retry later"
+CacheUnavailable                       503     "cache unavailable, retry later", Retry-After
 StoreError                             500     "internal database error"
 StarletteHTTPException                 its     the exception's detail (unknown route, 405)
 any other Exception                    500     "internal error"
@@ -32,7 +33,7 @@ from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from personalization.api.responses import JSONBody
-from personalization.errors import Conflict, InvalidInput, NotFound, StoreError, StoreUnavailable
+from personalization.errors import CacheUnavailable, Conflict, InvalidInput, NotFound, StoreError, StoreUnavailable
 from personalization.security.errors import AuthError
 
 __all__ = ["AUTH_REFUSED", "error_response", "install_error_handlers"]
@@ -84,6 +85,14 @@ async def _on_store_down(_: Request, exc: StoreUnavailable) -> JSONBody:
     return error_response(503, [{"loc": [], "msg": "database unavailable, retry later", "type": "unavailable"}])
 
 
+async def _on_cache_down(_: Request, exc: CacheUnavailable) -> JSONBody:
+    # Only where Redis is part of the operation itself (erase deletes the user's keys in
+    # its transaction, so nothing was changed); every other path degrades instead.
+    log.error("Redis unavailable: %s", exc)
+    return error_response(503, [{"loc": [], "msg": "cache unavailable, retry later", "type": "unavailable"}],
+                          headers={"Retry-After": "5"})
+
+
 async def _on_store_error(_: Request, exc: StoreError) -> JSONBody:
     # Logged in full here; the client gets no internals.
     log.error("database error: %s", exc)
@@ -108,6 +117,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Conflict, _on_conflict)  # type: ignore[arg-type]
     app.add_exception_handler(AuthError, _on_auth_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _on_store_down)  # type: ignore[arg-type]
+    app.add_exception_handler(CacheUnavailable, _on_cache_down)  # type: ignore[arg-type]
     app.add_exception_handler(StoreError, _on_store_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _on_http)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _on_unexpected)

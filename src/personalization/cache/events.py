@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from personalization import metrics
 from personalization.cache import keys
-from personalization.cache.client import lua_script, wrap_exceptions
+from personalization.cache.client import RecentFailures, lua_script, wrap_exceptions
 
 # Items per script call: one call runs atomically and blocks every other Redis
 # client meanwhile, so a large group commit is split into calls of a few
@@ -54,6 +54,8 @@ class EventCache:
         self._r = client
         self._claim = client.register_script(lua_script("claim_event_ids"))
         self._views = client.register_script(lua_script("record_views"))
+        # For /healthz: the probe cannot see a refused script or a clobbered key.
+        self.failures = RecentFailures()
 
     async def claim_event_ids(self, per_owner: Mapping[str, Sequence[int | str]]) -> list[bool]:
         """``ZADD NX`` each (occurred_at in whole epoch seconds, client event id) in its owner's signals set.
@@ -77,7 +79,8 @@ class EventCache:
                             client=pipe,
                         )
                     flags = [f == 1 for res in await pipe.execute() for f in res]
-        except Exception:
+        except Exception as exc:
+            self.failures.note(str(exc) or type(exc).__name__)
             metrics.CACHE_ERRORS.labels("claim_event_ids").inc()
             metrics.CACHE_AVAILABLE.set(0)
             raise
@@ -116,7 +119,8 @@ class EventCache:
                             keys=names[part], args=[spec.cap, spec.ttl_s, orjson.dumps(payload[part])], client=pipe
                         )
                     await pipe.execute()
-        except Exception:
+        except Exception as exc:
+            self.failures.note(str(exc) or type(exc).__name__)
             metrics.CACHE_ERRORS.labels("record_views").inc()
             raise
 

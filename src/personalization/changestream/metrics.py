@@ -8,7 +8,7 @@ import threading
 from prometheus_client import Counter, Gauge, Histogram
 
 from personalization.changestream.pgadmin import connect, read_slot
-from personalization.changestream.settings import CdcSettings
+from personalization.config import Settings
 from personalization.errors import StoreError
 from personalization.store.changestream import AdminConnection
 
@@ -56,7 +56,7 @@ class WalMonitor(threading.Thread):
     engine thread and must not wait for monitoring queries.
     """
 
-    def __init__(self, settings: CdcSettings, stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, stop: threading.Event) -> None:
         """Prepare the monitor; call ``start()`` to run it."""
         super().__init__(name="cdc-wal-monitor", daemon=True)
         self._settings = settings
@@ -64,7 +64,7 @@ class WalMonitor(threading.Thread):
 
     def refresh(self, conn: AdminConnection) -> None:
         """Read the slot once and update the gauges."""
-        slot_name = self._settings.cdc_slot_name
+        slot_name = self._settings.cdc.slot_name
         slot = read_slot(conn, slot_name)
         if slot is None:
             SLOT_ACTIVE.labels(slot_name).set(-1)
@@ -86,6 +86,6 @@ class WalMonitor(threading.Thread):
                 if conn is not None:
                     conn.close()
                 conn = None
-            self._stop.wait(self._settings.cdc_metrics_interval_s)
+            self._stop.wait(self._settings.cdc.metrics_interval_s)
         if conn is not None:
             conn.close()

@@ -17,7 +17,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from personalization.changestream.settings import CdcSettings
+from personalization.changestream.capture import captured_tables
+from personalization.config import Settings
 from personalization.store import changestream as pg
 from personalization.store.changestream import OFFSETS_DDL, AdminConnection
 
@@ -75,9 +76,9 @@ class SlotInfo:
     retained_wal_bytes: int | None
 
 
-def connect(settings: CdcSettings) -> AdminConnection:
+def connect(settings: Settings) -> AdminConnection:
     """An autocommit connection (slot functions cannot run inside a transaction block)."""
-    return pg.connect(settings.database_url)
+    return pg.connect(settings.database.url)
 
 
 def read_slot(conn: AdminConnection, slot_name: str) -> SlotInfo | None:
@@ -97,25 +98,25 @@ def read_slot(conn: AdminConnection, slot_name: str) -> SlotInfo | None:
     )
 
 
-def stored_lsn(conn: AdminConnection, settings: CdcSettings) -> int | None:
+def stored_lsn(conn: AdminConnection, settings: Settings) -> int | None:
     """The LSN in the relay's stored offsets, or None when nothing is stored yet.
 
     Both stores keep Debezium's offset JSON (``{"lsn": ..., "txId": ...}``) as plain bytes:
     the JDBC store in a text column, the file store inside a Java-serialized map, so one
     pattern reads either without a JVM.
     """
-    if settings.cdc_offsets_file:
+    if settings.cdc.offsets_file:
         try:
-            with open(settings.cdc_offsets_file, "rb") as f:
+            with open(settings.cdc.offsets_file, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
             return None
         values = [int(m) for m in _LSN_IN_OFFSET.findall(data)]
         return max(values) if values else None
-    if not pg.table_exists(conn, settings.offsets_table):
+    if not pg.table_exists(conn, settings.cdc.offsets_table):
         return None
     lsns: list[int] = []
-    for value in pg.offset_values(conn, settings.offsets_table):
+    for value in pg.offset_values(conn, settings.cdc.offsets_table):
         if value is None:
             continue
         lsn = json.loads(value).get("lsn")
@@ -124,7 +125,7 @@ def stored_lsn(conn: AdminConnection, settings: CdcSettings) -> int | None:
     return max(lsns) if lsns else None
 
 
-def initial_offset(settings: CdcSettings, lsn: int) -> tuple[str, str]:
+def initial_offset(settings: Settings, lsn: int) -> tuple[str, str]:
     """Debezium's offset (key, value) JSON for "resume streaming at ``lsn``".
 
     Without a stored offset Debezium starts at the server's *current* WAL position, which
@@ -133,32 +134,32 @@ def initial_offset(settings: CdcSettings, lsn: int) -> tuple[str, str]:
     Seeding the slot's position closes that gap.  Only ``lsn`` is given: with no
     ``lsn_commit``/``lsn_proc`` Debezium does not skip anything it then receives.
     """
-    key = json.dumps([settings.cdc_engine_name, {"server": settings.kafka_topic_prefix}], separators=(",", ":"))
+    key = json.dumps([settings.cdc.engine_name, {"server": settings.kafka.topic_prefix}], separators=(",", ":"))
     value = json.dumps({"lsn": lsn, "txId": None, "ts_usec": int(time.time() * 1_000_000)}, separators=(",", ":"))
     return key, value
 
 
-def slot_lsn(conn: AdminConnection, settings: CdcSettings) -> int:
+def slot_lsn(conn: AdminConnection, settings: Settings) -> int:
     """The slot's confirmed position as an integer LSN."""
-    slot = read_slot(conn, settings.cdc_slot_name)
+    slot = read_slot(conn, settings.cdc.slot_name)
     if slot is None or slot.confirmed_flush_lsn is None:
-        raise CdcSetupError(f"replication slot {settings.cdc_slot_name!r} has no confirmed position")
+        raise CdcSetupError(f"replication slot {settings.cdc.slot_name!r} has no confirmed position")
     return _lsn_to_int(slot.confirmed_flush_lsn)
 
 
-def seed_jdbc_offsets(conn: AdminConnection, settings: CdcSettings, lsn: int) -> None:
+def seed_jdbc_offsets(conn: AdminConnection, settings: Settings, lsn: int) -> None:
     """Store the initial offset in the JDBC offset table (created here if missing)."""
     key, value = initial_offset(settings, lsn)
-    pg.insert_offset(conn, settings.offsets_table, str(uuid.uuid4()), key, value)
+    pg.insert_offset(conn, settings.cdc.offsets_table, str(uuid.uuid4()), key, value)
 
 
-def clear_offsets(conn: AdminConnection, settings: CdcSettings) -> None:
+def clear_offsets(conn: AdminConnection, settings: Settings) -> None:
     """Forget the stored position (file removed, or the offsets table dropped)."""
-    if settings.cdc_offsets_file:
+    if settings.cdc.offsets_file:
         with contextlib.suppress(FileNotFoundError):
-            os.remove(settings.cdc_offsets_file)
+            os.remove(settings.cdc.offsets_file)
         return
-    pg.drop_table(conn, settings.offsets_table)
+    pg.drop_table(conn, settings.cdc.offsets_table)
 
 
 def _lsn_to_int(lsn: str) -> int:
@@ -166,7 +167,7 @@ def _lsn_to_int(lsn: str) -> int:
     return (int(high, 16) << 32) + int(low, 16)
 
 
-def preflight(conn: AdminConnection, settings: CdcSettings) -> None:
+def preflight(conn: AdminConnection, settings: Settings) -> None:
     """Refuse to start on a database that would make Debezium fail or silently skip rows.
 
     Checks ``wal_level``, the replication privilege, the slot's plugin/database/state and
@@ -186,9 +187,9 @@ def preflight(conn: AdminConnection, settings: CdcSettings) -> None:
         raise CdcSetupError(
             f"Role {user!r} may not stream changes. Fix: `ALTER ROLE {user} WITH REPLICATION;` "
             "(and make it owner of the captured tables, or create the publication "
-            f"{settings.cdc_publication_name!r} as their owner)."
+            f"{settings.cdc.publication_name!r} as their owner)."
         )
-    slot = read_slot(conn, settings.cdc_slot_name)
+    slot = read_slot(conn, settings.cdc.slot_name)
     current_db = pg.current_database(conn)
     if slot is not None:
         if slot.plugin != "pgoutput" or slot.database != current_db:
@@ -207,7 +208,7 @@ def preflight(conn: AdminConnection, settings: CdcSettings) -> None:
     if lsn is not None and slot is None:
         raise CdcSetupError(
             f"Stored offsets point at LSN {lsn} but replication slot "
-            f"{settings.cdc_slot_name!r} does not exist (database restored or recreated, or "
+            f"{settings.cdc.slot_name!r} does not exist (database restored or recreated, or "
             "the slot was dropped). Starting anyway would silently skip every change made "
             "since. " + RECOVERY_HELP
         )
@@ -220,31 +221,31 @@ def preflight(conn: AdminConnection, settings: CdcSettings) -> None:
             )
 
 
-def ensure_publication_and_slot(conn: AdminConnection, settings: CdcSettings) -> bool:
+def ensure_publication_and_slot(conn: AdminConnection, settings: Settings) -> bool:
     """Create the project's publication and slot if missing; True when the slot is new.
 
     The slot is created here rather than by Debezium so that the stream's start is the
     moment this command ran, and so that the slot is never silently re-created by the
     connector after it was lost (``preflight`` refuses that case).
     """
-    exists = pg.publication_exists(conn, settings.cdc_publication_name)
+    exists = pg.publication_exists(conn, settings.cdc.publication_name)
     try:
         # When it exists, setting its table list keeps it in step with cdc_capture_profile.
-        pg.set_publication(conn, settings.cdc_publication_name, settings.captured_tables, create=not exists)
+        pg.set_publication(conn, settings.cdc.publication_name, captured_tables(settings), create=not exists)
     except pg.InsufficientPrivilege as exc:
         raise CdcSetupError(
-            f"Cannot create or alter publication {settings.cdc_publication_name!r}: {exc}. "
+            f"Cannot create or alter publication {settings.cdc.publication_name!r}: {exc}. "
             "Fix: run the relay as the owner of the captured tables, or have the owner run "
-            f"`CREATE PUBLICATION {settings.cdc_publication_name} FOR TABLE "
-            f"{', '.join(settings.captured_tables)};`."
+            f"`CREATE PUBLICATION {settings.cdc.publication_name} FOR TABLE "
+            f"{', '.join(captured_tables(settings))};`."
         ) from exc
-    if read_slot(conn, settings.cdc_slot_name) is not None:
+    if read_slot(conn, settings.cdc.slot_name) is not None:
         return False
     _create_slot(conn, settings)
     return True
 
 
-def _create_slot(conn: AdminConnection, settings: CdcSettings) -> None:
+def _create_slot(conn: AdminConnection, settings: Settings) -> None:
     """Create the logical slot, bounded in time.
 
     PostgreSQL only finishes creating a logical slot once every transaction that holds an
@@ -254,25 +255,25 @@ def _create_slot(conn: AdminConnection, settings: CdcSettings) -> None:
     """
     writers = pg.open_writers(conn)
     if writers:
-        log.info("creating slot %s waits for these transactions to end: %s", settings.cdc_slot_name, writers)
-    timeout_ms = int(settings.cdc_slot_create_timeout_s * 1000)
+        log.info("creating slot %s waits for these transactions to end: %s", settings.cdc.slot_name, writers)
+    timeout_ms = int(settings.cdc.slot_create_timeout_s * 1000)
     try:
-        pg.create_slot(conn, settings.cdc_slot_name, timeout_ms)
+        pg.create_slot(conn, settings.cdc.slot_name, timeout_ms)
     except pg.StatementTimedOut as exc:
         writers = pg.open_writers(conn)
         described = "; ".join(
             f"pid {pid} in {db} ({state}, transaction open for {age})" for pid, db, state, age in writers
         )
         raise CdcSetupError(
-            f"Creating replication slot {settings.cdc_slot_name!r} waited "
-            f"{settings.cdc_slot_create_timeout_s:.0f} s for running transactions to end: "
+            f"Creating replication slot {settings.cdc.slot_name!r} waited "
+            f"{settings.cdc.slot_create_timeout_s:.0f} s for running transactions to end: "
             f"{described or 'none left'}. Fix: end them (COMMIT/ROLLBACK, or "
             "`SELECT pg_terminate_backend(<pid>)`) and start the relay again."
         ) from exc
 
 
 def drop_slot_and_publication(
-    conn: AdminConnection, settings: CdcSettings, *, keep_offsets: bool
+    conn: AdminConnection, settings: Settings, *, keep_offsets: bool
 ) -> list[str]:
     """Retire the relay: drop its slot, publication and (unless kept) stored offsets.
 
@@ -280,22 +281,22 @@ def drop_slot_and_publication(
     under a running relay would make it fail with a less clear error.
     """
     dropped: list[str] = []
-    slot = read_slot(conn, settings.cdc_slot_name)
+    slot = read_slot(conn, settings.cdc.slot_name)
     if slot is not None:
         if slot.active:
             raise SlotInUse(f"Replication slot {slot.name!r} is in use; stop `personalization cdc run` first.")
-        pg.drop_slot(conn, settings.cdc_slot_name)
-        dropped.append(f"slot {settings.cdc_slot_name}")
-    if pg.publication_exists(conn, settings.cdc_publication_name):
-        pg.drop_publication(conn, settings.cdc_publication_name)
-        dropped.append(f"publication {settings.cdc_publication_name}")
+        pg.drop_slot(conn, settings.cdc.slot_name)
+        dropped.append(f"slot {settings.cdc.slot_name}")
+    if pg.publication_exists(conn, settings.cdc.publication_name):
+        pg.drop_publication(conn, settings.cdc.publication_name)
+        dropped.append(f"publication {settings.cdc.publication_name}")
     if not keep_offsets and stored_lsn(conn, settings) is not None:
         clear_offsets(conn, settings)
         dropped.append("stored offsets")
     return dropped
 
 
-def prepare(settings: CdcSettings) -> tuple[bool, int | None]:
+def prepare(settings: Settings) -> tuple[bool, int | None]:
     """Check the database and create what the relay needs; ``(slot created now, LSN to seed or None)``.
 
     On a first start (or after ``reset-offsets``) in ``no_data`` mode the relay must resume
@@ -306,8 +307,8 @@ def prepare(settings: CdcSettings) -> tuple[bool, int | None]:
         preflight(conn, settings)
         created = ensure_publication_and_slot(conn, settings)
         seed_lsn: int | None = None
-        if settings.cdc_snapshot_mode == "no_data" and stored_lsn(conn, settings) is None:
+        if settings.cdc.snapshot_mode == "no_data" and stored_lsn(conn, settings) is None:
             seed_lsn = slot_lsn(conn, settings)
-            if not settings.cdc_offsets_file:
+            if not settings.cdc.offsets_file:
                 seed_jdbc_offsets(conn, settings, seed_lsn)
     return created, seed_lsn

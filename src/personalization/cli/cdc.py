@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from personalization.changestream.settings import CdcSettings, SnapshotMode
-from personalization.cli.common import ExitCode, fail
+from personalization.cli.common import ExitCode, fail, load_settings
+from personalization.config import Settings, SnapshotMode
+from personalization.kafka import names
 
 if TYPE_CHECKING:
     from personalization.store.changestream import AdminConnection
@@ -40,17 +41,12 @@ app = typer.Typer(help="Debezium change-data-capture relay to Kafka.", no_args_i
 _YES = typer.Option("--yes", help="Confirm the destructive operation.")
 
 
-def _settings(**overrides: object) -> CdcSettings:
-    try:
-        base = CdcSettings()
-    except ValueError as exc:  # pydantic ValidationError: a PERSONALIZATION_* variable is wrong
-        fail(f"invalid settings: {' '.join(str(exc).splitlines()[:3])}", ExitCode.BAD_INPUT)
-    values = {k: v for k, v in overrides.items() if v is not None}
-    return base.model_copy(update=values) if values else base
+def _settings(**cdc: object) -> Settings:
+    return load_settings(cdc=cdc)
 
 
 @contextlib.contextmanager
-def _admin(settings: CdcSettings) -> Iterator[AdminConnection]:
+def _admin(settings: Settings) -> Iterator[AdminConnection]:
     """An admin connection; a setup problem exits 2, a slot in use 3, PostgreSQL unreachable 4."""
     from personalization.changestream import pgadmin
     from personalization.errors import StoreUnavailable
@@ -88,9 +84,9 @@ def run(
 
     _logging()
     settings = _settings(
-        cdc_snapshot_mode=snapshot_mode,
-        cdc_metrics_port=metrics_port,
-        cdc_offsets_file=offsets_file,
+        snapshot_mode=snapshot_mode,
+        metrics_port=metrics_port,
+        offsets_file=offsets_file,
     )
     stop = threading.Event()
 
@@ -113,12 +109,12 @@ def status() -> None:
 
     settings = _settings()
     with _admin(settings) as conn:
-        slot = pgadmin.read_slot(conn, settings.cdc_slot_name)
+        slot = pgadmin.read_slot(conn, settings.cdc.slot_name)
         lsn = pgadmin.stored_lsn(conn, settings)
     out = {
         "slot": None if slot is None else slot.__dict__,
         "stored_lsn": lsn,
-        "topic": settings.events_topic,
+        "topic": names.events_topic(settings.kafka.topic_prefix),
     }
     typer.echo(json.dumps(out))
 
@@ -151,14 +147,14 @@ def reset_offsets(yes: Annotated[bool, _YES] = False) -> None:
         pgadmin.drop_slot_and_publication(conn, settings, keep_offsets=False)
         pgadmin.preflight(conn, settings)
         pgadmin.ensure_publication_and_slot(conn, settings)
-    typer.echo(f"slot {settings.cdc_slot_name} re-created; offsets cleared")
+    typer.echo(f"slot {settings.cdc.slot_name} re-created; offsets cleared")
 
 
 @app.command("invalidate-cache")
 def invalidate_cache(
     group_id: Annotated[str, typer.Option(help="Kafka consumer group.")] = ("personalization-cache-invalidation"),
 ) -> None:
-    """Consume profile/trait changes and delete the users' Redis preference snapshots."""
+    """Consume profile/trait changes and invalidate the users' cached preferences (as the API does)."""
     from personalization.cache.serving import generation_invalidator
     from personalization.serving.invalidation import run_invalidation_consumer
 
@@ -172,9 +168,9 @@ def invalidate_cache(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     run_invalidation_consumer(
-        settings.kafka_bootstrap_servers,
-        settings.kafka_topic_prefix,
-        generation_invalidator(settings.redis_url),
+        settings.kafka.bootstrap_servers,
+        settings.kafka.topic_prefix,
+        generation_invalidator(settings.redis.url),
         stop=stop,
         group_id=group_id or f"personalization-cache-{uuid.uuid4()}",
     )

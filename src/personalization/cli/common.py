@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from personalization.config import Settings
 from personalization.errors import CacheUnavailable, Conflict, InvalidInput, NotFound, StoreUnavailable
 
 __all__ = ["ExitCode", "err", "exit_code_for", "fail"]
@@ -70,3 +71,25 @@ def fail(msg: str, code: ExitCode) -> NoReturn:
     line = Text.assemble(("error:", "bold red"), " ", " ".join(msg.split()))
     err.print(line, highlight=False, soft_wrap=True)
     raise typer.Exit(int(code))
+
+
+def load_settings(**sections: dict[str, object]) -> Settings:
+    """The settings tree read from the environment now, with command-line overrides per section.
+
+    Read afresh on every call (not the process-wide cache): one command invocation is one
+    read, and commands run in-process one after another (tests, the demo) see the
+    environment of their own invocation.  ``load_settings(cdc={"metrics_port": port})`` drops
+    the None values (options not given).  An invalid ``PERSONALIZATION_*`` variable or option
+    exits 2 with one line naming it.
+    """
+    from pydantic import ValidationError
+
+    from personalization.config import describe_error
+
+    try:
+        settings = Settings()
+        given = {name: {k: v for k, v in values.items() if v is not None} for name, values in sections.items()}
+        given = {name: values for name, values in given.items() if values}
+        return settings.replace(**given) if given else settings
+    except ValidationError as exc:
+        fail(f"invalid settings: {describe_error(exc)}", ExitCode.BAD_INPUT)

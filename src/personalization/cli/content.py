@@ -1,4 +1,4 @@
-"""``personalization content ...``: the content catalogue's embeddings.
+"""``personalization content ...``: the content catalogue and its embeddings.
 
 Exit codes (:mod:`personalization.cli.common`): 0 success, 1 the import failed, 2 a file
 that cannot be read or is invalid (nothing written), 4 PostgreSQL unreachable.
@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
 
-from personalization.cli.common import ExitCode, err, exit_code_for, fail
-from personalization.config import get_settings
+from personalization.cli.common import ExitCode, err, exit_code_for, fail, load_settings
 from personalization.errors import InvalidInput, PersonalizationError
 
-app = typer.Typer(no_args_is_help=True, help="Content embeddings used by reranking.")
+if TYPE_CHECKING:
+    from personalization.store.serving import ImportOutcome
+
+app = typer.Typer(
+    no_args_is_help=True, help="The content catalogue (passages, translations, series) and its embeddings."
+)
 
 
 @app.command("import")
@@ -30,15 +34,19 @@ def import_(
     model: Annotated[str, typer.Option(help="model name stored with rows that do not name one")] = "default",
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
 ) -> None:
-    """Validate the whole file, then upsert every embedding in one transaction (a bad file writes nothing)."""
+    """Validate the whole file, then upsert its embeddings and catalogue rows in one transaction.
+
+    Rows carry content_id and an embedding, catalogue fields (content_type, title, body,
+    passage_id, translation, series, position, tags, metadata) or both.  A bad file
+    writes nothing; a good one raises the catalogue version.
+    """
     from personalization.cache.client import make_client
     from personalization.cache.serving import ServingCache
     from personalization.serving.content_import import import_batch, read_file
-    from personalization.serving.settings import ServingSettings
     from personalization.store.db import Database
 
-    settings = get_settings()
-    dim = ServingSettings().embedding_dim
+    settings = load_settings()
+    dim = settings.embedding.dim
     try:
         batch = read_file(path, dim, fmt, ids)
     except InvalidInput as exc:
@@ -46,7 +54,7 @@ def import_(
     except OSError as exc:  # exists but cannot be read (permissions, a directory, an I/O error)
         fail(f"{path}: cannot read: {exc.strerror or exc}", ExitCode.BAD_INPUT)
 
-    async def run() -> tuple[int, bool]:
+    async def run() -> tuple[ImportOutcome, bool]:
         db = Database(settings, min_size=1, max_size=1)
         await db.open()
         redis = make_client(settings)
@@ -57,14 +65,20 @@ def import_(
             await db.close()
 
     try:
-        written, announced = asyncio.run(run())
+        outcome, announced = asyncio.run(run())
     except PersonalizationError as exc:
         fail(str(exc), exit_code_for(exc))
     if not announced:
         err.print(
-            "[yellow]warning:[/] Redis unreachable: serving processes see the new vectors when their cache ages out"
+            "[yellow]warning:[/] Redis unreachable: serving processes see the new content when their cache ages out"
         )
     if json_out:
-        typer.echo(orjson.dumps({"imported": written, "dim": dim, "path": str(path), "announced": announced}).decode())
+        typer.echo(orjson.dumps({
+            "imported": outcome.rows, "embeddings": outcome.embeddings, "catalog_rows": outcome.catalog_rows,
+            "dim": dim, "catalog_version": outcome.catalog_version, "path": str(path), "announced": announced,
+        }).decode())
     else:
-        typer.echo(f"imported {written} embeddings (dim {dim}) from {path}")
+        typer.echo(
+            f"imported {outcome.rows} items ({outcome.embeddings} embeddings of dim {dim},"
+            f" {outcome.catalog_rows} catalogue rows) from {path}; catalogue version {outcome.catalog_version}"
+        )

@@ -10,15 +10,22 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from personalization.cli.common import ExitCode, err, exit_code_for, fail
+from personalization.cli.common import ExitCode, err, exit_code_for, fail, load_settings
+from personalization.config import NightlySettings
 from personalization.errors import InvalidInput, PersonalizationError
+
+if TYPE_CHECKING:
+    pass
+
+if TYPE_CHECKING:
+    from personalization.nightly.job import NightlyJob
 
 app = typer.Typer(no_args_is_help=True, help="Nightly feature-store job and its scheduler.")
 features_app = typer.Typer(no_args_is_help=True, help="Feature-store data for training.")
@@ -35,17 +42,19 @@ def _sigterm_exits() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _setup() -> tuple[str, Any]:
+def _setup() -> tuple[str, NightlySettings]:
     from personalization import logging_setup
-    from personalization.config import get_settings
-    from personalization.nightly.job import NightlySettings
 
     logging_setup.configure()
-    try:
-        nightly = NightlySettings()
-    except ValueError as exc:
-        fail(f"invalid PERSONALIZATION_NIGHTLY_* setting: {exc}", ExitCode.BAD_INPUT)
-    return get_settings().database_url, nightly
+    settings = load_settings()
+    return settings.database.url, settings.nightly
+
+
+def _job(url: str, nightly: NightlySettings) -> NightlyJob:
+    from personalization.nightly.job import NightlyJob
+
+    # The deployment's decay (PERSONALIZATION_LEARNER_SIGNALS), as the online learner has it.
+    return NightlyJob(url, nightly, decay=load_settings().decay.config())
 
 
 def _quiet(json_out: bool) -> bool:
@@ -64,11 +73,11 @@ def nightly(
     json_out: bool = typer.Option(False, "--json", help="print the outcome as one JSON line"),
 ) -> None:
     """Refresh user_signal_rollups and write the dated feature-store snapshot."""
-    from personalization.nightly.job import NightlyJob, NightlyRunning
+    from personalization.nightly.job import NightlyRunning
 
     url, settings = _setup()
     _sigterm_exits()
-    job = NightlyJob(url, settings)
+    job = _job(url, settings)
     try:
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                       transient=True, disable=_quiet(json_out)) as progress:
@@ -95,7 +104,6 @@ def schedule(
     metrics_port: int = typer.Option(0, help="serve Prometheus metrics on this port (0: off)"),
 ) -> None:
     """Run the nightly job on PERSONALIZATION_NIGHTLY_CRON in PERSONALIZATION_NIGHTLY_TIMEZONE (until stopped)."""
-    from personalization.nightly.job import NightlyJob
     from personalization.nightly.scheduler import NightlyScheduler
 
     url, settings = _setup()
@@ -105,7 +113,7 @@ def schedule(
 
         start_http_server(metrics_port, addr="127.0.0.1")
     try:
-        sched = NightlyScheduler(NightlyJob(url, settings))
+        sched = NightlyScheduler(_job(url, settings))
         err.print(f"scheduler: cron {settings.cron!r} in {settings.timezone}", highlight=False)
         sched.start(blocking=True)
     except InvalidInput as exc:
@@ -122,11 +130,9 @@ def runs(
     """The ledger of nightly runs, newest first."""
     from rich.table import Table
 
-    from personalization.nightly.job import NightlyJob
-
     url, settings = _setup()
     try:
-        rows = NightlyJob(url, settings).runs(limit)
+        rows = _job(url, settings).runs(limit)
     except PersonalizationError as exc:
         fail(str(exc), exit_code_for(exc))
     if json_out:
@@ -143,11 +149,9 @@ def runs(
 @app.command("snapshots")
 def snapshots(json_out: bool = typer.Option(False, "--json")) -> None:
     """The feature-store snapshots that exist."""
-    from personalization.nightly.job import NightlyJob
-
     url, settings = _setup()
     try:
-        rows = NightlyJob(url, settings).snapshots()
+        rows = _job(url, settings).snapshots()
     except PersonalizationError as exc:
         fail(str(exc), exit_code_for(exc))
     for r in rows:

@@ -17,8 +17,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from personalization.cli.common import ExitCode, err, exit_code_for, fail
-from personalization.config import Settings, get_settings
+from personalization.cli.common import ExitCode, err, exit_code_for, fail, load_settings
+from personalization.config import Settings
 from personalization.errors import InvalidInput, PersonalizationError, StoreUnavailable
 from personalization.security import audit
 from personalization.security.keys import SCOPES, KeyInfo, KeyStore, validate_key_id
@@ -54,7 +54,7 @@ def create(
     json_out: Annotated[bool, typer.Option("--json", help='print {"key": ..., ...} as one JSON line')] = False,
 ) -> None:
     """Create a key and print it (shown once)."""
-    settings = get_settings()
+    settings = load_settings()
     actor = audit.cli_actor()
 
     async def body(db: Database) -> tuple[str, KeyInfo]:
@@ -78,7 +78,7 @@ def list_keys(
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
 ) -> None:
     """Every key's id, name, scopes, created and last-used time (never the key)."""
-    settings = get_settings()
+    settings = load_settings()
     rows = _run(settings, lambda db: KeyStore(db, settings).list(include_revoked))
     if json_out:
         typer.echo(orjson.dumps([r.as_dict() for r in rows]).decode())
@@ -97,7 +97,7 @@ def revoke(
     json_out: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
 ) -> None:
     """Revoke a key; API processes refuse it within PERSONALIZATION_AUTH_REVALIDATE_S seconds."""
-    settings = get_settings()
+    settings = load_settings()
     actor = audit.cli_actor()
 
     async def body(db: Database) -> KeyInfo:

@@ -17,22 +17,16 @@ from typing import Annotated
 
 import typer
 
-from personalization.cli.common import ExitCode, exit_code_for, fail
-from personalization.learner.settings import LearnerSettings
+from personalization.cli.common import ExitCode, exit_code_for, fail, load_settings
+from personalization.config import Settings
 
 app = typer.Typer(
     help="Online learner: time-decayed user scores and embeddings from the CDC stream.", no_args_is_help=True
 )
 
 
-def _settings(**overrides: object) -> LearnerSettings:
-    try:
-        base = LearnerSettings()
-    except ValueError as exc:  # pydantic ValidationError: a PERSONALIZATION_LEARNER_* variable is wrong
-        first = str(exc).splitlines()
-        fail(f"invalid learner settings: {' '.join(first[:3])}", ExitCode.BAD_INPUT)
-    values = {k: v for k, v in overrides.items() if v is not None}
-    return base.model_copy(update=values) if values else base
+def _settings(**learner: object) -> Settings:
+    return load_settings(learner=learner)
 
 
 @app.command()
@@ -48,14 +42,14 @@ def run(
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)-5s [%(name)s] %(message)s"
     )
-    settings = _settings(learner_metrics_port=metrics_port, learner_group_id=group_id)
-    if settings.learner_metrics_port:
+    settings = _settings(metrics_port=metrics_port, group_id=group_id)
+    if settings.learner.metrics_port:
         from prometheus_client import start_http_server
 
         try:
-            start_http_server(settings.learner_metrics_port, addr=settings.learner_metrics_host)
+            start_http_server(settings.learner.metrics_port, addr=settings.learner.metrics_host)
         except OSError as exc:
-            fail(f"metrics port {settings.learner_metrics_port}: {exc.strerror}", ExitCode.BAD_INPUT)
+            fail(f"metrics port {settings.learner.metrics_port}: {exc.strerror}", ExitCode.BAD_INPUT)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

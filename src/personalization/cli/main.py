@@ -10,8 +10,7 @@ import sys
 
 import typer
 
-from personalization.cli.common import exit_code_for, fail
-from personalization.config import get_settings
+from personalization.cli.common import exit_code_for, fail, load_settings
 from personalization.errors import PersonalizationError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Personalization signal platform.")
@@ -24,9 +23,9 @@ def db_upgrade() -> None:
     """Apply pending migrations (idempotent); creates the database if missing."""
     from personalization.store import migrate
 
-    settings = get_settings()
+    settings = load_settings()
     try:
-        applied = migrate.upgrade(settings.database_url)
+        applied = migrate.upgrade(settings.database.url)
     except PersonalizationError as exc:
         fail(str(exc), exit_code_for(exc))
     if applied:
@@ -55,17 +54,17 @@ def serve(
     from personalization import logging_setup
     from personalization.store import migrate
 
-    settings = get_settings()
+    settings = load_settings()
     logging_setup.configure()
     try:
-        migrate.upgrade(settings.database_url)
+        migrate.upgrade(settings.database.url)
     except PersonalizationError as exc:
         fail(str(exc), exit_code_for(exc))
     uvicorn.run(
         "personalization.api.app:create_app",
         factory=True,
-        host=host or settings.http_host,
-        port=port or settings.http_port,
+        host=host or settings.http.host,
+        port=port or settings.http.port,
         workers=workers,
         log_config=None,
         access_log=False,
@@ -84,6 +83,7 @@ def _register_optional() -> None:
         ("personalization.cli.users", "users"),
         ("personalization.cli.content", "content"),
         ("personalization.cli.workers", "workers"),
+        ("personalization.cli.experiments", "experiments"),
     ):
         try:
             mod = importlib.import_module(module)

@@ -21,8 +21,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from personalization.cli.common import ExitCode, err, exit_code_for, fail
-from personalization.config import get_settings
+from personalization.cli.common import ExitCode, err, exit_code_for, fail, load_settings
 from personalization.errors import CacheUnavailable, NotFound, PersonalizationError, StoreUnavailable
 
 app = typer.Typer(no_args_is_help=True, help="Erase or export one user (audited).")
@@ -59,7 +58,7 @@ def erase(
     from personalization.workers import erasure_worker
 
     uid = _user_id(user_id)
-    settings = get_settings()
+    settings = load_settings()
     if not yes:
         try:
             confirmed = typer.confirm(f"Erase user {uid} everywhere? This cannot be undone", err=True)
@@ -137,7 +136,7 @@ def erasure(
         eid = uuid.UUID(erasure_id)
     except ValueError:
         fail("erasure_id: not a UUID", ExitCode.BAD_INPUT)
-    settings = get_settings()
+    settings = load_settings()
 
     async def main() -> dict[str, Any] | None:
         db = Database(settings, min_size=1, max_size=1)
@@ -167,11 +166,11 @@ def export(
     from personalization.security import audit
 
     uid = _user_id(user_id)
-    settings = get_settings()
+    settings = load_settings()
 
     async def main() -> None:
         async with open_platform(settings) as p:
-            exporter = Exporter(p.db, p.redis)
+            exporter = Exporter(p.db, p.redis, p.settings.decay.config())
             await exporter.check(uid)
             sink = out.open("wb") if out else sys.stdout.buffer
             try:

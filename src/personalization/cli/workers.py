@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal, assert_never
 import orjson
 import typer
 
-from personalization.cli.common import err, exit_code_for, fail
-from personalization.config import get_settings
+from personalization.cli.common import err, exit_code_for, fail, load_settings
+from personalization.config import Settings
 from personalization.errors import PersonalizationError
 
 app = typer.Typer(no_args_is_help=True, help="Run the outbox workers (erase completion, invalidation replay).")
@@ -27,11 +27,11 @@ app = typer.Typer(no_args_is_help=True, help="Run the outbox workers (erase comp
 Kind = Literal["erasures", "invalidations"]
 
 
-async def _once(kind: Kind) -> dict[str, Any]:
+async def _once(settings: Settings, kind: Kind) -> dict[str, Any]:
     from personalization.composition import open_platform
     from personalization.workers import erasure_worker, invalidation_replayer
 
-    async with open_platform(get_settings()) as p:
+    async with open_platform(settings) as p:
         match kind:
             case "erasures":
                 worker = erasure_worker(p)
@@ -46,7 +46,7 @@ async def _once(kind: Kind) -> dict[str, Any]:
                 assert_never(kind)
 
 
-async def _forever(kind: Kind) -> None:
+async def _forever(settings: Settings, kind: Kind) -> None:
     from personalization.composition import open_platform
     from personalization.workers import background_workers
 
@@ -54,7 +54,7 @@ async def _forever(kind: Kind) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with open_platform(get_settings()) as p, background_workers(p, (kind,)):
+    async with open_platform(settings) as p, background_workers(p, (kind,)):
         err.print(f"worker {kind} running (SIGINT or SIGTERM stops it)", highlight=False, markup=False)
         await stop.wait()
 
@@ -68,10 +68,11 @@ def run(
     from personalization import logging_setup
 
     logging_setup.configure()
+    settings = load_settings()
     try:
         if once:
-            typer.echo(orjson.dumps(asyncio.run(_once(kind))).decode())
+            typer.echo(orjson.dumps(asyncio.run(_once(settings, kind))).decode())
         else:
-            asyncio.run(_forever(kind))
+            asyncio.run(_forever(settings, kind))
     except PersonalizationError as exc:
         fail(str(exc), exit_code_for(exc))

@@ -3,7 +3,7 @@
 Encoding rule: every embedding (``user:{user_id}:embedding`` in Redis, the
 ``content_embeddings`` and ``user_embeddings`` tables) is a float32 little-endian
 byte string of exactly ``4 * dim`` bytes.  Dimension rule: one deployment uses one
-dimension (``Settings.embedding_dim``, 384 by default) for users and content alike;
+dimension (``settings.embedding.dim``, 384 by default) for users and content alike;
 a vector of another length, or with NaN/inf, or all zeros, is rejected on import
 and ignored (treated as missing) when read from a cache or another service's table.
 """

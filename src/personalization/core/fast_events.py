@@ -117,6 +117,8 @@ def fast_events(raw: Any, limits: InputLimits, *, now: float | None = None) -> l
         return None
     latest = (datetime.now(UTC).timestamp() if now is None else now) + limits.max_future_skew_s
     meta_max = limits.max_metadata_bytes
+    # An unknown signal type goes to the full validation, which names the known ones.
+    known = None if limits.signal_types.open else limits.signal_types.known
     dumps = orjson.dumps
     parse_ts = datetime.fromisoformat
     fields = _FIELDS
@@ -125,6 +127,8 @@ def fast_events(raw: Any, limits: InputLimits, *, now: float | None = None) -> l
     try:
         for i, d in enumerate(events):
             cid, uid, sid, content, ctype, stype, weight, meta, occurred = fields(d)
+            if known is not None and stype not in known:
+                return None
             if meta is not None:
                 dumped = dumps(meta)
                 if len(dumped) > meta_max or has_nul_escape(dumped):

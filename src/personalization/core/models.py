@@ -12,11 +12,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 from zoneinfo import available_timezones
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -24,8 +25,10 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from personalization.core.privacy import PrivacyLevel
+from personalization.core.signals import BUILTIN, UNKNOWN_SIGNAL_TYPE, SignalTypes
 
 # Hard ceilings (the configurable limits can only be lower).
 TEXT_CEILING = 1024
@@ -35,9 +38,27 @@ TEXT_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 Text = Annotated[str, StringConstraints(min_length=1, max_length=TEXT_CEILING, pattern=TEXT_PATTERN)]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
-# NUMERIC(4,3): at most 4 digits, 3 after the point, so |w| <= 9.999.
+# NUMERIC(4,3): at most 4 digits, 3 after the point, so |w| <= 9.999.  One message names
+# the whole accepted range (pydantic's digit counts would say "no more than 1 digit before
+# the decimal point" for 99); the fast path's WEIGHT_PATTERN accepts the same values.
+WEIGHT_MIN: Final = Decimal("-9.999")
+WEIGHT_MAX: Final = Decimal("9.999")
+WEIGHT_RANGE_MESSAGE: Final = "must be between -9.999 and 9.999 with at most 3 decimal places (NUMERIC(4,3))"
+_WEIGHT_STEP: Final = Decimal("0.001")
+
+
+def _weight_in_range(v: Decimal) -> Decimal:
+    # The range first: quantize() of a huge exponent would overflow the context.
+    if not WEIGHT_MIN <= v <= WEIGHT_MAX or v.quantize(_WEIGHT_STEP) != v:
+        raise PydanticCustomError("signal_weight_range", WEIGHT_RANGE_MESSAGE)
+    return v
+
+
 SignalWeight = Annotated[
-    Decimal, Field(max_digits=4, decimal_places=3, allow_inf_nan=False, ge=Decimal("-9.999"), le=Decimal("9.999"))
+    Decimal,
+    Field(allow_inf_nan=False, description=f"signal weight: {WEIGHT_RANGE_MESSAGE}",
+          json_schema_extra={"minimum": float(WEIGHT_MIN), "maximum": float(WEIGHT_MAX)}),
+    AfterValidator(_weight_in_range),
 ]
 # NUMERIC(3,2) constrained to the [0, 1] the API promises.
 Confidence = Annotated[Decimal, Field(max_digits=3, decimal_places=2, ge=0, le=1, allow_inf_nan=False)]
@@ -53,6 +74,8 @@ class InputLimits:
     max_text_length: int = 256
     max_metadata_bytes: int = 4096
     max_future_skew_s: float = 300.0
+    # Which signal types are accepted (core.signals): the built-in ones unless configured.
+    signal_types: SignalTypes = BUILTIN
 
 
 DEFAULT_LIMITS = InputLimits()
@@ -169,7 +192,10 @@ def check_event_limits(events: list[EventIn], limits: InputLimits) -> dict[int, 
     text_max = limits.max_text_length
     latest = datetime.now(UTC) + timedelta(seconds=limits.max_future_skew_s)
     meta_max = limits.max_metadata_bytes
+    types = limits.signal_types
     for i, e in enumerate(events):
+        if not types.accepts(e.signal_type):
+            bad.setdefault(i, []).append(("signal_type", types.unknown_message(e.signal_type), UNKNOWN_SIGNAL_TYPE))
         if len(e.content_id) > text_max or len(e.content_type) > text_max or len(e.signal_type) > text_max:
             for name in ("content_id", "content_type", "signal_type"):
                 if len(getattr(e, name)) > text_max:

@@ -101,12 +101,10 @@ class EraseReport:
 
 
 def cdc_topics(settings: Settings) -> list[str]:
-    """The CDC topics keyed by user id (the relay's naming: ``<prefix>.public.<table>``)."""
-    from personalization.changestream.settings import CdcSettings
+    """The CDC topics keyed by user id (kafka.names: ``<prefix>.public.<table>``)."""
+    from personalization.changestream.capture import captured_topics
 
-    cdc = CdcSettings(kafka_bootstrap_servers=settings.kafka_bootstrap_servers,
-                      kafka_topic_prefix=settings.kafka_topic_prefix)
-    return [f"{settings.kafka_topic_prefix}.{table}" for table in cdc.captured_tables]
+    return captured_topics(settings)
 
 
 def cdc_key(user_id: uuid.UUID) -> bytes:
@@ -120,14 +118,14 @@ class KafkaTombstones:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.topics = cdc_topics(settings)
-        self._producer = TombstoneProducer(settings.kafka_bootstrap_servers, settings.kafka_timeout_s)
+        self._producer = TombstoneProducer(settings.kafka.bootstrap_servers, settings.kafka.timeout_s)
 
     def connect(self) -> None:
         """Open the producer's connection now (a long-lived API process has it open already)."""
         self._producer.connect()
 
     def publish(self, *user_ids: uuid.UUID) -> int:
-        """Send and flush the users' tombstones (blocking, bounded by ``kafka_timeout_s``); returns how many."""
+        """Send and flush the users' tombstones (blocking, bounded by ``kafka.timeout_s``); returns how many."""
         return self._producer.publish(self.topics, *(cdc_key(u) for u in user_ids))
 
     def close(self) -> None:
@@ -171,7 +169,7 @@ class Eraser:
                 "postgres": "done",
                 "redis": "pending",
                 "rollups": "pending" if in_rollups else "not_needed",
-                "kafka": "pending" if self.settings.erase_kafka_tombstones else "not_needed",
+                "kafka": "pending" if self.settings.erase.kafka_tombstones else "not_needed",
             }
             report.audit_id = await audit.record_in(
                 tx, actor=actor, action="user.erase", subject=user_id, outcome="pending",

@@ -28,7 +28,7 @@ import orjson
 
 from personalization.cache.client import AsyncRedis
 from personalization.cache.datarights import cached_values, user_key_names
-from personalization.core.decay import DEFAULT_DECAY, DecayConfig, event_score
+from personalization.core.decay import DecayConfig, event_score
 from personalization.core.privacy import policy_for
 from personalization.errors import CacheUnavailable, NotFound
 from personalization.security import audit
@@ -58,7 +58,7 @@ def _dumps(o: Any) -> bytes:
 class Exporter:
     """The export use case: check the user exists, then stream the document."""
 
-    def __init__(self, db: Database, redis: AsyncRedis, decay: DecayConfig = DEFAULT_DECAY) -> None:
+    def __init__(self, db: Database, redis: AsyncRedis, decay: DecayConfig) -> None:
         self.db = db
         self.store = DataRightsStore(db)
         self.redis = redis

@@ -82,7 +82,7 @@ class ErasureWorker:
         self.redis = redis
         self.settings = settings
         self.tombstones = tombstones if tombstones is not None else (
-            KafkaTombstones(settings) if settings.erase_kafka_tombstones else None)
+            KafkaTombstones(settings) if settings.erase.kafka_tombstones else None)
         self._wakes: dict[Part, asyncio.Event] = {p: asyncio.Event() for p in ("redis", "rollups", "kafka")}
 
     def wake(self) -> None:
@@ -121,7 +121,7 @@ class ErasureWorker:
                 log.exception("erasure worker %s pass failed", part)
             if result.full:
                 continue
-            await _wait_any(wake, stop, self.settings.erasure_worker_poll_s)
+            await _wait_any(wake, stop, self.settings.workers.erasure_poll_s)
             if wake.is_set() and part == "rollups":
                 await _gather(wake, stop)
             wake.clear()
@@ -174,7 +174,7 @@ class ErasureWorker:
             result.full = len(claim.claimed) >= _BATCH["kafka"]
 
     async def _failed(self, claim: PartClaim, part: Part, error: str, result: PassResult) -> None:
-        await claim.retry_later(error, self.settings.erasure_retry_max_s)
+        await claim.retry_later(error, self.settings.workers.erasure_retry_max_s)
         PART_FAILURES.labels(part).inc()
         result.failed[part] = error
         log.warning("erasure %s part failed for %d erasure(s), retrying with backoff: %s",

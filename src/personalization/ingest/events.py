@@ -131,7 +131,7 @@ class GroupCommitter:
         self._db = db
         self._cache = cache
         self._settings = settings
-        self._view_types = frozenset(settings.view_signal_types)
+        self._view_types = frozenset(settings.ingest.view_signal_types)
         self._pending: deque[_Request] = deque()
         self._pending_rows = 0
         self._wakeup = asyncio.Event()
@@ -163,10 +163,10 @@ class GroupCommitter:
         return await fut
 
     async def _run(self) -> None:
-        window = self._settings.group_commit_window_ms / 1000.0
-        max_rows = self._settings.group_commit_max_rows
-        concurrency = self._settings.group_commit_concurrency
-        split_rows = self._settings.group_commit_split_rows
+        window = self._settings.ingest.group_commit_window_ms / 1000.0
+        max_rows = self._settings.ingest.group_commit_max_rows
+        concurrency = self._settings.ingest.group_commit_concurrency
+        split_rows = self._settings.ingest.group_commit_split_rows
         # Up to ``group_commit_concurrency`` groups are in flight at once, so the
         # Python work of one group overlaps the Redis and PostgreSQL waits of
         # another.  Their transactions are independent: profile locks are shared
@@ -362,7 +362,7 @@ class Ingestor:
         when ``atomic``), :class:`NotFound` for an unknown user when ``atomic``.
         """
         if events and all(isinstance(e, EventIn) for e in events):
-            if len(events) > self.settings.max_batch_events:
+            if len(events) > self.settings.ingest.max_batch_events:
                 raise InvalidInput([FieldError(["events"], "batch too large", "too_long")], status=413)
             ready = [e for e in events if isinstance(e, EventIn)]
             bad = check_event_limits(ready, self.limits)
@@ -378,23 +378,29 @@ class Ingestor:
                 ]
             }
             valid, rejected = parse_events(
-                payload, limits=self.limits, max_events=self.settings.max_batch_events, atomic=atomic
+                payload, limits=self.limits, max_events=self.settings.ingest.max_batch_events, atomic=atomic
             )
         return await self.ingest_validated(valid, rejected, atomic=atomic)
 
     async def ingest_json(self, body: bytes, *, atomic: bool = False) -> IngestResult:
         """Validate and store a raw ``{"events": [...]}`` JSON body."""
         valid, rejected = parse_events_json(
-            body, limits=self.limits, max_events=self.settings.max_batch_events, atomic=atomic
+            body, limits=self.limits, max_events=self.settings.ingest.max_batch_events, atomic=atomic
         )
         return await self.ingest_validated(valid, rejected, atomic=atomic)
 
     async def ingest_validated(
         self, valid: list[ValidEvent], rejected: list[RejectedEvent], *, atomic: bool
     ) -> IngestResult:
-        """Store already-validated events (``rejected`` is carried into the result)."""
+        """Store already-validated events (``rejected`` is carried into the result).
+
+        A batch with no valid event is InvalidInput (422) with every event's errors: a 200
+        saying ``accepted: 0`` reads like success to a client that checks only the status.
+        """
         if not valid:
-            return IngestResult(rejected=rejected)
+            if rejected:
+                raise InvalidInput([err for r in rejected for err in r.errors])
+            return IngestResult()
         result = await self.committer.submit(valid, atomic)
         if rejected:
             result.rejected = sorted([*rejected, *result.rejected], key=lambda r: r.index)

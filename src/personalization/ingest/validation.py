@@ -45,9 +45,10 @@ def _pydantic_errors(errs: Iterable[ErrorDetails], prefix: list[str | int]) -> l
 def limits_from(settings: Settings) -> InputLimits:
     """The validation limits configured in ``settings``."""
     return InputLimits(
-        max_text_length=settings.max_text_length,
-        max_metadata_bytes=settings.max_metadata_bytes,
-        max_future_skew_s=settings.max_future_skew_s,
+        max_text_length=settings.ingest.max_text_length,
+        max_metadata_bytes=settings.ingest.max_metadata_bytes,
+        max_future_skew_s=settings.ingest.max_future_skew_s,
+        signal_types=settings.signal_types(),
     )
 
 

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from personalization.kafka import names
+
 _DAY_MS = 24 * 3600 * 1000
 # Segments roll at least daily so compaction and retention can act on them (an active
 # segment is never compacted or deleted).
@@ -39,11 +41,10 @@ EVENTS_TOPIC_CONFIG: Mapping[str, str] = {
 
 def cdc_topic_configs(topic_prefix: str) -> dict[str, Mapping[str, str]]:
     """The configuration of each CDC topic: compacted profile/trait topics, age-bounded events."""
-    base = f"{topic_prefix}.public"
     return {
-        f"{base}.personalization_events": EVENTS_TOPIC_CONFIG,
-        f"{base}.user_profile": COMPACTED_TOPIC_CONFIG,
-        f"{base}.user_traits": COMPACTED_TOPIC_CONFIG,
+        names.events_topic(topic_prefix): EVENTS_TOPIC_CONFIG,
+        names.cdc_topic(topic_prefix, "user_profile"): COMPACTED_TOPIC_CONFIG,
+        names.cdc_topic(topic_prefix, "user_traits"): COMPACTED_TOPIC_CONFIG,
     }
 
 

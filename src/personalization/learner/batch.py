@@ -7,7 +7,7 @@ come from three checks made under the partition's offset-row lock:
 1. offset: a message below the stored ``next_offset`` was applied by an earlier batch
    (possibly of another member before a rebalance) and is skipped;
 2. source position: a message at or below the partition's high-water position is a
-   re-send of the at-least-once relay and is skipped (see ``learner.envelope``);
+   re-send of the at-least-once relay and is skipped (see ``kafka.envelope``);
 3. recomputation snapshot: a record whose transaction is visible in the user's last
    ``learner recompute`` snapshot is already counted and is skipped.
 
@@ -38,8 +38,7 @@ import numpy.typing as npt
 from personalization.core.decay import DecayConfig
 from personalization.core.privacy import policy_for
 from personalization.kafka.consumer import Incoming
-from personalization.learner import metrics
-from personalization.learner.envelope import (
+from personalization.kafka.envelope import (
     EPOCH,
     ONE_US,
     EventRecord,
@@ -53,6 +52,7 @@ from personalization.learner.envelope import (
     parse_profile_message,
     read_insert_fast,
 )
+from personalization.learner import metrics
 from personalization.learner.fold import ContentCache, codes, fold_embeddings, fold_scores, uuid_bytes
 from personalization.learner.recompute import rebuild_user
 from personalization.learner.snapshots import visible_in_snapshot
@@ -161,8 +161,14 @@ def apply_batch(
     events_topic: str,
     decay: DecayConfig,
     content: ContentCache,
+    signal_types: frozenset[str] | None = None,
 ) -> BatchResult:
-    """Fold ``messages`` into the state in ``tx`` and advance the stored offsets."""
+    """Fold ``messages`` into the state in ``tx`` and advance the stored offsets.
+
+    ``signal_types``: the types that are scored (the deployment's registry, see
+    core.signals); events of any other type are counted ``unknown_signal`` and skipped.
+    None scores every type (with the default decay where it has none).
+    """
     result = BatchResult()
     by_topic: dict[str, dict[int, list[Incoming]]] = defaultdict(lambda: defaultdict(list))
     for m in messages:
@@ -183,9 +189,9 @@ def apply_batch(
         tx.save_offsets(group_id, topic, new_rows)
 
     if profile_changes:
-        _apply_profile_changes(tx, profile_changes, result, decay, content.dim)
+        _apply_profile_changes(tx, profile_changes, result, decay, content.dim, signal_types)
     if events.rows:
-        _apply_events(tx, events, result, decay, content)
+        _apply_events(tx, events, result, decay, content, signal_types)
     return result
 
 
@@ -255,7 +261,8 @@ def _read_partition(
 
 
 def _apply_profile_changes(
-    tx: LearnerTx, changes: list[ProfileChange], result: BatchResult, decay: DecayConfig, dim: int
+    tx: LearnerTx, changes: list[ProfileChange], result: BatchResult, decay: DecayConfig, dim: int,
+    signal_types: frozenset[str] | None,
 ) -> None:
     """Deletes and privacy changes, judged by the profile as it is now (not as the message says)."""
     users = sorted({c.user_id for c in changes})
@@ -273,14 +280,15 @@ def _apply_profile_changes(
         elif not tx.load_embeddings([user_id]):
             # Personalization allowed and no embedding yet (new user, or consent given
             # again): build the user from the stored events, as `learner recompute` does.
-            vector = rebuild_user(tx, user_id, level, decay, dim)
+            vector = rebuild_user(tx, user_id, level, decay, dim, signal_types=signal_types)
             if vector is not None:
                 result.redis_writes[user_id] = vector
                 result.redis_deletes.discard(user_id)
 
 
 def _apply_events(
-    tx: LearnerTx, events: _Events, result: BatchResult, decay: DecayConfig, content: ContentCache
+    tx: LearnerTx, events: _Events, result: BatchResult, decay: DecayConfig, content: ContentCache,
+    signal_types: frozenset[str] | None,
 ) -> None:
     """Fold the batch's events into scores and embeddings, all users at once (numpy)."""
     out = result.outcomes
@@ -293,7 +301,7 @@ def _apply_events(
     users = list(by_int.values())
     uidx = np.fromiter(map(index.__getitem__, ints), dtype=np.int32, count=n)
 
-    sel = _select(tx, users, uidx, tx_col, result)
+    sel = _select(tx, users, uidx, tx_col, result, _typed(st_col, signal_types))
     if not len(sel):
         return
 
@@ -326,14 +334,33 @@ def _apply_events(
     out["applied"] += len(sel)
 
 
+def _typed(
+    st_col: Sequence[str], signal_types: frozenset[str] | None
+) -> npt.NDArray[np.bool_] | None:
+    """Which events have a scored signal type; None when all have (or every type is scored).
+
+    A type outside the registry (stored by a deployment with open types, or by SQL) is never
+    scored; one membership test per distinct type, not per event.
+    """
+    if signal_types is None:
+        return None
+    scored = {st: st in signal_types for st in set(st_col)}
+    if all(scored.values()):
+        return None
+    return np.fromiter(map(scored.__getitem__, st_col), dtype=bool, count=len(st_col))
+
+
 def _select(
     tx: LearnerTx,
     users: list[UUID],
     uidx: npt.NDArray[np.int32],
     tx_col: Sequence[int | None],
     result: BatchResult,
+    typed: npt.NDArray[np.bool_] | None = None,
 ) -> npt.NDArray[np.intp]:
     """The positions of the events to fold: known users, not in their rebuild snapshot, personalization allowed.
+
+    ``typed`` (see :func:`_typed`) excludes the events of signal types that are not scored.
 
     Locks the users' profiles; users whose level forbids personalization lose their state.
     """
@@ -348,6 +375,9 @@ def _select(
     unknown = n - int(np.count_nonzero(keep))
     if unknown:
         out["unknown_user"] += unknown
+    if typed is not None:
+        out["unknown_signal"] += int(np.count_nonzero(keep & ~typed))
+        keep &= typed
     if snapshots:
         snap_of = [snapshots.get(u) for u in users]
         for e in np.flatnonzero(keep).tolist():

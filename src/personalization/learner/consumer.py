@@ -31,12 +31,14 @@ from typing import Any
 import numpy as np
 
 from personalization.cache.learner import EmbeddingCache
+from personalization.config import Settings
 from personalization.errors import CacheUnavailable, PersonalizationError, StoreError, StoreUnavailable
+from personalization.kafka import names
 from personalization.kafka.consumer import DeadLetterProducer, DeliveryFailed, PositionedConsumer
 from personalization.kafka.kafkalog import client_logging
 from personalization.learner import metrics
 from personalization.learner.batch import BatchResult, ContentCache, Incoming, apply_batch, record_outcomes
-from personalization.learner.settings import LearnerSettings
+from personalization.learner.settings import dlq_topic, subscribed_topics
 from personalization.store.learner import LearnerStore
 
 __all__ = ["Learner", "LearnerConfigError"]
@@ -49,7 +51,7 @@ class Learner:
 
     def __init__(
         self,
-        settings: LearnerSettings,
+        settings: Settings,
         *,
         stop: threading.Event | None = None,
         on_committed: Callable[[BatchResult, float], None] | None = None,
@@ -58,21 +60,23 @@ class Learner:
         self.settings = settings
         self.stop = stop or threading.Event()
         self.on_committed = on_committed
-        self.decay = settings.decay()
-        self.store = LearnerStore(settings.database_url)
-        self.cache = EmbeddingCache(settings.redis_url, timeout_s=settings.learner_redis_timeout_s)
-        self.content = ContentCache(settings.embedding_dim)
+        self.decay = settings.decay.config()
+        # The types it scores: the registry of this deployment (others are skipped).
+        self.signal_types = settings.signal_types().known
+        self.store = LearnerStore(settings.database.url)
+        self.cache = EmbeddingCache(settings.redis.url, timeout_s=settings.learner.redis_timeout_s)
+        self.content = ContentCache(settings.embedding.dim)
         self.batches = 0
         self._consumer: PositionedConsumer | None = None
         self._dlq = DeadLetterProducer(
             {
-                "bootstrap.servers": settings.kafka_bootstrap_servers,
+                "bootstrap.servers": settings.kafka.bootstrap_servers,
                 "acks": "all",
                 "enable.idempotence": True,
                 "message.timeout.ms": 10_000,
                 **client_logging("learner"),
             },
-            settings.dlq_topic,
+            dlq_topic(settings),
         )
         self._rate_window: deque[tuple[float, int]] = deque(maxlen=50)
 
@@ -81,14 +85,14 @@ class Learner:
     def _consumer_config(self) -> dict[str, Any]:
         s = self.settings
         return {
-            "bootstrap.servers": s.kafka_bootstrap_servers,
-            "group.id": s.learner_kafka_group_id or s.learner_group_id,
+            "bootstrap.servers": s.kafka.bootstrap_servers,
+            "group.id": s.learner.kafka_group_id or s.learner.group_id,
             # Positions live in PostgreSQL with the state; Kafka's commit is never used.
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": s.learner_session_timeout_ms,
-            "heartbeat.interval.ms": max(100, s.learner_session_timeout_ms // 6),
+            "session.timeout.ms": s.learner.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, s.learner.session_timeout_ms // 6),
             # The relay creates topics on first change; notice them quickly.
             "topic.metadata.refresh.interval.ms": 2000,
             # Short broker long-poll: bounds the added latency at a trickle.
@@ -103,12 +107,12 @@ class Learner:
         for topic, partition in partitions:
             by_topic.setdefault(topic, []).append(partition)
         stored: dict[tuple[str, int], int] = {}
-        delay = self.settings.learner_retry_initial_s
+        delay = self.settings.learner.retry_initial_s
         while True:
             try:
                 with self.store.transaction() as tx:
                     for topic, parts in by_topic.items():
-                        for p, off in tx.stored_offsets(self.settings.learner_group_id, topic, parts).items():
+                        for p, off in tx.stored_offsets(self.settings.learner.group_id, topic, parts).items():
                             stored[(topic, p)] = off
                 return stored
             except PersonalizationError as exc:
@@ -117,7 +121,7 @@ class Learner:
                 metrics.RETRIES.labels("postgres").inc()
                 if self.stop.wait(delay):
                     return stored
-                delay = min(delay * 2, self.settings.learner_retry_max_s)
+                delay = min(delay * 2, self.settings.learner.retry_max_s)
 
     def _dead_letter(self, result: BatchResult) -> None:
         """Produce the batch's unreadable messages to the DLQ and wait for the acknowledgement."""
@@ -143,10 +147,10 @@ class Learner:
 
     def resync_redis(self) -> int:
         """Write recently changed embeddings to Redis again (after a restart); returns how many."""
-        if self.settings.learner_redis_resync_s <= 0:
+        if self.settings.learner.redis_resync_s <= 0:
             return 0
         with self.store.transaction() as tx:
-            rows = tx.recent_embeddings(self.settings.learner_redis_resync_s)
+            rows = tx.recent_embeddings(self.settings.learner.redis_resync_s)
         for i in range(0, len(rows), 1000):
             self.cache.apply(rows[i : i + 1000], [])
         return len(rows)
@@ -155,7 +159,7 @@ class Learner:
 
     def _wait_for_services(self, cause: str, exc: Exception) -> None:
         """Back off until PostgreSQL and Redis both answer (or stop is set)."""
-        delay = self.settings.learner_retry_initial_s
+        delay = self.settings.learner.retry_initial_s
         log.warning("%s unavailable (%s); pausing, nothing committed for the failed batch", cause, exc)
         while not self.stop.wait(delay):
             try:
@@ -166,7 +170,7 @@ class Learner:
                 return
             except PersonalizationError as again:
                 log.debug("still unavailable: %s", again)
-            delay = min(delay * 2, self.settings.learner_retry_max_s)
+            delay = min(delay * 2, self.settings.learner.retry_max_s)
 
     def _process(self, messages: list[Incoming]) -> BatchResult:
         started = time.perf_counter()
@@ -178,16 +182,17 @@ class Learner:
             result = apply_batch(
                 tx,
                 messages,
-                group_id=self.settings.learner_group_id,
-                events_topic=self.settings.events_topic,
+                group_id=self.settings.learner.group_id,
+                events_topic=names.events_topic(self.settings.kafka.topic_prefix),
                 decay=self.decay,
                 content=self.content,
+                signal_types=self.signal_types,
             )
             # Dead letters are acknowledged before the commit: a crash in between sends
             # them again (at-least-once into the DLQ) but never loses one.
             self._dead_letter(result)
-            if self.settings.learner_debug_commit_delay_s:
-                time.sleep(self.settings.learner_debug_commit_delay_s)
+            if self.settings.learner.debug_commit_delay_s:
+                time.sleep(self.settings.learner.debug_commit_delay_s)
         record_outcomes(result)
         self._flush_redis(result)
         written_at = time.time()
@@ -266,15 +271,15 @@ class Learner:
             log.warning("Redis resync skipped: %s", exc)
         consumer = PositionedConsumer(self._consumer_config(), log)
         self._consumer = consumer
-        consumer.subscribe(s.topics, self._stored_positions, on_assigned)
-        log.info("learner %s consuming %s", s.learner_group_id, ", ".join(s.topics))
+        consumer.subscribe(subscribed_topics(s), self._stored_positions, on_assigned)
+        log.info("learner %s consuming %s", s.learner.group_id, ", ".join(subscribed_topics(s)))
         try:
             while not self.stop.is_set():
-                raw = consumer.poll_batch(s.learner_poll_timeout_s, s.learner_batch_max, s.learner_batch_wait_s)
+                raw = consumer.poll_batch(s.learner.poll_timeout_s, s.learner.batch_max, s.learner.batch_wait_s)
                 if not raw:
                     continue
                 failed: PersonalizationError | None = None
-                with _gc_paused(s.learner_gc_pause):
+                with _gc_paused(s.learner.gc_pause):
                     messages = consumer.records(raw)
                     if not messages:
                         continue

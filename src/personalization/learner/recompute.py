@@ -16,11 +16,11 @@ from datetime import datetime
 from uuid import UUID
 
 from personalization.cache.learner import EmbeddingCache
+from personalization.config import Settings
 from personalization.core.decay import DecayConfig
 from personalization.core.privacy import policy_for
 from personalization.errors import NotFound, PersonalizationError
 from personalization.learner.model import add_to_embedding, add_to_score, content_unit_vector
-from personalization.learner.settings import LearnerSettings
 from personalization.store.learner import EmbeddingRow, LearnerStore, LearnerTx, ScoreRow
 
 __all__ = ["RecomputeReport", "rebuild_user", "recompute_users"]
@@ -48,15 +48,16 @@ class RecomputeReport:
 
 
 def recompute_users(
-    settings: LearnerSettings,
+    settings: Settings,
     user_ids: Iterable[UUID] | None = None,
     *,
     progress: Callable[[int], None] | None = None,
 ) -> RecomputeReport:
     """Rebuild ``user_ids`` (all users when None); NotFound if a named user does not exist."""
-    decay = settings.decay()
-    store = LearnerStore(settings.database_url)
-    cache = EmbeddingCache(settings.redis_url, timeout_s=settings.learner_redis_timeout_s)
+    decay = settings.decay.config()
+    known = settings.signal_types().known
+    store = LearnerStore(settings.database.url)
+    cache = EmbeddingCache(settings.redis.url, timeout_s=settings.learner.redis_timeout_s)
     report = RecomputeReport()
     explicit = user_ids is not None
     try:
@@ -74,7 +75,8 @@ def recompute_users(
                         raise NotFound("user", "user_id", str(user_id))
                     report.missing += 1
                     continue
-                vector = rebuild_user(tx, user_id, level, decay, settings.embedding_dim, on_events=counted.append)
+                vector = rebuild_user(tx, user_id, level, decay, settings.embedding.dim, on_events=counted.append,
+                                      signal_types=known)
             report.users += 1
             report.events += sum(counted)
             try:
@@ -101,6 +103,7 @@ def rebuild_user(
     dim: int,
     *,
     on_events: Callable[[int], None] | None = None,
+    signal_types: frozenset[str] | None = None,
 ) -> bytes | None:
     """Replace ``user_id``'s state by a fold of its stored events; returns the new vector.
 
@@ -112,6 +115,8 @@ def rebuild_user(
     snapshot, rows = tx.user_events_with_snapshot(user_id)
     if on_events is not None:
         on_events(len(rows))
+    if signal_types is not None:  # the online path skips the same types (apply_batch)
+        rows = [r for r in rows if r["signal_type"] in signal_types]
     tx.delete_scores([user_id])
     tx.delete_embeddings([user_id])
     tx.save_rebuild(user_id, snapshot)

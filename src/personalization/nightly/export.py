@@ -27,8 +27,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from prometheus_client import Counter, Histogram
 
+from personalization.config import NightlySettings
 from personalization.errors import FieldError, InvalidInput
-from personalization.nightly.job import NightlySettings, privacy_filter
+from personalization.nightly.job import privacy_filter
 from personalization.store.nightly import NightlyStore
 
 __all__ = ["ExportResult", "export_features"]
@@ -213,6 +214,7 @@ def export_features(database_url: str, entities: Path, out: Path, settings: Nigh
     runs in PostgreSQL.  Output goes to a temporary file renamed over ``out`` at the end,
     so a bad row anywhere (or a crash) leaves ``out`` untouched.
     """
+    # Without settings: the section's defaults (the CLI passes the deployment's).
     settings = settings or NightlySettings()
     entities, out = Path(entities), Path(out)
     if not out.parent.is_dir():

@@ -41,16 +41,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from personalization.core.decay import DEFAULT_DECAY, DecayConfig
+from personalization.config import NightlySettings
+from personalization.core.decay import DecayConfig
 from personalization.core.privacy import DEFAULT_PRIVACY_LEVEL, POLICIES
 from personalization.errors import Conflict, FieldError, InvalidInput
-from personalization.store.nightly import NightlyStore, PrivacyFilter, RefreshMode, SwapPolicy
+from personalization.store.nightly import NightlyStore, PrivacyFilter, SwapPolicy
 
 log = logging.getLogger("personalization.nightly.job")
 
@@ -66,42 +65,9 @@ NIGHTLY_LAST_SUCCESS = Gauge(
 )
 
 
-class NightlySettings(BaseSettings):
-    """Settings of the nightly job (env prefix ``PERSONALIZATION_NIGHTLY_``)."""
-
-    model_config = SettingsConfigDict(env_prefix="PERSONALIZATION_NIGHTLY_", extra="ignore")
-
-    cron: str = "0 2 * * *"
-    timezone: str = "UTC"
-    # Snapshots with as_of older than (today - retention_days + 1) are dropped by each run.
-    retention_days: int = Field(default=35, ge=1)
-    # Session work_mem of the job's connections (the refresh diff and the hash aggregates).
-    work_mem: str = "64MB"
-    export_chunk_rows: int = Field(default=100_000, ge=1)
-    # How far back the scheduler looks for a missed run at start-up.
-    catch_up_days: int = Field(default=7, ge=0)
-    # How user_signal_rollups is refreshed (module docstring): 'swap' or 'concurrently'.
-    refresh_mode: RefreshMode = "swap"
-    # The swap's longest wait for the view's lock per attempt: the most a reader is held up.
-    swap_lock_timeout_ms: int = Field(default=100, ge=1, le=60_000)
-    swap_attempts: int = Field(default=25, ge=1)
-
-    @property
-    def swap_policy(self) -> SwapPolicy:
-        return SwapPolicy(lock_timeout_ms=self.swap_lock_timeout_ms, attempts=self.swap_attempts)
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r}") from exc
-        return v
-
-    @property
-    def tz(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
+def swap_policy(settings: NightlySettings) -> SwapPolicy:
+    """How the rebuilt rollup view is swapped in (settings.nightly.swap_*)."""
+    return SwapPolicy(lock_timeout_ms=settings.swap_lock_timeout_ms, attempts=settings.swap_attempts)
 
 
 class NightlyRunning(Conflict):
@@ -159,12 +125,13 @@ class RunResult:
 class NightlyJob:
     """Refresh rollups and write the dated feature snapshot."""
 
-    def __init__(self, database_url: str, settings: NightlySettings | None = None,
-                 decay: DecayConfig = DEFAULT_DECAY) -> None:
-        self.settings = settings or NightlySettings()
+    def __init__(self, database_url: str, settings: NightlySettings, *, decay: DecayConfig) -> None:
+        # No default decay: the caller passes the deployment's (config.DecaySettings), the
+        # same one the online learner uses, so snapshots and online scores agree.
+        self.settings = settings
         self.decay = decay
         self.store = NightlyStore(database_url, work_mem=self.settings.work_mem,
-                                  refresh_mode=self.settings.refresh_mode, swap=self.settings.swap_policy)
+                                  refresh_mode=self.settings.refresh_mode, swap=swap_policy(self.settings))
 
     def run(self, as_of: str | date | None = None, *, trigger: str = "cli",
             on_step: Callable[[str], None] | None = None) -> RunResult:

@@ -72,12 +72,12 @@ class Authenticator:
         self.store = store
         self.settings = settings
         self._clock = clock
-        self._ttl = settings.auth_revalidate_s
+        self._ttl = settings.auth.revalidate_s
         self._secret = server_secret_of(settings)
         self._cache: dict[bytes, _Entry] = {}
         self._rejected: dict[bytes, float] = {}
         self._inflight: dict[bytes, asyncio.Future[Principal]] = {}
-        self.limits = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, clock)
+        self.limits = TokenBuckets(settings.auth.rate_limit_per_s, settings.auth.rate_limit_burst, clock)
 
     async def authenticate(self, authorization: str | None, scope: str | None = None) -> Principal:
         """The principal of a request, checked for ``scope`` and the key's rate limit.

@@ -159,7 +159,7 @@ def needs_slow_verify(stored: StoredKey) -> bool:
 
 def server_secret_of(settings: Settings) -> str | None:
     """The configured server secret, if any."""
-    return settings.api_key_secret.get_secret_value() if settings.api_key_secret else None
+    return settings.auth.api_key_secret.get_secret_value() if settings.auth.api_key_secret else None
 
 
 def new_key(settings: Settings, name: str, scopes: list[str] | tuple[str, ...],

@@ -1,7 +1,7 @@
 """Degradation: a circuit breaker in front of Redis for the read path.
 
 The first Redis failure (connection refused, or no answer within
-``Settings.redis_timeout_s``) opens the breaker: from then on reads skip Redis and
+``settings.redis.timeout_s``) opens the breaker: from then on reads skip Redis and
 go straight to PostgreSQL (no request waits for a timeout again), and cache writes
 that could not be made (invalidations, flag version publications) are queued.  A
 background probe PINGs Redis every ``cache_retry_s``; once it answers, the queued
@@ -41,6 +41,7 @@ class CacheGuard:
         self.up = True
         self.down_since: float | None = None
         self.last_error: str | None = None
+        self._failed_at: float | None = None
         self.pending_users: set[uuid.UUID] = set()
         self.pending_flags: dict[str, int] = {}
         self._probe: asyncio.Task[None] | None = None
@@ -50,6 +51,7 @@ class CacheGuard:
         """Record a failed Redis call and open the breaker (idempotent)."""
         metrics.CACHE_ERRORS.labels(op).inc()
         FALLBACKS.labels(op).inc()
+        self._failed_at = time.monotonic()
         if exc is not None:
             self.last_error = str(exc) or type(exc).__name__
         if not self.up:
@@ -61,6 +63,16 @@ class CacheGuard:
         log.warning("Redis unavailable (%s): serving from PostgreSQL until it answers again", self.last_error)
         if self._probe is None or self._probe.done():
             self._probe = asyncio.get_running_loop().create_task(self._recover(), name="serving-cache-probe")
+
+    def failed_within(self, window_s: float) -> str | None:
+        """The last error if a read-path Redis call failed less than ``window_s`` ago (else None).
+
+        The breaker may close again at once when the failure was one key's (WRONGTYPE) or a
+        script's: health still reports it for the window.
+        """
+        if self._failed_at is None or time.monotonic() - self._failed_at >= window_s:
+            return None
+        return self.last_error or "Redis call failed"
 
     def fallback(self, op: str) -> None:
         """Count a read answered from PostgreSQL because the breaker is open."""

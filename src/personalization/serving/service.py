@@ -32,14 +32,15 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from personalization.cache import keys
 from personalization.cache.serving import RerankState, ServingCache
+from personalization.config import ServingSettings
 from personalization.core import embedding as emb
+from personalization.core.experiments import ExposureSink
 from personalization.core.flags import evaluate
 from personalization.core.privacy import policy_for
 from personalization.errors import CacheUnavailable, FieldError, InvalidInput, NotFound
-from personalization.serving.flags import FlagResult, FlagService, encode_value
+from personalization.serving.flags import FlagResult, FlagService, encode_value, exposed_in_cache
 from personalization.serving.guard import CacheGuard
 from personalization.serving.preferences import Preferences, from_hash, from_row, to_hash
-from personalization.serving.settings import ServingSettings
 from personalization.store.db import Database
 from personalization.store.serving import ServingStore
 
@@ -173,15 +174,19 @@ class ServingService:
         self,
         db: Database,
         cache: ServingCache,
-        settings: ServingSettings | None = None,
+        settings: ServingSettings,
         *,
-        view_signal_types: Sequence[str] = ("view", "read", "complete"),
+        embedding_dim: int,
+        view_signal_types: Sequence[str],
+        exposures: ExposureSink | None = None,
     ) -> None:
-        self.settings = settings or ServingSettings()
+        self.settings = settings
+        # The deployment's one dimension (settings.embedding.dim), users and content alike.
+        self.embedding_dim = embedding_dim
         self.store = ServingStore(db)
         self.cache = cache
         self.guard = CacheGuard(cache, self.settings.cache_retry_s)
-        self.flags = FlagService(self.store, cache, self.guard, self.preferences)
+        self.flags = FlagService(self.store, cache, self.guard, self.preferences, exposures)
         self.view_signal_types = tuple(view_signal_types)
         self._content = _ContentVectors(self.settings.content_cache_size, self.settings.content_cache_max_age_s)
         self._popularity: dict[str, float] = {}
@@ -270,9 +275,14 @@ class ServingService:
         rules = await self.flags.rules(PERSONALIZATION, state.rules_version if state else None)
         decision = evaluate(rules, PERSONALIZATION, user_id, prefs.attributes())
         flag = FlagResult(PERSONALIZATION, user_id, decision.on, decision.reason, rules.version, "evaluated")
+        # The login answers with the flag: its exposure is durable before the answer (a
+        # current, marked cached value says it is already).
+        exposed = exposed_in_cache(state, rules.version) or await self.flags.expose(
+            PERSONALIZATION, user_id, decision, rules.version, prefs.privacy_level, degraded=state is None
+        )
         warmed = False
         if state is not None and self.guard.up:
-            value = encode_value(decision, rules.version, state.generation)
+            value = encode_value(decision, rules.version, state.generation, exposed=exposed)
             try:
                 warmed = await self.cache.prewarm(user_id, state.generation, to_hash(prefs), mode, vector, value)
             except CacheUnavailable as exc:
@@ -285,8 +295,8 @@ class ServingService:
             return None
         dim, raw = found
         try:
-            if dim != self.settings.embedding_dim:
-                raise emb.EmbeddingError(f"dimension {dim}, deployment uses {self.settings.embedding_dim}")
+            if dim != self.embedding_dim:
+                raise emb.EmbeddingError(f"dimension {dim}, deployment uses {self.embedding_dim}")
             return emb.normalize(emb.check(emb.decode(raw, dim), dim))
         except emb.EmbeddingError as exc:
             log.warning("ignoring durable embedding of user %s: %s", user_id, exc)
@@ -381,7 +391,7 @@ class ServingService:
             return None
 
     async def _user_vector(self, user_id: uuid.UUID, state: RerankState | None) -> tuple[emb.Vector | None, Reason]:
-        dim = self.settings.embedding_dim
+        dim = self.embedding_dim
         if state is None:
             # Degraded: the durable copy of the online learner.
             vec = await self._durable_embedding(user_id)
@@ -403,7 +413,7 @@ class ServingService:
         out: list[tuple[emb.Vector | None, str | None] | None] = [self._content.get(c) for c in ids]
         missing = [c for c, v in zip(ids, out, strict=True) if v is None]
         if missing:
-            dim = self.settings.embedding_dim
+            dim = self.embedding_dim
             fetched: dict[str, tuple[emb.Vector | None, str | None]] = {}
             for row in await self.store.content_vectors(missing, dim):
                 vec = None

@@ -44,13 +44,13 @@ class Database:
     def __init__(self, settings: Settings, *, min_size: int | None = None, max_size: int | None = None) -> None:
         self.settings = settings
         self.pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-            settings.database_url,
-            min_size=min_size if min_size is not None else settings.db_pool_min,
-            max_size=max_size if max_size is not None else settings.db_pool_max,
-            timeout=settings.db_connect_timeout_s,
+            settings.database.url,
+            min_size=min_size if min_size is not None else settings.database.pool_min,
+            max_size=max_size if max_size is not None else settings.database.pool_max,
+            timeout=settings.database.connect_timeout_s,
             kwargs={
-                "connect_timeout": max(1, int(settings.db_connect_timeout_s)),
-                "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+                "connect_timeout": max(1, int(settings.database.connect_timeout_s)),
+                "options": f"-c statement_timeout={settings.database.statement_timeout_ms}",
                 "application_name": "personalization",
             },
             open=False,
@@ -59,7 +59,7 @@ class Database:
 
     async def open(self) -> None:
         """Open the pool; fails fast with StoreUnavailable when PostgreSQL is unreachable."""
-        timeout = self.settings.db_connect_timeout_s
+        timeout = self.settings.database.connect_timeout_s
         deadline = time.monotonic() + timeout
         with wrap_exceptions():
             # Direct attempts first, quietly, until the timeout: with PostgreSQL down the caller
@@ -68,7 +68,7 @@ class Database:
             while True:
                 try:
                     probe = await AsyncConnection.connect(
-                        self.settings.database_url, connect_timeout=max(1, int(timeout)),
+                        self.settings.database.url, connect_timeout=max(1, int(timeout)),
                         application_name="personalization",
                     )
                     break

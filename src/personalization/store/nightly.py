@@ -22,12 +22,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Literal, assert_never
+from typing import Any, assert_never
 
 import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
+from personalization.config import RefreshMode
 from personalization.core.decay import DecayConfig
 from personalization.errors import StoreError
 from personalization.store.db import wrap_exceptions
@@ -42,7 +43,6 @@ ROLLUPS_VIEW = "user_signal_rollups"
 # The rebuilt view before its swap; a run killed before the swap leaves it behind and the
 # next run drops it.
 NEXT_VIEW = f"{ROLLUPS_VIEW}__next"
-RefreshMode = Literal["swap", "concurrently"]
 # Advisory lock keys (bigint).  RUN_LOCK: one nightly run at a time, across processes and
 # hosts.  SWAP_LOCK: the snapshot swap against erase_user_features.
 RUN_LOCK_KEY = 0x7A6E_6967_6874_0001

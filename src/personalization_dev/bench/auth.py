@@ -22,7 +22,7 @@ async def _measure(settings: Settings, key: str, checks: int) -> dict[str, float
     db = Database(settings, min_size=1, max_size=2)
     await db.open()
     try:
-        auth = Authenticator(KeyStore(db, settings), settings.model_copy(update={"rate_limit_per_s": 0}))
+        auth = Authenticator(KeyStore(db, settings), settings.replace(auth={"rate_limit_per_s": 0}))
         header = f"Bearer {key}"
         await auth.authenticate(header, "ingest")  # first check: the hash and the row read
         samples = []

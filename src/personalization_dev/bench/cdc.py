@@ -36,8 +36,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from personalization.changestream import pgadmin
-from personalization.changestream.settings import CdcSettings
 from personalization.config import Settings
+from personalization.kafka import names
 from personalization.kafka.topics import ensure_topics
 from personalization_dev.bench.common import bench_relay_env, percentile, scratch_database
 from personalization_dev.broker import LocalBroker
@@ -57,16 +57,16 @@ _INSERT = (
 @contextlib.contextmanager
 def _broker(settings: Settings, choice: BrokerChoice) -> Iterator[str]:
     if choice == "configured":
-        yield settings.kafka_bootstrap_servers
+        yield settings.kafka.bootstrap_servers
         return
     if choice == "auto":
-        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 0})
+        admin = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers, "log_level": 0})
         try:
             admin.list_topics(timeout=3)
         except Exception:
             pass
         else:
-            yield settings.kafka_bootstrap_servers
+            yield settings.kafka.bootstrap_servers
             return
     with LocalBroker() as bootstrap:
         yield bootstrap
@@ -209,19 +209,16 @@ def run_cdc_bench(
 ) -> dict[str, Any]:
     """Run the benchmark and return its results (see the module docstring for the method)."""
     tag = f"bench{os.getpid()}{uuid.uuid4().hex[:4]}"
-    with _broker(settings, broker) as bootstrap, scratch_database(settings.database_url, "cdc") as url:
-        cdc = CdcSettings(
-            database_url=url,
-            kafka_bootstrap_servers=bootstrap,
-            kafka_topic_prefix=tag,
-            cdc_slot_name=tag,
-            cdc_publication_name=tag,
-            cdc_metrics_port=0,
+    with _broker(settings, broker) as bootstrap, scratch_database(settings.database.url, "cdc") as url:
+        cdc = Settings(
+            database={"url": url},
+            kafka={"bootstrap_servers": bootstrap, "topic_prefix": tag},
+            cdc={"slot_name": tag, "publication_name": tag, "metrics_port": 0},
         )
         # Pre-created so the consumer is assigned before the relay starts (the handle must
         # outlive the future, hence the variable).
-        ensure_topics(bootstrap, [cdc.events_topic])
-        collector = _Collector(bootstrap, cdc.events_topic)
+        ensure_topics(bootstrap, [names.events_topic(tag)])
+        collector = _Collector(bootstrap, names.events_topic(tag))
         collector.start()
         users = [uuid.uuid4() for _ in range(200)]
         env = bench_relay_env(url, bootstrap, tag)

@@ -55,7 +55,7 @@ def _kafka_reachable(settings: Settings) -> bool:
 
     try:
         # log_level 0: a missing broker is an expected answer here, not console noise.
-        probe = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers, "socket.timeout.ms": 2000,
+        probe = AdminClient({"bootstrap.servers": settings.kafka.bootstrap_servers, "socket.timeout.ms": 2000,
                              "log_level": 0})
         probe.list_topics(timeout=2)
         return True
@@ -234,12 +234,12 @@ def run_erase_bench(settings: Settings, *, users: int = 200_000, events: int = 6
             from personalization_dev.broker import LocalBroker
 
             bootstrap = stack.enter_context(LocalBroker())
-            settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap})
+            settings = settings.replace(kafka={"bootstrap_servers": bootstrap})
             kafka_source = "local Tansu broker"
         from personalization.kafka.topics import ensure_topics
 
-        ensure_topics(settings.kafka_bootstrap_servers, cdc_topics(settings))
-        result = _run(settings.model_copy(update={"erase_kafka_tombstones": True}), users, events, user_events,
+        ensure_topics(settings.kafka.bootstrap_servers, cdc_topics(settings))
+        result = _run(settings.replace(erase={"kafka_tombstones": True}), users, events, user_events,
                       sessions, sequential, concurrent, redis_keys, timeout_s)
         result["kafka"] = kafka_source
         return result
@@ -249,7 +249,7 @@ def _run(settings: Settings, users: int, events: int, user_events: int, sessions
          concurrent: int, redis_keys: int, timeout_s: float) -> dict[str, Any]:
     people = [uuid.uuid4() for _ in range(sequential + concurrent + 1)]
     baseline_victim, seq, conc = people[0], people[1 : 1 + sequential], people[1 + sequential :]
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis.Redis.from_url(settings.redis.url)
     filler: list[str] = []
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                         console=Console(stderr=True), transient=True)
@@ -273,7 +273,7 @@ def _run(settings: Settings, users: int, events: int, user_events: int, sessions
             baseline_refresh_s = _bare_refresh(url)
             baseline_scan_s = _bare_scan(r, baseline_victim)
             step(f"{sequential} erases one by one, then {concurrent} at once, until the last is complete")
-            phases = asyncio.run(_erase_phases(settings.model_copy(update={"database_url": url}), seq, conc,
+            phases = asyncio.run(_erase_phases(settings.replace(database={"url": url}), seq, conc,
                                                timeout_s))
             with psycopg.connect(url) as conn:
                 left = conn.execute("SELECT count(*) FROM personalization_events WHERE user_id = ANY(%s)",

@@ -38,7 +38,7 @@ from personalization_dev.bench.synth import make_events, make_population
 @contextlib.contextmanager
 def scratch_database(settings: Settings, tag: str) -> Iterator[str]:
     """A migrated throw-away database next to the configured one, dropped afterwards."""
-    with common.scratch_database(settings.database_url, tag) as url:
+    with common.scratch_database(settings.database.url, tag) as url:
         yield url
 
 
@@ -250,13 +250,13 @@ def _start_server(
     port = _free_port()
     env = os.environ | {
         "PERSONALIZATION_DATABASE_URL": url,
-        "PERSONALIZATION_REDIS_URL": settings.redis_url,
+        "PERSONALIZATION_REDIS_URL": settings.redis.url,
         "PERSONALIZATION_HTTP_PORT": str(port),
         # API keys are checked unless dev_mode (the no-auth pass of auth_overhead_p99_pct).
         "PERSONALIZATION_AUTH_DEV_MODE": "true" if dev_mode else "false",
     }
-    if settings.api_key_secret is not None:
-        env["PERSONALIZATION_API_KEY_SECRET"] = settings.api_key_secret.get_secret_value()
+    if settings.auth.api_key_secret is not None:
+        env["PERSONALIZATION_API_KEY_SECRET"] = settings.auth.api_key_secret.get_secret_value()
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "personalization.api.app:create_app", "--factory",
          "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning",
@@ -286,11 +286,11 @@ def run_ingest_bench(settings: Settings, *, events: int, users: int, concurrency
     gc.freeze()
     with scratch_database(settings, "ingest") as url, Progress(disable=not progress, transient=True) as prog:
         _create_users(url, pop.users)
-        bench_settings = settings.model_copy(update={"database_url": url})
-        if bench_settings.api_key_secret is None:
+        bench_settings = settings.replace(database={"url": url})
+        if bench_settings.auth.api_key_secret is None:
             # Keyed hashing as recommended for production (scrypt, used without a server
             # secret, would cost each uvicorn worker one slow hash on its first request).
-            bench_settings = bench_settings.model_copy(update={"api_key_secret": SecretStr(secrets.token_urlsafe(32))})
+            bench_settings = bench_settings.replace(auth={"api_key_secret": SecretStr(secrets.token_urlsafe(32))})
         copy_s, real_table_s = _baseline_copy(url, base_events)
         lib_events = _fresh_ids(base_events)
         lib_s, lib_acc, lib_dups = asyncio.run(
@@ -360,7 +360,7 @@ def _cleanup_redis(settings: Settings, users: list[uuid.UUID], sessions: list[li
 
     from personalization.cache import keys
 
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis.Redis.from_url(settings.redis.url)
     with r.pipeline(transaction=False) as pipe:
         for u, ss in zip(users, sessions, strict=True):
             pipe.delete(keys.user_signals(u))

@@ -42,13 +42,12 @@ from confluent_kafka import Consumer
 
 from personalization.cache.learner import EmbeddingCache
 from personalization.changestream import pgadmin
-from personalization.changestream.settings import CdcSettings
-from personalization.config import Settings
+from personalization.config import DEFAULT_EMBEDDING_DIM, Settings
+from personalization.kafka import names
+from personalization.kafka.envelope import parse_event_message, read_insert_fast
 from personalization.kafka.topics import ensure_topics
 from personalization.learner.batch import BatchResult
 from personalization.learner.consumer import Learner
-from personalization.learner.envelope import parse_event_message, read_insert_fast
-from personalization.learner.settings import LearnerSettings
 from personalization_dev.bench.common import bench_relay_env, percentile, scratch_database
 from personalization_dev.broker import LocalBroker
 from personalization_dev.relayproc import RelayProcess
@@ -68,7 +67,7 @@ def _pct(values: list[float], p: float) -> float:
 @contextlib.contextmanager
 def _broker(settings: Settings, choice: BrokerChoice) -> Iterator[str]:
     if choice == "configured":
-        yield settings.kafka_bootstrap_servers
+        yield settings.kafka.bootstrap_servers
         return
     with LocalBroker() as bootstrap:
         yield bootstrap
@@ -172,15 +171,12 @@ def _freshness(
     timeout_s: float,
 ) -> list[tuple[float, float | None]]:
     tag = f"lf{os.getpid()}{uuid.uuid4().hex[:4]}"
-    cdc = CdcSettings(
-        database_url=url,
-        kafka_bootstrap_servers=bootstrap,
-        kafka_topic_prefix=tag,
-        cdc_slot_name=tag,
-        cdc_publication_name=tag,
-        cdc_metrics_port=0,
+    cdc = Settings(
+        database={"url": url},
+        kafka={"bootstrap_servers": bootstrap, "topic_prefix": tag},
+        cdc={"slot_name": tag, "publication_name": tag, "metrics_port": 0},
     )
-    _create_topic(bootstrap, cdc.events_topic)
+    _create_topic(bootstrap, names.events_topic(tag))
     env = bench_relay_env(url, bootstrap, tag)
     # (commit time, commit -> Redis ms, commit -> Kafka message timestamp ms)
     samples: list[tuple[float, float, float | None]] = []
@@ -193,16 +189,13 @@ def _freshness(
                     relay_ms = None if kafka_ms is None else float(kafka_ms - commit_ms)
                     samples.append((commit_ms / 1000, (written_at - commit_ms / 1000) * 1000, relay_ms))
 
-    settings = LearnerSettings(
-        database_url=url,
-        redis_url=redis_url,
-        kafka_bootstrap_servers=bootstrap,
-        kafka_topic_prefix=tag,
-        learner_group_id=f"{tag}-fresh",
-        learner_session_timeout_ms=3000,
-        learner_follow_profiles=False,
-        learner_redis_resync_s=0,
-        embedding_dim=dim,
+    settings = Settings(
+        database={"url": url},
+        redis={"url": redis_url},
+        kafka={"bootstrap_servers": bootstrap, "topic_prefix": tag},
+        learner={"group_id": f"{tag}-fresh", "session_timeout_ms": 3000, "follow_profiles": False,
+                 "redis_resync_s": 0},
+        embedding={"dim": dim},
     )
     stop = threading.Event()
     assigned = threading.Event()
@@ -273,7 +266,7 @@ def run_learner_bench(
     events: int = 200_000,
     users: int = 5000,
     contents: int = 2000,
-    dim: int = 384,
+    dim: int = DEFAULT_EMBEDDING_DIM,
     rate: int = 1000,
     duration_s: float = 15.0,
     repeat: int = 1,
@@ -281,11 +274,11 @@ def run_learner_bench(
     timeout_s: float = 600.0,
 ) -> dict[str, Any]:
     """Run the benchmark (see the module docstring) and return its JSON-ready results."""
-    with _broker(settings, broker) as bootstrap, scratch_database(settings.database_url, "learner") as url:
+    with _broker(settings, broker) as bootstrap, scratch_database(settings.database.url, "learner") as url:
         fill_started = time.perf_counter()
         pop = fill_population(url, users=users, contents=contents, events=events, dim=dim, seed=11)
         prefix = f"lb{os.getpid()}{uuid.uuid4().hex[:4]}"
-        topic = f"{prefix}.public.personalization_events"
+        topic = names.events_topic(prefix)
         _create_topic(bootstrap, topic)
         ordered = stream_order(pop.rows)
         ends = produce(producer(bootstrap), topic, ordered, topic_prefix=prefix)
@@ -293,7 +286,7 @@ def run_learner_bench(
         fill_s = time.perf_counter() - fill_started
         env = {
             "PERSONALIZATION_DATABASE_URL": url,
-            "PERSONALIZATION_REDIS_URL": settings.redis_url,
+            "PERSONALIZATION_REDIS_URL": settings.redis.url,
             "PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "PERSONALIZATION_KAFKA_TOPIC_PREFIX": prefix,
             "PERSONALIZATION_LEARNER_SESSION_TIMEOUT_MS": "3000",
@@ -317,11 +310,11 @@ def run_learner_bench(
         _truncate_state(url)
         try:
             fresh_pairs = _freshness(
-                url, bootstrap, settings.redis_url, pop.users, pop.content_ids, dim, rate, duration_s, timeout_s
+                url, bootstrap, settings.redis.url, pop.users, pop.content_ids, dim, rate, duration_s, timeout_s
             )
         finally:
             # The bench users' keys are not worth keeping for their 6 h TTL.
-            EmbeddingCache(settings.redis_url).apply([], pop.users)
+            EmbeddingCache(settings.redis.url).apply([], pop.users)
     fresh = [lat for lat, _ in fresh_pairs]
     relay = [r for _, r in fresh_pairs if r is not None]
     bare_m, one_m, two_m = statistics.median(bare), statistics.median(one), statistics.median(two)

@@ -26,7 +26,7 @@ from rich.progress import Progress
 
 from personalization.config import Settings
 from personalization.nightly.export import export_features
-from personalization.nightly.job import NightlyJob, NightlySettings
+from personalization.nightly.job import NightlyJob
 from personalization_dev.bench.ingest import scratch_database
 
 CONTENT_TYPES = ("passage", "devotional", "plan_day")
@@ -108,11 +108,11 @@ def write_entities(path: Path, ids: list[str], n: int, seed: int = 9) -> None:
 def run_nightly_bench(settings: Settings, *, events: int, users: int, entities: int, repeat: int = 3,
                       progress: bool = True) -> dict[str, Any]:
     """Load, time baseline/job alternately and the export; return the figures."""
-    nightly = NightlySettings()
+    nightly = settings.nightly
     with scratch_database(settings, "nightly") as url, Progress(disable=not progress, transient=True) as prog:
         task = prog.add_task("loading events (COPY)", total=None)
         ids = load(url, events=events, users=users)
-        job = NightlyJob(url, nightly)
+        job = NightlyJob(url, nightly, decay=settings.decay.config())
         base_s: list[float] = []
         refresh_s: list[float] = []
         job_s: list[float] = []

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 
 from personalization.cache import keys
 from personalization.composition import open_platform
-from personalization.config import Settings
+from personalization.config import DEFAULT_EMBEDDING_DIM, Settings
 from personalization.core import embedding as emb
 from personalization.serving.service import Candidate, RerankIn
 from personalization_dev.bench.ingest import _pct, _start_server, scratch_database
@@ -209,7 +209,7 @@ async def _run(
     cand_sets = [rng.sample(content, 100) for _ in range(64)]
     out: dict[str, Any] = {}
 
-    raw = aioredis.Redis.from_url(settings.redis_url)
+    raw = aioredis.Redis.from_url(settings.redis.url)
     try:
         # User embeddings (as the online learner caches them) and a few recent items per session.
         async with raw.pipeline(transaction=False) as pipe:
@@ -260,7 +260,7 @@ async def _run(
 
     key = await _bench_key(settings)
     headers = {"authorization": f"Bearer {key}"} if key else {}
-    proc, base_url = _start_server(settings, settings.database_url)
+    proc, base_url = _start_server(settings, settings.database.url)
     try:
         # aiohttp as the load generator: its per-request client cost is a fraction of
         # httpx's, which on a 2-core machine would otherwise be measured as server latency.
@@ -302,8 +302,8 @@ async def _run(
     # served the loads above.  Two servers without keys measured this way differed by
     # 4-7% at p99 (the keyed side also sends the Authorization header): the noise floor.
     servers = [
-        _start_server(settings, settings.database_url),
-        _start_server(settings, settings.database_url, dev_mode=True),
+        _start_server(settings, settings.database.url),
+        _start_server(settings, settings.database.url, dev_mode=True),
     ]
     try:
         async with (
@@ -343,7 +343,7 @@ def run_serve_bench(
     *,
     users: int = 1000,
     content: int = 5000,
-    dim: int = 384,
+    dim: int = DEFAULT_EMBEDDING_DIM,
     requests: int = 5000,
     concurrency: int = 2,
     duration_s: float = 5.0,
@@ -400,7 +400,7 @@ def _run_in_scratch(
     with scratch_database(settings, "serve") as url:
         vecs = _populate(url, user_ids, content_ids, dim, seed)
         _align_flag_version(settings, url)
-        bench_settings = settings.model_copy(update={"database_url": url})
+        bench_settings = settings.replace(database={"url": url})
         try:
             result = asyncio.run(
                 _run(
@@ -439,7 +439,7 @@ def _align_flag_version(settings: Settings, url: str) -> None:
     """
     import redis
 
-    with redis.Redis.from_url(settings.redis_url) as r:
+    with redis.Redis.from_url(settings.redis.url) as r:
         published = r.get(keys.feature_flag_version(keys.PERSONALIZATION_FLAG))
     if published is not None and int(published) > 1:
         with psycopg.connect(url) as conn:
@@ -451,7 +451,7 @@ def _align_flag_version(settings: Settings, url: str) -> None:
 def _cleanup(settings: Settings, users: list[uuid.UUID], seed: int) -> None:
     import redis
 
-    with redis.Redis.from_url(settings.redis_url) as r, r.pipeline(transaction=False) as pipe:
+    with redis.Redis.from_url(settings.redis.url) as r, r.pipeline(transaction=False) as pipe:
         for u in users:
             pipe.delete(
                 keys.user_preferences(u),

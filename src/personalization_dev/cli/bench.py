@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from personalization.cli.common import ExitCode, exit_code_for, fail
-from personalization.config import get_settings
+from personalization.config import DEFAULT_EMBEDDING_DIM, get_settings
 from personalization.errors import PersonalizationError
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (each prints one JSON line with --json).")
@@ -86,7 +86,7 @@ def bench_cdc(
 def bench_serve(
     users: int = typer.Option(1000, min=10),
     content: int = typer.Option(5000, min=200, help="content items with embeddings"),
-    dim: int = typer.Option(384, min=1, help="embedding dimension"),
+    dim: int = typer.Option(DEFAULT_EMBEDDING_DIM, min=1, help="embedding dimension"),
     requests: int = typer.Option(5000, min=100, help="calls per in-process measurement"),
     concurrency: int = typer.Option(2, min=1, help="concurrent closed-loop HTTP clients"),
     duration: float = typer.Option(5.0, min=0.5, help="seconds per HTTP measurement"),
@@ -156,7 +156,7 @@ def bench_learner(
     events: int = typer.Option(200_000, "--events", min=1000, help="events on the throughput topic"),
     users: int = typer.Option(5000, min=1),
     contents: int = typer.Option(2000, min=1, help="content items with embeddings"),
-    dim: int = typer.Option(384, min=1, help="embedding dimension"),
+    dim: int = typer.Option(DEFAULT_EMBEDDING_DIM, min=1, help="embedding dimension"),
     rate: int = typer.Option(1000, min=10, help="insert rate of the freshness part (events/s)"),
     duration: float = typer.Option(15.0, min=3.0, help="seconds of the freshness part"),
     repeat: int = typer.Option(1, min=1, help="throughput runs (medians reported)"),
@@ -175,6 +175,34 @@ def bench_learner(
             rate=rate,
             duration_s=duration,
             repeat=repeat,
+        ),
+        json_out,
+    )
+
+
+@bench_app.command("experiments")
+def bench_experiments(
+    exposures: int = typer.Option(1_000_000, "--exposures", min=1000, help="exposed readers (one exposure each)"),
+    events: int = typer.Option(10_000_000, "--events", min=1000, help="events around the exposures"),
+    lift: float = typer.Option(0.05, min=0.0, max=1.0, help="true relative lift of bookmarks in the on arm"),
+    repeat: int = typer.Option(3, min=1, help="runs of each timed results call"),
+    read_users: int = typer.Option(2000, min=100, help="readers of the flag-read latency pass (per mode)"),
+    concurrency: int = typer.Option(16, min=1, help="concurrent flag reads"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Experiment results over 1M exposures and 10M events against the bare SQL; flag-read cost of exposures."""
+    from personalization_dev.bench.experiments import run_experiments_bench
+
+    _bench(
+        lambda: run_experiments_bench(
+            get_settings(),
+            readers=exposures,
+            events=events,
+            lift=lift,
+            repeat=repeat,
+            read_users=read_users,
+            concurrency=concurrency,
+            progress=not json_out,
         ),
         json_out,
     )

@@ -23,8 +23,9 @@ def demo(
 ) -> None:
     """Run the whole system end to end on the KJV and a simulated population, then report."""
     from personalization import logging_setup
+    from personalization_dev.demo.errors import DemoError
     from personalization_dev.demo.report import print_report
-    from personalization_dev.demo.runner import DemoError, DemoOptions, run_demo
+    from personalization_dev.demo.runner import DemoOptions, run_demo
 
     logging_setup.configure("WARNING")
     console = Console(stderr=True)

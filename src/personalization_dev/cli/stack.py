@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from personalization.cli.common import ExitCode, err, fail
-from personalization.config import SERVICE_URL_VARS, configured_service_urls
+from personalization.config import SERVICE_URL_VARS, Settings, configured_service_urls
 from personalization.errors import PersonalizationError
 from personalization_dev.stack import (
     DEFAULT_ROOT,
@@ -172,6 +172,9 @@ def up(
         )
         for line in urls.export_lines():
             typer.echo(line)
+        # The embedding dimension this shell is configured with, so the shells pointed at
+        # the stack (API, learner, demo, content import) agree on it with this one.
+        typer.echo(f"export PERSONALIZATION_EMBEDDING_DIM={Settings().embedding.dim}")
         sys.stdout.flush()
         err.print("Ctrl-C here or `personalization stack down` stops it.")
         while True:

@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import threading
@@ -33,14 +32,13 @@ import psycopg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from personalization.kafka import names
 from personalization.kafka.topics import ensure_topics
 from personalization_dev.childproc import CliChild
-from personalization_dev.demo.bible import Chapter, embed_chapters, load_chapters
-from personalization_dev.demo.simulate import Reader, World, make_world, relevant, simulate_events
-
-
-class DemoError(RuntimeError):
-    """A step of the demo failed; the message says which and why."""
+from personalization_dev.demo.bible import Chapter, Passage, embed_chapters, items_of, load_passages
+from personalization_dev.demo.errors import DemoError
+from personalization_dev.demo.evaluate import evaluate
+from personalization_dev.demo.simulate import World, make_world, simulate_events
 
 
 @dataclass
@@ -48,7 +46,10 @@ class DemoOptions:
     users: int = 1000
     days: int = 28
     seed: int = 42
-    embedding_dim: int = 128
+    # None: the deployment's configured dimension (PERSONALIZATION_EMBEDDING_DIM, 384 by
+    # default), so what the demo stores is what the API and the learner of the same
+    # services expect.
+    embedding_dim: int | None = None
     batch: int = 500
     concurrency: int = 8
     candidates: int = 300
@@ -188,14 +189,84 @@ async def _send_all(client: httpx.AsyncClient, method: str, jobs: list[tuple[str
     return [r for r in out if r is not None]
 
 
-def _write_content_file(path: Path, chapters: list[Chapter], vectors: list[list[float]]) -> None:
-    with path.open("w") as fh:
-        for c, v in zip(chapters, vectors, strict=True):
-            words = c.text.split()
-            fh.write(json.dumps({
-                "content_id": c.content_id, "content_type": "passage", "title": c.title,
-                "body": " ".join(words[:60]), "embedding": v,
-            }) + "\n")
+def _write_content_file(path: Path, chapters: list[Chapter], vectors: np.ndarray) -> None:
+    """The catalogue as ``content import`` takes it: parquet, one row per passage and translation."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dim = int(vectors.shape[1])
+    table = pa.table({
+        "content_id": [c.content_id for c in chapters],
+        "content_type": ["passage"] * len(chapters),
+        "title": [f"{c.title} ({c.translation})" for c in chapters],
+        "body": [" ".join(c.text.split()[:60]) for c in chapters],
+        "passage_id": [c.passage_id for c in chapters],
+        "translation": [c.translation for c in chapters],
+        "series": [c.series for c in chapters],
+        "position": pa.array([c.position for c in chapters], type=pa.int32()),
+        "tags": [list(c.tags) for c in chapters],
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), dim),
+    })
+    pq.write_table(table, path)
+
+
+def _import_content(
+    env: dict[str, str], work: Path, dim: int, seed: int, timings: dict[str, float]
+) -> tuple[list[Passage], list[Chapter]]:
+    """Every chapter in every translation, embedded and imported through ``content import``."""
+    t0 = time.perf_counter()
+    passages = load_passages()
+    chapters = items_of(passages)
+    t1 = time.perf_counter()
+    vectors = embed_chapters(chapters, dim, seed=seed)
+    t2 = time.perf_counter()
+    content_file = work / "bible_catalog.parquet"
+    _write_content_file(content_file, chapters, vectors)
+    _run_cli(env, "content", "import", str(content_file))
+    t3 = time.perf_counter()
+    timings.update(load_s=round(t1 - t0, 2), embed_s=round(t2 - t1, 2), import_s=round(t3 - t2, 2))
+    return passages, chapters
+
+
+def _catalog_figures(chapters: list[Chapter]) -> dict[str, Any]:
+    tags = {t for c in chapters for t in c.tags}
+    return {
+        "items": len(chapters),
+        "passages": len({c.passage_id for c in chapters}),
+        "translations": sorted({c.translation for c in chapters}),
+        "tags": len(tags),
+    }
+
+
+def _translation_figures(world: World, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """How much the simulated readers switch translations."""
+    usual = {str(r.user_id): r.usual_translation for r in world.readers}
+    read: dict[str, set[str]] = {}
+    switched = 0
+    for e in events:
+        tr = e["content_id"].split(":", 1)[0]
+        read.setdefault(e["user_id"], set()).add(tr)
+        switched += tr != usual[e["user_id"]]
+    preferred_missing = sum(1 for r in world.readers if r.profile["preferred_translation"] not in world.translations)
+    return {
+        "events_in_other_translation": round(switched / len(events), 3) if events else 0.0,
+        "readers_using_several": round(sum(1 for v in read.values() if len(v) > 1) / max(1, len(read)), 3),
+        "readers_preferring_one_not_in_catalog": preferred_missing,
+    }
+
+
+def _session_passages(events: list[dict[str, Any]]) -> dict[str, tuple[str, set[str]]]:
+    """Per reader: the latest session and the passages it showed (in any translation)."""
+    out: dict[str, tuple[str, set[str]]] = {}
+    for e in events:  # in time order: the last session seen is the latest
+        passage = e["content_id"].split(":", 1)[-1]
+        session, seen = out.get(e["user_id"], ("", set()))
+        if session != e["session_id"]:
+            session, seen = e["session_id"], set()
+        if e["signal_type"] == "view":
+            seen.add(passage)
+        out[e["user_id"]] = (session, seen)
+    return out
 
 
 def run_demo(opts: DemoOptions, console: Console, quiet: bool = False) -> dict[str, Any]:
@@ -218,9 +289,12 @@ def run_demo(opts: DemoOptions, console: Console, quiet: bool = False) -> dict[s
 
 def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress: Progress, console: Console,
                        t_start: float, quiet: bool) -> dict[str, Any]:
+    from personalization.config import Settings
+
     work = opts.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **service_env, "PERSONALIZATION_EMBEDDING_DIM": str(opts.embedding_dim),
+    dim = opts.embedding_dim or Settings().embedding.dim
+    env = {**os.environ, **service_env, "PERSONALIZATION_EMBEDDING_DIM": str(dim),
            # The candidates' prior is popularity in [0, 1]; cosines of TF-IDF/SVD vectors are
            # smaller, so the demo weighs the similarity more than the default blend does.
            "PERSONALIZATION_RERANK_ALPHA": str(opts.rerank_alpha),
@@ -228,9 +302,9 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
     database_url = service_env["PERSONALIZATION_DATABASE_URL"]
     bootstrap = service_env["PERSONALIZATION_KAFKA_BOOTSTRAP_SERVERS"]
     prefix = env.get("PERSONALIZATION_KAFKA_TOPIC_PREFIX", "personalization")
-    topic = f"{prefix}.public.personalization_events"
+    topic = names.events_topic(prefix)
     children: list[CliChild] = []
-    figures: dict[str, Any] = {"users": opts.users, "days": opts.days}
+    figures: dict[str, Any] = {"users": opts.users, "days": opts.days, "embedding_dim": dim}
     demo_key_id: str | None = None
     try:
         # 1. Schema and an API key for the demo's own client.
@@ -241,18 +315,9 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
         # The key can do everything (admin): it is revoked when the demo ends, however it ends.
         demo_key_id = created["key_id"]
 
-        # 2. Content: KJV chapters with TF-IDF + SVD embeddings, imported by the CLI.
-        t = progress.add_task("content: KJV chapters", total=3)
-        chapters = load_chapters()
-        progress.advance(t)
-        vectors = embed_chapters(chapters, opts.embedding_dim, seed=opts.seed)
-        progress.advance(t)
-        content_file = work / "kjv_chapters.jsonl"
-        _write_content_file(content_file, chapters, vectors)
-        _run_cli(env, "content", "import", str(content_file))
-        progress.advance(t)
-
-        # 3. The pipeline: CDC relay, learner, API server.
+        # 2. The pipeline: CDC relay, learner, API server.  They start (the relay's JVM takes
+        # seconds) while this process builds and imports the catalogue; no event is sent
+        # before the import has committed, so the learner never sees content it lacks.
         t = progress.add_task("pipeline: relay, learner, API", total=3)
         logs = work / "logs"
         relay = _child("cdc-relay", "personalization.cli", ["cdc", "run", "--metrics-port", "0"], env, logs)
@@ -267,6 +332,15 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
                                         "--port", str(port), "--log-level", "warning", "--no-access-log"], env, logs)
         children.append(api)
         base = f"http://127.0.0.1:{port}"
+
+        # 3. Content: every chapter in KJV, ASV and WEB with TF-IDF + SVD embeddings, imported by the CLI.
+        tc = progress.add_task("content: 3 translations", total=1)
+        timings: dict[str, float] = {}
+        figures["content_s"] = timings
+        passages, chapters = _import_content(env, work, dim, opts.seed, timings)
+        figures["catalog"] = _catalog_figures(chapters)
+        progress.advance(tc)
+
         _wait_http(base + "/healthz", api, 60)
         progress.advance(t)
         relay.wait_for_output("relay started in", 120, error=DemoError)
@@ -281,8 +355,9 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
         # 4. Population and behaviour.
         # Fresh reader ids per run (behaviour stays seeded): a second run on the same database
         # makes new readers instead of piling onto (or colliding with) the last run's ones.
-        world = make_world(chapters, opts.users, seed=opts.seed, fresh_ids=True)
+        world = make_world(passages, opts.users, seed=opts.seed, fresh_ids=True)
         events = simulate_events(world, opts.days, seed=opts.seed + 1)
+        figures["translations_read"] = _translation_figures(world, events)
         headers = {"authorization": f"Bearer {key}"}
         limits = httpx.Limits(max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency)
         # The spec's rollout flag of personalization itself: 90 % of readers get the
@@ -291,7 +366,6 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
                          json={"enabled": True, "rollout_percent": 90, "description": "demo rollout"})
         if flag.status_code >= 400:
             raise DemoError(f"setting the personalization flag failed: HTTP {flag.status_code} {flag.text[:200]}")
-        last_session = {e["user_id"]: e["session_id"] for e in events}
         ingest = asyncio.run(_populate(base, headers, limits, world, events, opts, progress, probe))
         figures.update(ingest)
 
@@ -299,6 +373,7 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
         t = progress.add_task("learner: catching up", total=ingest["events_stored"])
         _wait_learner(database_url, learner_group, topic, probe, ingest["events_stored"], progress, t,
                       [relay, learner])
+        _check_user_embeddings(database_url, dim)
         probe.stop()
         figures["cdc_p50_ms"] = round(probe.percentile(50, since_ms=ingest["live_from_ms"]), 1)
         figures["cdc_p99_ms"] = round(probe.percentile(99, since_ms=ingest["live_from_ms"]), 1)
@@ -314,7 +389,8 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
 
         # 7. Logins, recommendations and the evaluation.
         evaluation = asyncio.run(
-            _evaluate(base, headers, limits, world, chapters, database_url, last_session, opts, progress)
+            evaluate(base, headers, limits, world, chapters, database_url, _session_passages(events),
+                     opts.candidates, opts.top_k, opts.eval_users, progress)
         )
         figures.update(evaluation)
     finally:
@@ -414,6 +490,26 @@ async def _send_paced(client: httpx.AsyncClient, events: list[dict[str, Any]], r
     return out
 
 
+def _check_user_embeddings(database_url: str, dim: int) -> None:
+    """Fail loudly where the learner would otherwise have learnt nothing.
+
+    The learner skips content embeddings of another dimension than the deployment's,
+    so a catalogue of the wrong dimension leaves every reader without an embedding
+    (and every recommendation unpersonalized) without any error of its own.
+    """
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FILTER (WHERE embedding IS NOT NULL),"
+            " (SELECT count(*) FROM content_embeddings WHERE dim = %s) FROM user_embeddings", (dim,)
+        ).fetchone()
+    learnt, usable = (int(row[0]), int(row[1])) if row else (0, 0)
+    if learnt == 0:
+        raise DemoError(
+            f"the learner built no user embedding: {usable} content embeddings have the configured dimension"
+            f" {dim} (PERSONALIZATION_EMBEDDING_DIM); the API, the learner and the imported catalogue must agree"
+        )
+
+
 def _wait_learner(database_url: str, group: str, topic: str, probe: FreshnessProbe, expected: int, progress: Progress,
                   task: Any, children: list[CliChild], timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
@@ -435,88 +531,3 @@ def _wait_learner(database_url: str, group: str, topic: str, probe: FreshnessPro
     raise DemoError(
         f"the learner did not catch up within {timeout:.0f} s (topic inserts seen {probe.inserts} of {expected})"
     )
-
-
-async def _evaluate(base: str, headers: dict[str, str], limits: httpx.Limits, world: World,
-                    chapters: list[Chapter], database_url: str, last_session: dict[str, str],
-                    opts: DemoOptions, progress: Progress) -> dict[str, Any]:
-    titles = {c.content_id: c for c in chapters}
-    with psycopg.connect(database_url) as conn:
-        popular = conn.execute(
-            "SELECT content_id, count(*) AS n FROM personalization_events GROUP BY content_id"
-            " ORDER BY n DESC, content_id LIMIT %s", (opts.candidates,)
-        ).fetchall()
-        personalizable = {r[0] for r in conn.execute(
-            "SELECT user_id FROM user_embeddings WHERE embedding IS NOT NULL").fetchall()}
-        scores = conn.execute(
-            "SELECT user_id, content_type, signal_type, score, event_count FROM user_signal_scores"
-        ).fetchall()
-    top_n = popular[0][1] if popular else 1
-    candidates = [{"content_id": cid, "score": round(n / top_n, 6)} for cid, n in popular]
-    eligible = [r for r in world.readers if r.user_id in personalizable and r.profile["privacy_level"] == "standard"]
-    sample = eligible[: opts.eval_users]
-    t = progress.add_task("recommendations: login + rerank", total=len(sample))
-    hits_p: list[float] = []
-    hits_pop: list[float] = []
-    variants: dict[str, int] = {}
-    samples: list[dict[str, Any]] = []
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
-        for reader in sample:
-            login = await client.post(f"/v1/users/{reader.user_id}/login")
-            if login.status_code != 200:
-                raise DemoError(f"login of {reader.user_id} -> HTTP {login.status_code}: {login.text[:300]}")
-            # The reader's latest session: what it showed is excluded from the recommendations.
-            session = last_session.get(str(reader.user_id), str(uuid.uuid4()))
-            r = await client.post(f"/v1/users/{reader.user_id}/rerank",
-                                  json={"session_id": session, "candidates": candidates})
-            if r.status_code != 200:
-                raise DemoError(f"rerank for {reader.user_id} -> HTTP {r.status_code}: {r.text[:300]}")
-            body = r.json()
-            variant = str(body.get("variant"))
-            variants[variant] = variants.get(variant, 0) + 1
-            ranked = _ranked_ids(body)[: opts.top_k]
-            excluded = set(body.get("excluded") or [])
-            truth = relevant(world, reader)
-            # Popularity, with the same session exclusion, is the baseline for every reader.
-            pop_top = [c["content_id"] for c in candidates if c["content_id"] not in excluded][: opts.top_k]
-            hits_pop.append(len([c for c in pop_top if c in truth]) / opts.top_k)
-            if variant == "personalized":
-                hits_p.append(len([c for c in ranked if c in truth]) / opts.top_k)
-                if len(samples) < 3:
-                    samples.append(_sample_report(reader, world, ranked, titles, scores, body))
-            progress.advance(t)
-    p = statistics.fmean(hits_p) if hits_p else 0.0
-    q = statistics.fmean(hits_pop) if hits_pop else 0.0
-    return {
-        "evaluated_users": len(sample),
-        "variants": variants,
-        "personalized_hit_rate": round(p, 4),
-        "popularity_hit_rate": round(q, 4),
-        "lift": round(p / q, 2) if q else None,
-        "samples": samples,
-    }
-
-
-def _ranked_ids(body: dict[str, Any]) -> list[str]:
-    items = body.get("items") or body.get("ranked") or body.get("candidates") or []
-    return [it["content_id"] if isinstance(it, dict) else str(it) for it in items]
-
-
-def _sample_report(reader: Reader, world: World, ranked: list[str],
-                         titles: dict[str, Chapter], scores: list[tuple[Any, ...]],
-                         rerank_body: dict[str, Any]) -> dict[str, Any]:
-    mine = sorted((s for s in scores if s[0] == reader.user_id), key=lambda s: -abs(float(s[3])))[:3]
-    order = np.argsort(-reader.affinity)[:2]
-    return {
-        "user_id": str(reader.user_id),
-        "favoured_topics": [world.topic_names[int(k)] for k in order],
-        "variant": rerank_body.get("variant"),
-        "session_recent_excluded": list(rerank_body.get("excluded") or [])[:5],
-        "top_signals": [{"content_type": s[1], "signal_type": s[2], "score": round(float(s[3]), 3),
-                         "events": int(s[4])} for s in mine],
-        "recommendations": [
-            {"content_id": cid, "topic": titles[cid].topic if cid in titles else None,
-             "opening": " ".join(titles[cid].text.split()[:8]) + "..." if cid in titles else ""}
-            for cid in ranked[:5]
-        ],
-    }

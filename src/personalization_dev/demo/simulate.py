@@ -2,9 +2,15 @@
 
 Each reader has an affinity over the topic groups of :mod:`personalization_dev.demo.bible`
 (Dirichlet, peaked) that drifts week by week towards a newly favoured topic.  A
-session picks a topic from the affinity and chapters inside it by popularity
-(Zipf, with the famous chapters on top); reading depth depends on the affinity,
-and off-topic suggestions are mostly skipped.
+session picks a topic from the affinity and passages inside it by popularity
+(Zipf, with the famous chapters on top), or goes on with the book the reader is
+working through (the next chapter); reading depth depends on the affinity, and
+off-topic suggestions are mostly skipped.
+
+Translations: every reader has a ``preferred_translation`` in the profile, sometimes
+one the catalogue lacks (NIV, ESV); a reader reads mostly in one catalogue
+translation (the preferred one when the catalogue has it, else a habit of their
+own) and now and then switches to another for a passage.
 """
 
 from __future__ import annotations
@@ -16,12 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from personalization_dev.demo.bible import TOPICS, Chapter
+from personalization_dev.demo.bible import TOPICS, Passage
 
 DENOMINATIONS = ("baptist", "catholic", "methodist", "lutheran", "pentecostal", "presbyterian", "orthodox",
                  "anglican", "nondenominational", None)
 GOALS = ("consistency", "understanding", "comfort", "prayer", "memorization", "study", None)
-TRANSLATIONS = ("KJV", "NIV", "ESV", "NKJV", "NLT", "CSB")
+# Profiles' preferred translations and how common each is; NIV and ESV are not in the catalogue.
+PREFERRED = (("KJV", 0.40), ("WEB", 0.22), ("ASV", 0.10), ("NIV", 0.18), ("ESV", 0.10))
+# How often a reader reads a passage in another catalogue translation than their usual one.
+SWITCH_P = 0.15
+# How often a pick goes on with the book the reader is working through, when it is liked.
+CONTINUE_P = 0.35
 TIMEZONES = ("America/New_York", "America/Chicago", "America/Los_Angeles", "Europe/London", "Africa/Lagos",
              "Asia/Manila", "America/Sao_Paulo", "Australia/Sydney")
 PRIVACY = (("standard", 0.88), ("limited", 0.08), ("private", 0.04))
@@ -38,38 +49,51 @@ class Reader:
     traits: list[dict[str, Any]]
     affinity: np.ndarray  # over TOPICS, sums to 1; the current (drifting) one
     sessions_per_week: float
+    usual_translation: str  # the catalogue translation the reader reads most
     history: list[np.ndarray] = field(default_factory=list)
+    # The book being worked through: (index of the last passage read in World.passages).
+    reading: int | None = None
 
 
 @dataclass
 class World:
-    """Readers, the catalogue and its popularity prior."""
+    """Readers, the catalogue's passages and their popularity prior."""
 
     readers: list[Reader]
-    chapters: list[Chapter]
+    passages: list[Passage]
+    translations: list[str]  # those of the catalogue
     topic_names: list[str]
     by_topic: dict[str, list[int]]
-    popularity: np.ndarray  # per chapter, sums to 1 within each topic
+    popularity: np.ndarray  # per passage, sums to 1 within each topic
+
+    def content_id(self, passage: int, translation: str) -> str:
+        """The item of passage ``passage`` (an index) in ``translation``."""
+        return f"{translation}:{self.passages[passage].passage_id}"
 
 
-def make_world(chapters: list[Chapter], n_users: int, seed: int = 42, *, fresh_ids: bool = False) -> World:
-    """The seeded population; ``fresh_ids`` gives the readers random ids (the rest stays seeded)."""
+def make_world(passages: list[Passage], n_users: int, seed: int = 42, *, fresh_ids: bool = False) -> World:
+    """A population of ``n_users`` readers over ``passages`` (deterministic for ``seed``; ``fresh_ids``
+    gives the readers random ids, the rest stays seeded)."""
     rng = np.random.default_rng(seed)
-    topic_names = list(TOPICS)
-    by_topic: dict[str, list[int]] = {t: [] for t in topic_names}
-    for i, c in enumerate(chapters):
+    translations = list(passages[0].texts)
+    by_topic: dict[str, list[int]] = {t: [] for t in TOPICS}
+    for i, c in enumerate(passages):
         by_topic[c.topic].append(i)
-    popularity = np.zeros(len(chapters))
+    # Only the topics the passages cover (all of them for the whole canon).
+    topic_names = [t for t in TOPICS if by_topic[t]]
+    by_topic = {t: by_topic[t] for t in topic_names}
+    popularity = np.zeros(len(passages))
     for idxs in by_topic.values():
         ranks = rng.permutation(len(idxs)) + 1
         popularity[idxs] = 1.0 / ranks**1.1
-    for i, c in enumerate(chapters):
-        if c.content_id in FAMOUS:
+    for i, c in enumerate(passages):
+        if c.passage_id in FAMOUS:
             popularity[i] *= 25.0
     for idxs in by_topic.values():
         popularity[idxs] /= popularity[idxs].sum()
     readers = []
     p_levels = np.array([p for _, p in PRIVACY])
+    p_preferred = np.array([p for _, p in PREFERRED])
     for _ in range(n_users):
         seeded = uuid.UUID(bytes=rng.bytes(16), version=4)  # drawn either way: the stream stays the same
         uid = uuid.uuid4() if fresh_ids else seeded
@@ -78,7 +102,7 @@ def make_world(chapters: list[Chapter], n_users: int, seed: int = 42, *, fresh_i
         profile = {
             "denomination": DENOMINATIONS[int(rng.integers(len(DENOMINATIONS)))],
             "spiritual_goal": GOALS[int(rng.integers(len(GOALS)))],
-            "preferred_translation": TRANSLATIONS[int(rng.integers(len(TRANSLATIONS)))],
+            "preferred_translation": PREFERRED[int(rng.choice(len(PREFERRED), p=p_preferred))][0],
             "timezone": TIMEZONES[int(rng.integers(len(TIMEZONES)))],
             "privacy_level": level,
         }
@@ -92,8 +116,11 @@ def make_world(chapters: list[Chapter], n_users: int, seed: int = 42, *, fresh_i
              "confidence": round(float(rng.uniform(0.7, 1.0)), 2)},
             {"trait_type": "favourite_topic", "trait_value": topic_names[int(np.argmax(aff))], "confidence": 0.6},
         ]
-        readers.append(Reader(uid, profile, traits, aff, float(rng.gamma(2.0, 1.5)) + 0.5))
-    return World(readers, chapters, topic_names, by_topic, popularity)
+        preferred = profile["preferred_translation"]
+        # A reader whose translation the catalogue lacks settles on one of its own.
+        usual = preferred if preferred in translations else translations[int(rng.integers(len(translations)))]
+        readers.append(Reader(uid, profile, traits, aff, float(rng.gamma(2.0, 1.5)) + 0.5, usual))
+    return World(readers, passages, translations, topic_names, by_topic, popularity)
 
 
 def simulate_events(world: World, days: int, end: datetime | None = None, seed: int = 43) -> list[dict[str, Any]]:
@@ -126,21 +153,39 @@ def simulate_events(world: World, days: int, end: datetime | None = None, seed: 
     return events
 
 
+def _pick(world: World, r: Reader, aff: np.ndarray, rng: np.random.Generator) -> tuple[int, int, bool]:
+    """(passage index, topic index, explored) of the next passage a reader opens."""
+    last = r.reading
+    if last is not None and rng.random() < CONTINUE_P:
+        nxt = last + 1
+        # The next chapter of the same book, if the reader still likes where it is.
+        if nxt < len(world.passages) and world.passages[nxt].book == world.passages[last].book:
+            topic_idx = world.topic_names.index(world.passages[nxt].topic)
+            if aff[topic_idx] >= 0.1:
+                return nxt, topic_idx, False
+    explore = rng.random() < 0.2
+    topic_idx = int(rng.integers(len(aff))) if explore else int(rng.choice(len(aff), p=aff))
+    idxs = world.by_topic[world.topic_names[topic_idx]]
+    return idxs[int(rng.choice(len(idxs), p=world.popularity[idxs]))], topic_idx, explore
+
+
 def _session(world: World, r: Reader, aff: np.ndarray, t0: datetime, rng: np.random.Generator) -> list[dict[str, Any]]:
     session = str(uuid.UUID(bytes=rng.bytes(16), version=4))
     out: list[dict[str, Any]] = []
     t = t0
+    others = [tr for tr in world.translations if tr != r.usual_translation]
     for _ in range(int(rng.integers(2, 8))):
-        explore = rng.random() < 0.2
-        topic_idx = int(rng.integers(len(aff))) if explore else int(rng.choice(len(aff), p=aff))
-        topic = world.topic_names[topic_idx]
-        idxs = world.by_topic[topic]
-        ch = world.chapters[idxs[int(rng.choice(len(idxs), p=world.popularity[idxs]))]]
+        passage, topic_idx, explore = _pick(world, r, aff, rng)
+        translation = (
+            others[int(rng.integers(len(others)))] if others and rng.random() < SWITCH_P else r.usual_translation
+        )
+        content_id = world.content_id(passage, translation)
         liking = aff[topic_idx]
         signals = [("view", 0.2)]
         if explore and liking < 0.1 and rng.random() < 0.7:
             signals.append(("skip", 0.5))
         else:
+            r.reading = passage
             if rng.random() < 0.4 + 0.5 * liking:
                 signals.append(("read", 0.6))
                 if rng.random() < 0.3 + 0.5 * liking:
@@ -157,7 +202,7 @@ def _session(world: World, r: Reader, aff: np.ndarray, t0: datetime, rng: np.ran
                 "client_event_id": str(uuid.uuid4()),
                 "user_id": str(r.user_id),
                 "session_id": session,
-                "content_id": ch.content_id,
+                "content_id": content_id,
                 "content_type": "passage",
                 "signal_type": sig,
                 "signal_weight": w,
@@ -165,15 +210,15 @@ def _session(world: World, r: Reader, aff: np.ndarray, t0: datetime, rng: np.ran
             }
             if sig in ("read", "complete"):
                 seconds = int(rng.integers(30, 900))
-                ev["metadata"] = {"seconds": seconds, "translation": r.profile["preferred_translation"]}
+                ev["metadata"] = {"seconds": seconds, "translation": translation}
             out.append(ev)
     return out
 
 
 def relevant(world: World, reader: Reader, top: int = 2) -> set[str]:
-    """Ground truth: content ids of the reader's currently favoured topics."""
+    """Ground truth: passage ids of the reader's currently favoured topics (in any translation)."""
     order = np.argsort(-reader.affinity)[:top]
     ids: set[str] = set()
     for k in order:
-        ids.update(world.chapters[i].content_id for i in world.by_topic[world.topic_names[int(k)]])
+        ids.update(world.passages[i].passage_id for i in world.by_topic[world.topic_names[int(k)]])
     return ids

@@ -89,7 +89,7 @@ class StackUrls:
     def from_settings(cls, settings: Settings | None = None) -> StackUrls:
         """The URLs the settings point at (configured services)."""
         s = settings or get_settings()
-        return cls(s.database_url, s.redis_url, s.kafka_bootstrap_servers)
+        return cls(s.database.url, s.redis.url, s.kafka.bootstrap_servers)
 
 
 @dataclass(frozen=True)

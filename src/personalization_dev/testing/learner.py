@@ -17,6 +17,7 @@ import psycopg
 
 from personalization_dev.childproc import CliChild
 from personalization_dev.synthetic import SyntheticRow
+from personalization_dev.testing.waiting import wait_until
 
 __all__ = [
     "LearnerProcess",
@@ -153,15 +154,24 @@ def consumed_offsets(db_url: str, group_id: str, topic: str) -> dict[int, int]:
 
 
 def wait_consumed(db_url: str, group_id: str, topic: str, ends: Mapping[int, int], timeout_s: float) -> float:
-    """Wait until the group stored offsets at or past ``ends``; returns the seconds waited."""
+    """Wait until the group stored offsets at or past ``ends``; returns the seconds waited.
+
+    Raises :class:`~personalization_dev.testing.waiting.WaitTimeout` naming the offsets
+    stored and expected.
+    """
     began = time.monotonic()
-    while True:
+
+    def reached() -> bool:
         done = consumed_offsets(db_url, group_id, topic)
-        if all(done.get(p, 0) >= end for p, end in ends.items()):
-            return time.monotonic() - began
-        if time.monotonic() - began > timeout_s:
-            raise TimeoutError(f"learner stored {done}, expected {dict(ends)}")
-        time.sleep(0.05)
+        return all(done.get(p, 0) >= end for p, end in ends.items())
+
+    wait_until(
+        reached,
+        timeout_s,
+        lambda: f"learner group {group_id} to store offsets {dict(ends)} of {topic} "
+        f"(stored {consumed_offsets(db_url, group_id, topic)})",
+    )
+    return time.monotonic() - began
 
 
 class LearnerProcess(CliChild):

@@ -58,7 +58,7 @@ async def get_erasure(erasure_id: uuid.UUID, request: Request, principal: Princi
 async def export_user(user_id: uuid.UUID, request: Request, principal: Principal = require("admin")) -> Any:
     """Everything held about the user as one JSON document, streamed (admin)."""
     p = platform(request)
-    exporter = Exporter(p.db, p.redis)
+    exporter = Exporter(p.db, p.redis, p.settings.decay.config())
     await exporter.check(user_id)
     return StreamingResponse(
         exporter.stream(user_id, principal.actor),

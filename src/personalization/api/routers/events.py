@@ -30,7 +30,7 @@ _EVENT_BATCH_SCHEMA = EventBatch.model_json_schema(ref_template="#/components/sc
         200: {"description": "Per-event outcome: accepted count, duplicates, suppressed, rejected"},
         404: {"description": "atomic=true and an event names an unknown user"},
         413: {"description": "body or batch over its limit"},
-        422: {"description": "invalid batch (or any invalid event with atomic=true)"},
+        422: {"description": "invalid batch, no event of it valid, or any invalid event with atomic=true"},
     },
 )
 async def post_events(
@@ -39,7 +39,7 @@ async def post_events(
 ) -> JSONBody:
     """Ingest 1..N events; returns after commit.  The body is parsed by pydantic-core directly."""
     body = await request.body()
-    max_bytes = settings(request).max_body_bytes
+    max_bytes = settings(request).http.max_body_bytes
     if len(body) > max_bytes:
         raise InvalidInput([FieldError(["body"], f"request body over {max_bytes} bytes", "too_large")], 413)
     result = await platform(request).ingestor.ingest_json(body, atomic=atomic)

@@ -1,4 +1,4 @@
--- The four objects of ../shared/spec/personalization-signal-schema.md, verbatim.
+-- The four objects of the data contract (docs/schema.md), verbatim.
 -- A conformance test (tests/test_schema_conformance.py) compares a freshly
 -- migrated database with the specification's SQL applied to a scratch database.
 

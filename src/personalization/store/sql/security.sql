@@ -46,6 +46,12 @@ LIMIT %(limit)s;
 -- Every table (outside the system schemas) with a uuid user_id column, except the two the
 -- erase handles by name: learner state, feature-store snapshots, flag overrides and any
 -- table added later are found here, so a new table cannot be forgotten by the erase.
+-- Only tables every session can read: temporary tables (relpersistence 't', in the
+-- pg_temp_N schemas) belong to one session, such as the learner's batch tables or the
+-- feature export's, and touching another session's one is an error.  Schema names that
+-- begin with pg_ are reserved by PostgreSQL (pg_catalog, pg_toast, pg_temp_N,
+-- pg_toast_temp_N), so none of them holds user data.  Unlogged tables are real tables
+-- and stay in.
 SELECT n.nspname AS schema_name, c.relname AS table_name
 FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
@@ -54,8 +60,10 @@ WHERE a.attname = 'user_id'
   AND a.atttypid = 'uuid'::regtype
   AND NOT a.attisdropped
   AND c.relkind IN ('r', 'p')
+  AND c.relpersistence IN ('p', 'u')
   AND NOT c.relispartition
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+  AND n.nspname <> 'information_schema'
+  AND left(n.nspname, 3) <> 'pg_'
   AND NOT (n.nspname = 'public' AND c.relname IN ('user_profile', 'personalization_events', 'user_traits'))
 ORDER BY n.nspname, c.relname;
 

@@ -84,16 +84,92 @@ SELECT content_id FROM (
 ORDER BY last_at DESC, content_id
 LIMIT %(cap)s;
 
+-- name: lock_content_import
+-- One content import at a time (transaction-scoped): its checks see a settled
+-- catalogue and the catalogue version rises in commit order.
+SELECT pg_advisory_xact_lock(hashtextextended('personalization.content_import', 0));
+
+-- name: create_content_import
+-- The staging table of one import: row_no is the row's line (jsonl) or row number,
+-- for messages; NULL catalogue values mean "not given" (the stored value stays).
+CREATE TEMP TABLE content_import (
+    row_no INTEGER NOT NULL,
+    content_id TEXT NOT NULL,
+    model TEXT,
+    dim INTEGER,
+    embedding BYTEA,
+    has_catalog BOOLEAN NOT NULL,
+    content_type TEXT,
+    title TEXT,
+    body TEXT,
+    passage_id TEXT,
+    translation TEXT,
+    series TEXT,
+    position INTEGER,
+    tags TEXT[],
+    metadata JSONB
+) ON COMMIT DROP;
+
+-- name: copy_content_import
+COPY content_import (row_no, content_id, model, dim, embedding, has_catalog, content_type, title, body,
+                     passage_id, translation, series, position, tags, metadata) FROM STDIN (FORMAT BINARY);
+
 -- name: upsert_content_embeddings
 INSERT INTO content_embeddings (content_id, model, dim, embedding)
-SELECT content_id, model, dim, embedding FROM content_import
+SELECT content_id, model, dim, embedding FROM content_import WHERE embedding IS NOT NULL
 ON CONFLICT (content_id) DO UPDATE SET
     model = EXCLUDED.model, dim = EXCLUDED.dim, embedding = EXCLUDED.embedding, updated_at = now();
 
--- name: upsert_content_items
-INSERT INTO content_items (content_id, content_type, title)
-SELECT content_id, content_type, title FROM content_import WHERE content_type IS NOT NULL
-ON CONFLICT (content_id) DO UPDATE SET
-    content_type = EXCLUDED.content_type,
-    title = COALESCE(EXCLUDED.title, content_items.title),
-    updated_at = now();
+-- name: update_content_items
+-- Catalogue rows of items already in the catalogue: the values given replace the stored ones.
+UPDATE content_items c SET
+    content_type = COALESCE(i.content_type, c.content_type),
+    title = COALESCE(i.title, c.title),
+    body = COALESCE(i.body, c.body),
+    metadata = COALESCE(i.metadata, c.metadata),
+    passage_id = COALESCE(i.passage_id, c.passage_id),
+    translation = COALESCE(i.translation, c.translation),
+    series = COALESCE(i.series, c.series),
+    position = COALESCE(i.position, c.position),
+    tags = COALESCE(i.tags, c.tags),
+    updated_at = now()
+FROM content_import i
+WHERE i.has_catalog AND i.content_id = c.content_id;
+
+-- name: insert_content_items
+-- Catalogue rows of new items (those without a content_type are reported by the next query).
+INSERT INTO content_items (content_id, content_type, title, body, metadata, passage_id, translation, series,
+                           position, tags)
+SELECT i.content_id, i.content_type, i.title, i.body, i.metadata, i.passage_id, i.translation, i.series,
+       i.position, COALESCE(i.tags, '{}')
+FROM content_import i
+WHERE i.has_catalog AND i.content_type IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM content_items c WHERE c.content_id = i.content_id);
+
+-- name: content_import_untyped
+-- After the upsert: the first catalogue row whose item is still not in the catalogue
+-- (new content that named no content_type).
+SELECT i.row_no, i.content_id
+FROM content_import i
+WHERE i.has_catalog AND NOT EXISTS (SELECT 1 FROM content_items c WHERE c.content_id = i.content_id)
+ORDER BY i.row_no
+LIMIT 1;
+
+-- name: content_import_translation_clash
+-- After the upsert: the first imported item whose passage has another item in the same
+-- translation (checked on the final state, so an import may move items between passages).
+SELECT i.row_no, c.content_id, c.passage_id, c.translation, o.content_id AS other
+FROM content_import i
+JOIN content_items c ON c.content_id = i.content_id
+JOIN content_items o ON o.passage_id = c.passage_id AND o.translation = c.translation
+                    AND o.content_id <> c.content_id
+WHERE i.has_catalog AND c.passage_id IS NOT NULL AND c.translation IS NOT NULL
+ORDER BY i.row_no, o.content_id
+LIMIT 1;
+
+-- name: bump_catalog_version
+UPDATE catalog_version SET version = version + 1, updated_at = now() RETURNING version;
+
+-- name: catalog_version
+-- The durable catalogue version (0 before the first import).
+SELECT version FROM catalog_version;

@@ -1,10 +1,13 @@
-"""Reading the CDC relay's messages (pure: no I/O).
+"""The project's one reader of Debezium change messages (pure: no I/O).
 
-The relay (``personalization.changestream.relay``) publishes Debezium's JSON envelope without the
+The online learner (events and profiles) and the cache-invalidation consumer (profiles and
+traits) read every message through this module.  The relay
+(``personalization.changestream.relay``) publishes Debezium's JSON envelope without the
 Connect schema: ``{"before", "after", "source", "op", "ts_ms"}``, NUMERIC as exact decimal
 strings, TIMESTAMPTZ as ISO-8601 strings, key ``{"user_id": "<uuid>" | null}``.  An
-envelope wrapped as ``{"schema": ..., "payload": ...}`` (schemas enabled) is unwrapped, so a
-stock Kafka Connect deployment works too.
+envelope wrapped as ``{"schema": ..., "payload": ...}`` (a Kafka Connect worker whose JSON
+converter keeps its default ``schemas.enable=true``) is unwrapped, key and value alike, so
+a stock Kafka Connect deployment works too.
 
 Stream position and duplicates
 ------------------------------
@@ -34,26 +37,36 @@ price of a write per event.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, assert_never
 from uuid import UUID
 
 import msgspec
 import orjson
 
 __all__ = [
+    "DebeziumOp",
     "EventRecord",
     "FastInsert",
     "Ignored",
     "MalformedMessage",
     "Position",
     "ProfileChange",
+    "RowChange",
     "UserErased",
     "parse_event_message",
+    "parse_op",
     "parse_profile_message",
+    "parse_row_change",
+    "read_envelope",
     "read_insert_fast",
 ]
+
+# Debezium's envelope ops: create, update, delete, read (snapshot), truncate, message.
+DebeziumOp = Literal["c", "u", "d", "r", "t", "m"]
+_OPS: dict[str, DebeziumOp] = {"c": "c", "u": "u", "d": "d", "r": "r", "t": "t", "m": "m"}
 
 # (commit LSN of the previous transaction, change LSN, event_id): see the module docstring.
 Position = tuple[int, int, int]
@@ -117,17 +130,33 @@ def _json(raw: bytes | None, what: str) -> Any:
         raise MalformedMessage(f"{what} is not JSON: {exc}") from exc
 
 
-def _envelope(value: bytes) -> dict[str, Any]:
-    doc = _json(value, "value")
+def parse_op(value: object) -> DebeziumOp:
+    """Narrow an envelope's ``op`` field; MalformedMessage for anything else."""
+    if not isinstance(value, str) or value not in _OPS:
+        raise MalformedMessage(f"unknown Debezium op {value!r}")
+    return _OPS[value]
+
+
+def _unwrap(doc: Any) -> Any:
+    # Kafka Connect's JsonConverter with schemas.enable=true: {"schema": {...}, "payload": {...}}.
     if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
-        doc = doc["payload"]
+        return doc["payload"]
+    return doc
+
+
+def read_envelope(value: bytes) -> dict[str, Any]:
+    """The change envelope in a message value, unwrapped from ``{"schema", "payload"}`` if so sent.
+
+    MalformedMessage unless it is JSON with a known ``op`` and a ``source`` object.
+    """
+    doc = _unwrap(_json(value, "value"))
     if not isinstance(doc, dict) or "op" not in doc or "source" not in doc:
         raise MalformedMessage("value is not a Debezium change envelope (no op/source)")
-    if doc["op"] not in ("c", "r", "u", "d", "t", "m"):
-        raise MalformedMessage(f"unknown Debezium op {doc['op']!r}")
+    parse_op(doc["op"])
     if not isinstance(doc["source"], dict):
         raise MalformedMessage("source is not an object")
     return doc
+
 
 
 def _table(env: dict[str, Any], expected: str) -> None:
@@ -137,9 +166,7 @@ def _table(env: dict[str, Any], expected: str) -> None:
 
 
 def _key_user(key: bytes | None) -> UUID | None:
-    doc = _json(key, "key")
-    if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
-        doc = doc["payload"]
+    doc = _unwrap(_json(key, "key"))
     if not isinstance(doc, dict) or "user_id" not in doc:
         raise MalformedMessage('key is not {"user_id": ...}')
     return _uuid(doc["user_id"], "key.user_id") if doc["user_id"] is not None else None
@@ -215,7 +242,7 @@ def parse_event_message(key: bytes | None, value: bytes | None) -> EventRecord |
     if value is None:
         user = _key_user(key)
         return Ignored("tombstone") if user is None else UserErased(user)
-    env = _envelope(value)
+    env = read_envelope(value)
     op = env["op"]
     if op == "t":
         return Ignored("truncate")
@@ -266,7 +293,7 @@ def parse_profile_message(key: bytes | None, value: bytes | None) -> ProfileChan
     if value is None:
         user = _key_user(key)
         return Ignored("tombstone") if user is None else ProfileChange(user, deleted=True, privacy_level=None)
-    env = _envelope(value)
+    env = read_envelope(value)
     op = env["op"]
     if op == "t":
         return Ignored("truncate")
@@ -286,6 +313,47 @@ def parse_profile_message(key: bytes | None, value: bytes | None) -> ProfileChan
     if level is not None and not isinstance(level, str):
         raise MalformedMessage(f"after.privacy_level is not text: {level!r}")
     return ProfileChange(_uuid(after["user_id"], "after.user_id"), deleted=False, privacy_level=level)
+
+
+@dataclass(frozen=True, slots=True)
+class RowChange:
+    """A change of a user-keyed table (user_profile, user_traits) and the users it touches."""
+
+    op: DebeziumOp
+    table: str | None
+    users: frozenset[UUID]
+
+
+def _row_users(**images: object) -> Iterator[UUID]:
+    for name, row in images.items():
+        if isinstance(row, dict) and row.get("user_id") is not None:
+            yield _uuid(row["user_id"], f"{name}.user_id")
+
+
+def parse_row_change(value: bytes | None, tables: Collection[str]) -> RowChange | Ignored:
+    """Read one message of a user-keyed table among ``tables``; MalformedMessage if unreadable.
+
+    Both images count: an update that moves a trait to another user touches both users.
+    Truncates and logical-decoding messages name no rows (``users`` is empty).  A tombstone
+    (null value) is ignored: the delete event before it already named the user.
+    """
+    if value is None:
+        return Ignored("tombstone")
+    env = read_envelope(value)
+    op = parse_op(env["op"])
+    table = env["source"].get("table")
+    if op != "m" and table not in tables:
+        raise MalformedMessage(f"change of table {table!r}, expected one of {sorted(tables)}")
+    match op:
+        case "c" | "r":
+            users = frozenset(_row_users(after=env.get("after")))
+        case "u" | "d":
+            users = frozenset(_row_users(before=env.get("before"), after=env.get("after")))
+        case "t" | "m":
+            users = frozenset()
+        case _:
+            assert_never(op)
+    return RowChange(op, table if isinstance(table, str) else None, users)
 
 
 # -- fast path ------------------------------------------------------------------------------
