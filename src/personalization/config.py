@@ -183,6 +183,23 @@ class EraseSettings(Section):
     kafka_tombstones: bool = True
 
 
+class WorkersSettings(Section):
+    """The outbox workers (issue 17; docs/datarights.md): erase completion and invalidation replay.
+
+    Historical names without a section prefix.
+    """
+
+    # Each API process runs the erasure worker and the invalidation replay as background
+    # tasks (off: run them with `personalization workers run ...`).
+    background: bool = env("BACKGROUND_WORKERS", default=True)
+    # How often an idle erasure worker looks for pending parts (an erase in the process wakes it at once).
+    erasure_poll_s: float = env("ERASURE_WORKER_POLL_S", default=1.0, gt=0, le=60)
+    # Longest backoff between two attempts of a failed part (Kafka down: tombstones within this of its return).
+    erasure_retry_max_s: float = Field(default=30.0, gt=0, le=3600)
+    # How often the invalidation outbox is replayed (changes whose invalidation did not reach Redis).
+    invalidation_replay_s: float = Field(default=1.0, gt=0, le=60)
+
+
 class SignalDecaySetting(BaseModel):
     """One signal type's scale (signed) and half-life in seconds."""
 
@@ -543,6 +560,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     auth: AuthSettings = AuthSettings()
     erase: EraseSettings = EraseSettings()
+    workers: WorkersSettings = WorkersSettings()
     decay: DecaySettings = DecaySettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     serving: ServingSettings = ServingSettings()

@@ -16,6 +16,7 @@ from personalization.api.routers import datarights, events, experiments, keys, o
 from personalization.api.routers import platform as platform_health
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
+from personalization.workers import background_workers
 
 log = logging.getLogger("personalization.api")
 
@@ -44,8 +45,11 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             app.state.platform = platform
             yield
             return
-        async with open_platform(cfg) as p:
+        async with open_platform(cfg) as p, contextlib.AsyncExitStack() as stack:
             app.state.platform = p
+            if cfg.workers.background:
+                # The outbox workers (erase completion, invalidation replay) in every API process.
+                app.state.workers = await stack.enter_async_context(background_workers(p))
             if cfg.http.gc_tuning:
                 _tune_gc()
             yield

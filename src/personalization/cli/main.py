@@ -84,6 +84,7 @@ def _register_optional() -> None:
         ("personalization.cli.keys", "keys"),
         ("personalization.cli.users", "users"),
         ("personalization.cli.content", "content"),
+        ("personalization.cli.workers", "workers"),
         ("personalization.cli.experiments", "experiments"),
         ("personalization.cli.eval", "eval"),
     ):

@@ -254,16 +254,22 @@ class ServingService:
                 self.guard.trip("preferences_fill", exc)
         return prefs
 
-    async def invalidate(self, user_id: uuid.UUID) -> None:
-        """After a committed profile or trait write: new generation, snapshot dropped (queued while degraded)."""
+    async def invalidate(self, user_id: uuid.UUID) -> bool:
+        """After a committed profile or trait write: new generation, snapshot dropped; True when Redis took it.
+
+        False while degraded: the invalidation is queued here (replayed before the breaker
+        closes) and stays in the durable outbox for the replay of any process.
+        """
         if not self.guard.up:
             self.guard.defer_invalidation(user_id)
-            return
+            return False
         try:
             await self.cache.invalidate(user_id)
         except CacheUnavailable as exc:
             self.guard.trip("invalidate", exc)
             self.guard.defer_invalidation(user_id)
+            return False
+        return True
 
     # ---- login pre-warm --------------------------------------------------------
     async def login(self, user_id: uuid.UUID) -> LoginResult:
