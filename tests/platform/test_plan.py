@@ -26,8 +26,12 @@ from personalization.platform.state import ChildRecord
 def test_roles_select_components_and_learners_are_numbered() -> None:
     opts = NodeOptions(port=8123, learners=2, learner_metrics_port=9500, run_token="run1")
     children = plan([], opts)
-    assert [c.name for c in children] == ["api", "relay", "learner-1", "learner-2", "invalidator", "scheduler"]
-    assert [c.stop_stage for c in children] == [0, 1, 2, 2, 2, 2]
+    assert [c.name for c in children] == ["api", "relay", "learner-1", "learner-2", "invalidator", "scheduler",
+                                          "erasures", "invalidations"]
+    assert [c.stop_stage for c in children] == [0, 1, 2, 2, 2, 2, 2, 2]
+    erasures = next(c for c in children if c.name == "erasures")
+    assert erasures.launch(0).argv[-3:] == ["workers", "run", "erasures"]
+    assert erasures.lag == "pending_rows"
     api = children[0]
     assert api.url == "http://127.0.0.1:8123"
     assert api.launch(0).argv[-7:] == ["serve", "--host", "127.0.0.1", "--port", "8123", "--workers", "1"]

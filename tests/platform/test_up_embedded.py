@@ -99,7 +99,11 @@ def test_up_runs_the_platform_restarts_a_killed_learner_and_stops_on_sigterm(wor
         # Every component up; the relay's slot exists once its JVM has started.
         report = wait_status(shell, lambda r: all(c["state"] == "up" for c in r["components"])
                              and component(r, "relay")["lag"].get("active") is True, 180, "relay streaming")
-        assert [c["name"] for c in report["components"]] == ["api", "relay", "learner", "invalidator", "scheduler"]
+        assert [c["name"] for c in report["components"]] == ["api", "relay", "learner", "invalidator", "scheduler",
+                                                             "erasures", "invalidations"]
+        # The data-rights workers report their backlog: nothing pending on a fresh platform.
+        assert component(report, "erasures")["lag"] == {"pending": 0}
+        assert component(report, "invalidations")["lag"] == {"pending": 0}
         assert report["supervisor"]["embedded_stack"] is True
 
         red = redis.Redis.from_url(exports["PERSONALIZATION_REDIS_URL"])

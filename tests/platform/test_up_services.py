@@ -32,7 +32,7 @@ def test_up_subset_on_configured_services_and_kill_9_of_the_supervisor_leaves_no
         PERSONALIZATION_DATA_DIR=str(tmp_path / "data"),
         PERSONALIZATION_AUTH_DEV_MODE="true",
     )
-    up = UpProcess(["--only", "api,learner,invalidator,scheduler", "--workers", "2", "--port", "0"],
+    up = UpProcess(["--only", "api,learner,invalidator,scheduler,erasures", "--workers", "2", "--port", "0"],
                    env, tmp_path / "up.log", tmp_path)
     pids: set[int] = set()
     try:
@@ -43,7 +43,8 @@ def test_up_subset_on_configured_services_and_kill_9_of_the_supervisor_leaves_no
 
         code, report = status(env)
         assert code == 0, report
-        assert [c["name"] for c in report["components"]] == ["api", "learner", "invalidator", "scheduler"]
+        assert [c["name"] for c in report["components"]] == ["api", "learner", "invalidator", "scheduler", "erasures"]
+        assert component(report, "erasures")["lag"] == {"pending": 0}
         assert all(c["state"] == "up" and c["restarts"] == 0 and c["pid"] for c in report["components"])
         assert component(report, "api")["url"] == api
         assert component(report, "api")["lag"] == {"healthz": "ok"}
@@ -55,7 +56,8 @@ def test_up_subset_on_configured_services_and_kill_9_of_the_supervisor_leaves_no
 
         r = httpx.get(f"{api}/healthz/platform", timeout=30)
         assert r.status_code == 200, r.text
-        assert [c["name"] for c in r.json()["components"]] == ["api", "learner", "invalidator", "scheduler"]
+        assert [c["name"] for c in r.json()["components"]] == ["api", "learner", "invalidator", "scheduler",
+                                                               "erasures"]
 
         # A second `up` on the same data directory refuses (exit 3) and leaves the first alone.
         again = subprocess.run(cli("up", "--port", "0"), env=env, capture_output=True, text=True, timeout=60)
@@ -88,7 +90,7 @@ def test_bad_input_exits_2_with_one_line_and_starts_nothing(tmp_path: Path) -> N
     r = subprocess.run(cli("up", "--only", "api,bogus"), env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
-        "error: --only: unknown role 'bogus' (known: api, relay, learner, invalidator, scheduler)"
+        "error: --only: unknown role 'bogus' (known: api, relay, learner, invalidator, scheduler, erasures, invalidations)"
     ]
     assert r.stdout == ""
     assert not (data / "platform" / "state.json").exists()

@@ -174,6 +174,14 @@ COMPONENTS: list[ComponentSpec] = [
     ComponentSpec("learner", "online learner(s) (`learner run`)", 2, 20.0, _learners),
     ComponentSpec("invalidator", "cache-invalidation consumer (`cdc invalidate-cache`)", 2, 10.0, _invalidator),
     ComponentSpec("scheduler", "nightly job scheduler (`jobs schedule`)", 2, 15.0, _scheduler),
+    # The data-rights workers (docs/datarights.md).  Every API process runs them too
+    # (PERSONALIZATION_BACKGROUND_WORKERS); they take their rows with SKIP LOCKED, so these
+    # children and the API processes share the backlog, and a node without the API role
+    # (a worker node) still completes erasures and replays invalidations.
+    worker("erasures", "erasure completion (`workers run erasures`)", "workers", "run", "erasures",
+           lag="pending_rows", detail={"pending_relation": "erasures", "pending_query": "pending_erasures"}),
+    worker("invalidations", "cache-invalidation outbox replay (`workers run invalidations`)", "workers", "run",
+           "invalidations", lag="pending_rows", detail={"pending_relation": "cache_invalidations"}),
 ]
 """Every component a node can run, in start order (roles are these ``role`` names)."""
 

@@ -27,3 +27,8 @@ SELECT to_regclass(%(relation)s) IS NOT NULL AS present;
 -- A backlog that holds only pending rows (an outbox): all of its rows count.  ``{relation}``
 -- is filled in as a quoted identifier.
 SELECT count(*) AS pending FROM {relation};
+
+-- name: pending_erasures
+-- Erasures whose rollup refresh, Kafka tombstones or second Redis delete are still to do
+-- (the partial index erasures_pending_idx keeps this cheap as completed rows accumulate).
+SELECT count(*) AS pending FROM erasures WHERE completed_at IS NULL;
