@@ -1,5 +1,8 @@
 """The settings tree: one typed :class:`Settings` with a section per concern.
 
+(Over 500 lines, on purpose: it is the one owner of every setting, as Feast's ``RepoConfig``;
+each section is a short declarative class, and splitting them over modules would hide the tree.)
+
 Every process (API server, CDC relay, online learner, nightly job, CLI) reads this one tree,
 so each value (the service URLs, the decay, the embedding dimension) is defined once::
 

@@ -96,6 +96,8 @@ class Catalog:
         return self.content_ids[self.passage_contents[passage][0]]
 
 
+# A little over 80 lines, on purpose: one pass over the rows fills every index of the catalogue
+# (passages, translations, series order, tags, vectors) together.
 def build_catalog(rows: Iterable[CatalogRow], dim: int) -> Catalog:
     """Group rows into passages; rows must come ordered by content id (stable choices)."""
     content_ids: list[str] = []

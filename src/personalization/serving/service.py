@@ -1,5 +1,8 @@
 """The read path's use cases: preferences, login pre-warm, recent content, reranking.
 
+(Just over 500 lines, on purpose: these use cases share one degradation guard, one reader-state
+read and one cache; split apart, each would take the same half-dozen collaborators.)
+
 Reranking (``POST /v1/users/{user_id}/rerank``):
 
 1. The session's recent content (``session:{session_id}:recent_content``) is removed
