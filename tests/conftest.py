@@ -28,6 +28,7 @@ from personalization.composition import Platform, open_platform
 from personalization.config import Settings
 from personalization.store import migrate
 from personalization.store.urls import with_dbname
+from personalization_dev.testing.databases import drop_database
 from personalization_dev.testing.http import AppClients
 from personalization_dev.testing.waiting import wait_until
 
@@ -83,8 +84,8 @@ def db_url(template_db: str) -> Iterator[str]:
     try:
         yield with_dbname(PG_URL, name)
     finally:
-        with psycopg.connect(PG_URL, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        # With the slots a relay test may leave on it: a stray slot holds WAL for good.
+        drop_database(PG_URL, name)
 
 
 def _take_redis_db() -> tuple[int, IO[str]] | None:

@@ -24,7 +24,6 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from personalization.api.app import create_app
 from personalization.cli.main import app as cli_app
 from personalization.composition import open_platform
 from personalization.config import Settings, describe_error
@@ -32,9 +31,11 @@ from personalization.core.fast_events import fast_events
 from personalization.core.models import DEFAULT_LIMITS
 from personalization.core.signals import BUILTIN_SIGNAL_TYPES
 from personalization.ingest.validation import _parse_events_full
+from personalization_dev.testing.http import AppClients
 
 NOW = datetime.now(UTC)
-MakeClient = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
+# A client on its own platform built from the test's settings with some sections replaced.
+ClientWith = Callable[..., AbstractAsyncContextManager[httpx.AsyncClient]]
 
 
 def _event(**kw: Any) -> dict[str, Any]:
@@ -46,14 +47,14 @@ def _event(**kw: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def make_client(settings: Settings) -> MakeClient:
+def client_with(settings: Settings, make_client: AppClients) -> ClientWith:
+    """``async with client_with(ingest={...}) as c``: the signal-type registry is wired at platform start."""
+
     @asynccontextmanager
     async def make(**sections: dict[str, Any]) -> AsyncIterator[httpx.AsyncClient]:
         cfg = settings.replace(auth={"dev_mode": True}, **sections)
         async with open_platform(cfg) as platform:
-            app = create_app(cfg, platform=platform)
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-                yield c
+            yield await make_client(cfg, platform)
 
     return make
 
@@ -99,8 +100,8 @@ async def test_unknown_signal_type_names_the_known_ones(client: httpx.AsyncClien
     assert _stored(db_url) == before
 
 
-async def test_operator_and_learner_types_and_open_types(make_client: MakeClient, db_url: str) -> None:
-    async with make_client(ingest={"signal_types_extra": ("prayed", "note_added")},
+async def test_operator_and_learner_types_and_open_types(client_with: ClientWith, db_url: str) -> None:
+    async with client_with(ingest={"signal_types_extra": ("prayed", "note_added")},
                            decay={"signals": {"memorized": {"scale": 2, "half_life_s": 86400}}}) as c:
         r = await c.post("/v1/events", json={"events": [_event(signal_type=t)
                                                          for t in ("prayed", "note_added", "memorized")]})
@@ -109,7 +110,7 @@ async def test_operator_and_learner_types_and_open_types(make_client: MakeClient
         assert r.status_code == 422
         msg = r.json()["detail"][0]["msg"]
         assert "prayed" in msg and "memorized" in msg
-    async with make_client(ingest={"signal_types_open": True}) as c:
+    async with client_with(ingest={"signal_types_open": True}) as c:
         r = await c.post("/v1/events", json={"events": [_event(signal_type="lik")]})
         assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
     assert _stored(db_url) == 4

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 import uuid
 from datetime import UTC, datetime
 
@@ -19,6 +18,7 @@ from personalization.experiments.exposures import ExposureRecorder
 from personalization.store.db import Database
 from personalization.store.experiments import ExperimentStore
 from personalization_dev.childproc import CliChild
+from personalization_dev.testing.waiting import wait_until
 
 FLAG = "reading-plan"
 
@@ -43,18 +43,21 @@ def _server(db_url: str, redis_url: str) -> tuple[CliChild, str]:
     child = CliChild("uvicorn", args, env, name="api")
     child.spawn()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                return child, base
-        except httpx.HTTPError:
-            pass
+
+    def answers() -> bool:
         if child.wait_or_none() is not None:
-            break
-        time.sleep(0.1)
-    child.close()
-    raise RuntimeError(f"API server did not start:\n{child.tail()}")
+            raise RuntimeError(f"API server exited before answering:\n{child.tail()}")
+        try:
+            return httpx.get(base + "/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answers, 60, lambda: f"the API server to answer /healthz:\n{child.tail()}", interval_s=0.1)
+    except BaseException:
+        child.close()
+        raise
+    return child, base
 
 
 async def _read_until_stopped(
@@ -90,6 +93,7 @@ async def _read_until_stopped(
                 if len(acked) >= stop_after:
                     stop.set()
 
+    # A real server over TCP, not the in-process client: the test kills or stops its process.
     async with httpx.AsyncClient(base_url=base, timeout=10) as c:
         await asyncio.gather(*(worker(c, n) for n in range(16)))
     return failures
@@ -159,7 +163,7 @@ async def test_close_drains_and_failures_are_retried(settings: Settings, db_url:
             assert recorder.pending == 24
         # Queued without waiting, then a graceful close: everything pending is written.
         tasks = [asyncio.create_task(recorder.record(exposure(u))) for u in readers[25:]]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # a yield, not a wait: lets the tasks queue their exposures before the close
         await recorder.close()
         await asyncio.gather(*tasks)
     finally:

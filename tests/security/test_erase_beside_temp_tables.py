@@ -149,7 +149,7 @@ async def test_erase_and_export_while_the_learner_and_a_feature_export_run(
     try:
         ends = produce(producer(kafka_bootstrap), topic, stream_order(pop.rows), topic_prefix=prefix)
         wait_consumed(db_url, group, topic, ends, timeout_s=60)
-        assert in_chunk.wait(60)
+        assert in_chunk.wait(60), "the feature export never reached its first chunk"
         with psycopg.connect(db_url) as conn:
             temp = {r[0] for r in conn.execute(
                 "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "

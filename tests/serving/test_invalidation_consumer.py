@@ -7,7 +7,6 @@ otherwise; its profile and trait changes must invalidate exactly like the relay'
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from uuid import UUID
@@ -21,18 +20,17 @@ from personalization.kafka import names
 from personalization.kafka.topics import ensure_topics
 from personalization.serving.invalidation import run_invalidation_consumer
 from personalization_dev.synthetic import producer
+from personalization_dev.testing.waiting import wait_until
 
 
 def _run_until(kafka_bootstrap: str, prefix: str, invalidate: Callable[[UUID], None],
-               done: Callable[[], bool]) -> None:
+               done: Callable[[], bool], awaited: Callable[[], str]) -> None:
     stop = threading.Event()
     thread = threading.Thread(target=run_invalidation_consumer, args=(kafka_bootstrap, prefix, invalidate),
                               kwargs={"stop": stop, "extra_config": {"session.timeout.ms": 3000}})
     thread.start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not done():
-            time.sleep(0.05)
+        wait_until(done, 60, awaited)
     finally:
         stop.set()
         thread.join(timeout=30)
@@ -67,7 +65,8 @@ def test_schemas_enabled_profile_and_trait_changes_invalidate(kafka_bootstrap: s
         api_protocol(user_id)
         seen.append(user_id)
 
-    _run_until(kafka_bootstrap, prefix, invalidate, lambda: set(users.values()) <= set(seen))
+    _run_until(kafka_bootstrap, prefix, invalidate, lambda: set(users.values()) <= set(seen),
+               lambda: f"every changed user invalidated (seen: {({k: v in seen for k, v in users.items()})})")
     assert set(seen) == set(users.values()), {k: v in seen for k, v in users.items()}
     for u in users.values():
         # The API's protocol: snapshot gone and a new generation token (racing fills are refused).

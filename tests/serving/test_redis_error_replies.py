@@ -12,12 +12,10 @@ connection is kept, and ``/healthz`` says degraded; when the fault is cleared ev
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,23 +25,16 @@ import psycopg
 import pytest
 import redis
 
-from personalization.api.app import create_app
 from personalization.cache import keys
 from personalization.composition import open_platform
 from personalization.config import Settings
+from personalization_dev.testing.http import AppClients
 from personalization_dev.testing.redis_server import RedisServer, free_port
+from personalization_dev.testing.waiting import async_wait_until, wait_until
 
 KINDS = ["oom", "readonly", "masterdown", "busy", "loading", "wrongtype", "noscript", "crossslot", "moved"]
 # Misconfigurations that exist from the start and are not cleared by the test.
 CLUSTER_KINDS = {"crossslot", "moved"}
-
-
-def _wait(cond: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 # redis-py turns the error codes it knows into classes (and drops the code from the text).
@@ -80,7 +71,8 @@ class Fault:
         """Before the platform starts: the cluster misconfigurations exist from the beginning."""
         if self.kind == "crossslot":
             self.admin.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-            _wait(lambda: b"cluster_state:ok" in self.admin.execute_command("CLUSTER", "INFO"), "cluster ok")
+            wait_until(lambda: b"cluster_state:ok" in self.admin.execute_command("CLUSTER", "INFO"), 10, "cluster ok",
+                       interval_s=0.02)
         elif self.kind == "moved":
             owner = RedisServer(self.root, cluster=True)
             owner.start()
@@ -88,7 +80,8 @@ class Fault:
             with contextlib.closing(owner.client()) as oc:
                 oc.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
             self.admin.execute_command("CLUSTER", "MEET", "127.0.0.1", owner.port)
-            _wait(lambda: _replies_error(self.admin, "MOVED", "GET", "probe"), "the node to redirect")
+            wait_until(lambda: _replies_error(self.admin, "MOVED", "GET", "probe"), 10, "the node to redirect",
+                       interval_s=0.02)
 
     def inject(self, user: uuid.UUID) -> None:
         """Make the server answer the error from now on."""
@@ -102,8 +95,9 @@ class Fault:
             a.execute_command("REPLICAOF", "127.0.0.1", free_port())
             # A write is refused READONLY first; a read shows MASTERDOWN.
             command = ("SET", "probe", "1") if self.kind == "readonly" else ("GET", "probe")
-            _wait(lambda: _replies_error(a, "READONLY" if self.kind == "readonly" else "MASTERDOWN", *command),
-                  "the replica to refuse")
+            refusal = "READONLY" if self.kind == "readonly" else "MASTERDOWN"
+            wait_until(lambda: _replies_error(a, refusal, *command), 10, f"the replica to refuse {refusal}",
+                       interval_s=0.02)
         elif self.kind == "busy":
             a.config_set("busy-reply-threshold", "10")
             script = self.server.client(timeout_s=120)
@@ -115,7 +109,7 @@ class Fault:
             self.blocked = threading.Thread(target=run, daemon=True)
             self.blocked.start()
             with contextlib.closing(self.server.client()) as probe:
-                _wait(lambda: _replies_error(probe, "BUSY", "PING"), "BUSY replies")
+                wait_until(lambda: _replies_error(probe, "BUSY", "PING"), 10, "BUSY replies", interval_s=0.02)
         elif self.kind == "loading":
             a.config_set("loading-process-events-interval-bytes", "1024")
             a.execute_command("DEBUG", "POPULATE", 20_000, "filler", 200)
@@ -129,7 +123,7 @@ class Fault:
             self.blocked = threading.Thread(target=run, daemon=True)
             self.blocked.start()
             with contextlib.closing(self.server.client()) as probe:
-                _wait(lambda: _replies_error(probe, "LOADING", "GET", "x"), "LOADING replies")
+                wait_until(lambda: _replies_error(probe, "LOADING", "GET", "x"), 10, "LOADING replies", interval_s=0.02)
         elif self.kind == "noscript":
             # The scripts are flushed and an ACL forbids loading or running them: NOSCRIPT,
             # then NOPERM on the reload.
@@ -156,7 +150,7 @@ class Fault:
             a.execute_command("SCRIPT", "KILL")
         elif self.kind == "loading":
             a.config_set("key-load-delay", "0")
-            _wait(lambda: not _replies_error(a, "LOADING", "GET", "x"), "the load to end", timeout_s=60)
+            wait_until(lambda: not _replies_error(a, "LOADING", "GET", "x"), 60, "the load to end", interval_s=0.02)
         elif self.kind == "noscript":
             a.execute_command("ACL", "SETUSER", "default", "+@all")
         elif self.kind == "wrongtype" and self.user is not None:
@@ -191,13 +185,12 @@ def fault(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fault]:
 
 
 @pytest.fixture
-async def client(fault: Fault, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+async def client(fault: Fault, db_url: str, make_client: AppClients) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on its own platform, wired to the fault's private redis-server."""
     cfg = Settings(database={"url": db_url}, redis={"url": fault.server.url, "health_window_s": 1.0},
                    auth={"dev_mode": True}, ingest={"group_commit_window_ms": 1.0}, serving={"cache_retry_s": 0.1})
     async with open_platform(cfg) as platform:
-        app = create_app(cfg, platform=platform)
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-            yield c
+        yield await make_client(cfg, platform)
 
 
 def _events(users: list[uuid.UUID], n: int) -> list[dict[str, Any]]:
@@ -209,14 +202,14 @@ def _events(users: list[uuid.UUID], n: int) -> list[dict[str, Any]]:
 
 
 async def _wait_status(client: httpx.AsyncClient, route: str, status: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    body: Any = None
-    while time.monotonic() < deadline:
-        body = (await client.get(route)).json()
-        if body["status"] == status:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{route} never became {status}: {body}")
+    last: Any = None
+
+    async def reached() -> bool:
+        nonlocal last
+        last = (await client.get(route)).json()
+        return bool(last["status"] == status)
+
+    await async_wait_until(reached, timeout_s, lambda: f"{route} to say {status!r} (last answer: {last})")
 
 
 async def test_error_replies_degrade_like_an_outage(fault: Fault, client: httpx.AsyncClient, db_url: str) -> None:
@@ -277,7 +270,7 @@ async def test_error_replies_degrade_like_an_outage(fault: Fault, client: httpx.
 
 
 async def test_erase_while_redis_refuses_writes_is_503_and_changes_nothing(
-    tmp_path: Path, db_url: str
+    tmp_path: Path, db_url: str, make_client: AppClients
 ) -> None:
     # Erase deletes the user's Redis keys inside its transaction: a refusing Redis rolls it
     # back, and the client is told to retry (503), not "internal error".
@@ -287,18 +280,18 @@ async def test_erase_while_redis_refuses_writes_is_503_and_changes_nothing(
         cfg = Settings(database={"url": db_url}, redis={"url": server.url}, auth={"dev_mode": True},
                        erase={"kafka_tombstones": False})
         async with open_platform(cfg) as platform:
-            app = create_app(cfg, platform=platform)
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
-                uid = uuid.uuid4()
-                assert (await c.put(f"/v1/users/{uid}", json={"denomination": "baptist"})).status_code == 201
-                assert (await c.post("/v1/events", json={"events": _events([uid], 3)})).status_code == 200
-                with contextlib.closing(server.client()) as admin:
-                    admin.execute_command("REPLICAOF", "127.0.0.1", free_port())
-                    _wait(lambda: _replies_error(admin, "READONLY", "SET", "probe", "1"), "READONLY")
-                r = await c.delete(f"/v1/users/{uid}", params={"erase": "true"})
-                assert r.status_code == 503, r.text
-                assert r.json()["detail"][0]["type"] == "unavailable" and "Retry-After" in r.headers
-                assert (await c.get(f"/v1/users/{uid}")).status_code == 200
+            c = await make_client(cfg, platform)
+            uid = uuid.uuid4()
+            assert (await c.put(f"/v1/users/{uid}", json={"denomination": "baptist"})).status_code == 201
+            assert (await c.post("/v1/events", json={"events": _events([uid], 3)})).status_code == 200
+            with contextlib.closing(server.client()) as admin:
+                admin.execute_command("REPLICAOF", "127.0.0.1", free_port())
+                wait_until(lambda: _replies_error(admin, "READONLY", "SET", "probe", "1"), 10, "READONLY replies",
+                       interval_s=0.02)
+            r = await c.delete(f"/v1/users/{uid}", params={"erase": "true"})
+            assert r.status_code == 503, r.text
+            assert r.json()["detail"][0]["type"] == "unavailable" and "Retry-After" in r.headers
+            assert (await c.get(f"/v1/users/{uid}")).status_code == 200
     finally:
         server.stop()
     with psycopg.connect(db_url) as conn:

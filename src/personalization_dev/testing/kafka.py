@@ -24,6 +24,7 @@ from psycopg import sql
 from personalization.store.urls import with_dbname
 from personalization_dev.broker import LocalBroker
 from personalization_dev.relayproc import relay_env
+from personalization_dev.testing.databases import drop_database
 
 __all__ = [
     "consume",
@@ -125,18 +126,7 @@ def scratch_database(admin_url: str, *, template: str | None = None) -> Iterator
             _migrate(with_dbname(admin_url, name))
         yield with_dbname(admin_url, name)
     finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            slots = conn.execute(
-                "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s",
-                (name,),
-            ).fetchall()
-            for slot, pid in slots:
-                # A database with a replication slot cannot be dropped.
-                if pid is not None:
-                    conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-                with contextlib.suppress(psycopg.Error):
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        drop_database(admin_url, name)
 
 
 def postgres_binaries() -> Path | None:

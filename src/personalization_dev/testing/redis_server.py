@@ -14,12 +14,13 @@ import random
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+
+from personalization_dev.testing.waiting import wait_until
 
 __all__ = ["RedisServer", "free_port", "redis_server"]
 
@@ -75,23 +76,24 @@ class RedisServer:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                      "--cluster-require-full-coverage", "no"]
         log = (data / "redis.log").open("wb")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}: "
+
+        def answers() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}: "
                                    f"{(data / 'redis.log').read_text()[-500:]}")
             try:
                 with contextlib.closing(self.client(timeout_s=0.5)) as c:
-                    if c.ping():
-                        return
+                    return bool(c.ping())
             except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"redis-server on port {self.port} did not answer within {timeout_s} s")
-            time.sleep(0.02)
+                return False
+
+        try:
+            wait_until(answers, timeout_s, f"redis-server on port {self.port} to answer PING", interval_s=0.02)
+        except BaseException:
+            self.stop()  # a server that never answered is not left running behind the failure
+            raise
 
     def stop(self) -> None:
         """Terminate the server by its pid (SIGKILL if it does not exit within 5 s); idempotent."""
