@@ -31,6 +31,14 @@ if [ "$(psql -Atc 'SHOW wal_level')" != "logical" ]; then
   for _ in $(seq 1 30); do pg_isready -h "$PGHOST" -q && break; sleep 1; done
 fi
 
+# A replication slot left behind by a killed run keeps every WAL segment until the disk is full
+# (seen here: 64 GB); past this much retained WAL PostgreSQL invalidates such a slot instead
+# (a relay on it then stops with its lost-slot message naming the fix).
+if [ "$(psql -Atc 'SHOW max_slot_wal_keep_size')" = "-1" ]; then
+  psql -qc "ALTER SYSTEM SET max_slot_wal_keep_size = '8GB'"
+  psql -qAtc "SELECT pg_reload_conf()" >/dev/null
+fi
+
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "starting Redis"
   mkdir -p /var/lib/redis /var/log/redis
