@@ -35,7 +35,8 @@ def test_bench_serve_json(db_url: str, redis_url: str, monkeypatch: pytest.Monke
         ],
     )
     assert res.exit_code == 0, res.output
-    out = orjson.loads(res.output.strip().splitlines()[-1])
+    # stdout only: the in-process servers' warnings go to stderr, which `output` interleaves.
+    out = orjson.loads(res.stdout.strip().splitlines()[-1])
     for field in (
         "http_preferences_p99_ms",
         "http_preferences_rps",
