@@ -88,19 +88,16 @@ def _p(x: float | None) -> str:
 def _print_experiment(e: dict[str, Any], console: Console) -> None:
     """The readout of the ``personalization`` rollout: per metric, the arms and the uplift of on over off."""
     exposures = ", ".join(f"{k}: {v}" for k, v in e["exposures"].items()) or "none"
-    t = Table(title=f"experiment {e['flag']} (phase {e['phase']}; exposures {exposures})", title_justify="left")
-    for col in ("metric", "off: readers / mean", "on: readers / mean", "uplift of on", "95 % CI", "p-value",
-                "SRM p", "chance to win"):
-        t.add_column(col)
+    console.print(f"experiment {e['flag']}, phase {e['phase']} (exposures by variant/reason: {exposures})",
+                  soft_wrap=True)
     for name, m in e["metrics"].items():
-        arms = {v["variant"]: f"{v['users']} / {v['mean']}" for v in m["variants"]}
+        arms = "; ".join(f"{v['variant']}: {v['users']} readers, mean {v['mean']}" for v in m["variants"])
         ci = "n/a" if m["ci95"] is None else f"[{_pct(m['ci95'][0])}, {_pct(m['ci95'][1])}]"
         chance = "n/a" if m["chance_to_win"] is None else f"{100 * m['chance_to_win']:.1f} %"
-        t.add_row(name, arms.get("off", "-"), arms.get("on", "-"), _pct(m["uplift"]), ci, _p(m["p_value"]),
-                  _p(m["srm_p_value"]), chance)
-    console.print(t)
-    for name, m in e["metrics"].items():
-        console.print(f"  {name}: {escape(m['verdict'])}", soft_wrap=True)
+        console.print(f"  {name}: {arms}", soft_wrap=True)
+        console.print(f"    uplift of on over off {_pct(m['uplift'])}, 95 % CI {ci}, p-value {_p(m['p_value'])}, "
+                      f"SRM p-value {_p(m['srm_p_value'])}, chance to win {chance}", soft_wrap=True)
+        console.print(f"    {escape(m['verdict'])}", soft_wrap=True)
 
 
 def _print_recommender(r: dict[str, Any] | None, console: Console) -> None:

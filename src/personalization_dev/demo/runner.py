@@ -4,8 +4,9 @@ Services: the configured ``PERSONALIZATION_*`` URLs or, when none is set, an emb
 local stack started for the run.  Processes: the HTTP API (uvicorn), the Debezium
 relay (``cdc run``) and the online learner (``learner run``) run as child processes
 that die with this one; the nightly job runs at the end.  The report compares the
-reranked recommendations with a popularity ranking against the simulated readers'
-current topic affinities.
+reranked recommendations (and the platform's own, where it has a recommender) with a
+popularity ranking against the simulated readers' current topic affinities, and reads
+the ``personalization`` rollout out as an experiment (:mod:`.experiment`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -39,6 +39,7 @@ from personalization_dev.demo import experiment, recommender
 from personalization_dev.demo.bible import Chapter, Passage, embed_chapters, items_of, load_passages
 from personalization_dev.demo.errors import DemoError
 from personalization_dev.demo.evaluate import evaluate
+from personalization_dev.demo.freshness import FreshnessProbe
 from personalization_dev.demo.simulate import World, make_world, simulate_events
 
 
@@ -89,72 +90,6 @@ def _run_cli(env: dict[str, str], *args: str, timeout: float = 600) -> str:
     if r.returncode != 0:
         raise DemoError(f"personalization {' '.join(args)} failed: {(r.stderr or r.stdout).strip()[-800:]}")
     return r.stdout
-
-
-class FreshnessProbe:
-    """An independent consumer of the CDC topic: commit-to-consume latency of every insert."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        from confluent_kafka import Consumer
-
-        self.topic = topic
-        self.latencies_ms: list[tuple[float, float]] = []  # (commit ts, latency)
-        self.inserts = 0
-        self._stop = threading.Event()
-        self.assigned = threading.Event()
-        # The consumer is not thread-safe: it is created here and then used only by
-        # the probe's own thread (and closed there).
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap,
-            "group.id": f"demo-probe-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-        })
-        self._thread = threading.Thread(target=self._loop, name="freshness-probe", daemon=True)
-
-    def start(self, timeout: float = 60) -> None:
-        """Subscribe and wait until the group has assigned partitions, so no latency is a join delay."""
-
-        def on_assign(consumer: Any, partitions: Any) -> None:
-            self.assigned.set()
-
-        self._consumer.subscribe([self.topic], on_assign=on_assign)
-        self._thread.start()
-        if not self.assigned.wait(timeout):
-            raise DemoError(f"the freshness probe got no partitions of {self.topic} within {timeout:.0f} s")
-
-    def _loop(self) -> None:
-        try:
-            while not self._stop.is_set():
-                for msg in self._consumer.consume(500, 0.2):
-                    value = msg.value()
-                    if msg.error() or value is None:
-                        continue
-                    now_ms = time.time() * 1000
-                    try:
-                        env = json.loads(value)
-                    except ValueError:
-                        continue
-                    if env.get("op") != "c":
-                        continue
-                    self.inserts += 1
-                    ts = (env.get("source") or {}).get("ts_ms")
-                    if isinstance(ts, int | float):
-                        self.latencies_ms.append((ts, now_ms - ts))
-        finally:
-            self._consumer.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-    def percentile(self, p: float, since_ms: float = 0.0) -> float:
-        """Latency percentile of the inserts committed at or after ``since_ms`` (epoch ms)."""
-        xs = [lat for ts, lat in self.latencies_ms if ts >= since_ms]
-        if not xs:
-            return float("nan")
-        return float(np.percentile(xs, p))
 
 
 async def _send_all(client: httpx.AsyncClient, method: str, jobs: list[tuple[str, Any]], concurrency: int,
