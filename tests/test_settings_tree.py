@@ -64,6 +64,10 @@ def test_variables_are_unique_and_cover_every_field() -> None:
     ("PERSONALIZATION_MAX_BODY_BYTES", "2048", "http.max_body_bytes", 2048),
     ("PERSONALIZATION_RERANK_ALPHA", "0.25", "serving.rerank_alpha", 0.25),
     ("PERSONALIZATION_VIEW_SIGNAL_TYPES", '["read"]', "ingest.view_signal_types", ("read",)),
+    ("PERSONALIZATION_PLATFORM_ROLES", "api, learner", "platform.roles", ("api", "learner")),
+    ("PERSONALIZATION_DATA_DIR", "/srv/personalization", "platform.data_dir", Path("/srv/personalization")),
+    ("PERSONALIZATION_RECOMMEND_REFRESH_S", "0.5", "recommend.refresh_s", 0.5),
+    ("PERSONALIZATION_RECOMMEND_CONSUMED_SIGNAL_TYPES", '["read"]', "recommend.consumed_signal_types", ("read",)),
 ])
 def test_flat_variables_reach_their_section(monkeypatch: pytest.MonkeyPatch, var: str, value: str, path: str,
                                             expected: object) -> None:

@@ -17,6 +17,7 @@ from personalization.experiments.exposures import ExposureRecorder
 from personalization.experiments.service import ExperimentService
 from personalization.ingest.events import Ingestor
 from personalization.ingest.profiles import ProfileService
+from personalization.recommend.service import Recommender
 from personalization.serving.service import ServingService
 from personalization.store.db import Database
 from personalization.store.experiments import ExperimentStore
@@ -36,6 +37,7 @@ class Platform:
     serving: ServingService
     experiments: ExperimentService
     exposures: ExposureRecorder | None
+    recommender: Recommender
 
     async def cache_ok(self) -> bool:
         """True when Redis accepts a write within its timeout and no Redis call failed lately."""
@@ -85,8 +87,13 @@ async def open_platform(settings: Settings) -> AsyncIterator[Platform]:
     )
     profiles.on_change(serving.invalidate)
     ingestor = Ingestor(db, events_cache, settings)
+    # Recommendations reuse the read path's reader state (flags through FlagService, so its
+    # exposure hook records them too; embedding; recent content).
+    recommender = Recommender(db, serving, settings.recommend, decay=settings.decay.config(),
+                              embedding_dim=settings.embedding.dim)
     platform = Platform(
-        settings, db, redis, events_cache, ingestor, profiles, serving, ExperimentService(experiment_store), exposures
+        settings, db, redis, events_cache, ingestor, profiles, serving, ExperimentService(experiment_store), exposures,
+        recommender,
     )
     try:
         yield platform

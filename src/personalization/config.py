@@ -1,5 +1,8 @@
 """The settings tree: one typed :class:`Settings` with a section per concern.
 
+(Over 500 lines, on purpose: it is the one owner of every setting, as Feast's ``RepoConfig``;
+each section is a short declarative class, and splitting them over modules would hide the tree.)
+
 Every process (API server, CDC relay, online learner, nightly job, CLI) reads this one tree,
 so each value (the service URLs, the decay, the embedding dimension) is defined once::
 
@@ -26,6 +29,7 @@ import os
 from collections.abc import Iterator
 from decimal import Decimal
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -40,6 +44,7 @@ __all__ = [
     "DEFAULT_EMBEDDING_DIM",
     "ENV_PREFIX",
     "SERVICE_URL_VARS",
+    "RecommendSettings",
     "Settings",
     "configured_service_urls",
     "describe_error",
@@ -179,6 +184,23 @@ class EraseSettings(Section):
 
     # Publish tombstones for the user's key on the CDC topics (off only where no Kafka exists).
     kafka_tombstones: bool = True
+
+
+class WorkersSettings(Section):
+    """The outbox workers (issue 17; docs/datarights.md): erase completion and invalidation replay.
+
+    Historical names without a section prefix.
+    """
+
+    # Each API process runs the erasure worker and the invalidation replay as background
+    # tasks (off: run them with `personalization workers run ...`).
+    background: bool = env("BACKGROUND_WORKERS", default=True)
+    # How often an idle erasure worker looks for pending parts (an erase in the process wakes it at once).
+    erasure_poll_s: float = env("ERASURE_WORKER_POLL_S", default=1.0, gt=0, le=60)
+    # Longest backoff between two attempts of a failed part (Kafka down: tombstones within this of its return).
+    erasure_retry_max_s: float = Field(default=30.0, gt=0, le=3600)
+    # How often the invalidation outbox is replayed (changes whose invalidation did not reach Redis).
+    invalidation_replay_s: float = Field(default=1.0, gt=0, le=60)
 
 
 class SignalDecaySetting(BaseModel):
@@ -378,6 +400,123 @@ class ExperimentsSettings(Section):
     results_work_mem: str = Field(default="256MB", pattern=r"^[0-9]+(kB|MB|GB)$")
 
 
+class PlatformSettings(Section):
+    """``personalization up`` (the supervisor) and ``personalization status`` (issue 19).
+
+    The ``up`` options (``--only``, ``--workers``, ``--log-dir``, ...) override these.
+    """
+
+    env_prefix: ClassVar[str] = ENV_PREFIX + "PLATFORM_"
+
+    # Where the supervisor keeps its state file and lock (``<data_dir>/platform/``), and
+    # the embedded stack its data when it is started (the stack's own default is the same).
+    data_dir: Path = env("DATA_DIR", default=Path(".personalization"))
+    # Roles this node runs (``up --only``): empty means every registered component.
+    # A comma-separated list (``api,learner``) like ``--only``, or a JSON array.
+    roles: tuple[str, ...] = ()
+    # API server worker processes and learner processes.
+    api_workers: int = Field(default=1, ge=1, le=64)
+    learners: int = Field(default=1, ge=1, le=64)
+    # One log file per component here (``up --log-dir``) instead of the stream on stderr.
+    log_dir: Path | None = None
+    # Kafka consumer group of the cache-invalidation consumer (`cdc invalidate-cache --group-id`).
+    invalidator_group: str = Field(default="personalization-cache-invalidation", min_length=1)
+    # Restart back-off of a crashed child: doubled from the initial delay up to the max; a
+    # child that stayed up this long is healthy again (its next crash waits the initial delay).
+    restart_initial_s: float = Field(default=0.5, gt=0)
+    restart_max_s: float = Field(default=30.0, gt=0)
+    stable_after_s: float = Field(default=30.0, gt=0)
+    # This many crashes in a row mark a child ``failing`` (it is still retried at the max delay).
+    failing_after: int = Field(default=5, ge=1)
+    # Bound of an orderly shutdown (SIGTERM to ``up``): every child is gone by then.
+    stop_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # How long the API server may take to answer /healthz after it was started.
+    api_start_timeout_s: float = Field(default=120.0, gt=0)
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: object) -> object:
+        # ``PERSONALIZATION_PLATFORM_ROLES=api,learner``: not JSON, so it arrives as the raw string.
+        if isinstance(value, str):
+            return tuple(r.strip() for r in value.split(",") if r.strip())
+        return value
+
+    @property
+    def state_dir(self) -> Path:
+        """The supervisor's own directory under the data directory (state file and lock)."""
+        return self.data_dir / "platform"
+
+
+class RecommendSettings(Section):
+    """Recommendations (issue 16): candidate generation, ranking, training and model refresh.
+
+    The source weights were chosen with ``personalization eval recommendations`` on
+    simulated readers (docs/recommendations.md); every weight multiplies the source's
+    scores after they are scaled to [0, 1] within the source.
+    """
+
+    env_prefix: ClassVar[str] = ENV_PREFIX + "RECOMMEND_"
+
+    # ---- ranking --------------------------------------------------------------------
+    weight_continue: float = Field(default=2.0, ge=0)
+    weight_similar: float = Field(default=2.0, ge=0)
+    weight_collaborative: float = Field(default=0.5, ge=0)
+    weight_embedding: float = Field(default=0.2, ge=0)
+    weight_trending: float = Field(default=0.05, ge=0)
+    weight_onboarding: float = Field(default=0.6, ge=0)
+    # 0: blend scores scaled by each source's best; k > 0: blend ranks, k / (k + rank).
+    rank_fusion_k: float = Field(default=0.0, ge=0)
+    # Candidates each source contributes before merging (per requested item).
+    candidates_per_item: int = Field(default=5, ge=1, le=100)
+    min_candidates: int = Field(default=50, ge=1, le=5000)
+    # Diversity: at most this many items of one series, and at most this share of the
+    # list put there by one source alone.
+    max_per_series: int = Field(default=6, ge=1)
+    max_source_share: float = Field(default=0.7, gt=0, le=1)
+
+    # ---- reader history -------------------------------------------------------------
+    # Most recent events read per request (personalization_events_user_time_idx).
+    history_events: int = Field(default=500, ge=1, le=20_000)
+    # Most recent positive passages used as seeds of item-to-item neighbours.
+    seeds: int = Field(default=3, ge=1, le=50)
+    # Signal types that count as consumed (excluded unless repeats are allowed).
+    consumed_signal_types: tuple[str, ...] = ("view", "read", "complete", "bookmark", "share")
+    skip_signal_types: tuple[str, ...] = ("skip",)
+    # Next positions of a series offered by "continue reading".
+    continue_next: int = Field(default=6, ge=1, le=20)
+
+    # ---- trending -------------------------------------------------------------------
+    trending_half_life_days: float = Field(default=3.0, gt=0)
+    trending_window_days: int = Field(default=14, ge=1, le=365)
+    trending_refresh_s: float = Field(default=60.0, ge=0)
+
+    # ---- training (nightly) ---------------------------------------------------------
+    cf_factors: int = Field(default=64, ge=2, le=512)
+    cf_iterations: int = Field(default=15, ge=1, le=200)
+    cf_regularization: float = Field(default=0.05, ge=0)
+    # Confidence of ALS: 1 + alpha * decayed weight.
+    cf_alpha: float = Field(default=20.0, gt=0)
+    neighbours: int = Field(default=30, ge=1, le=200)
+    # Shrinkage of co-engagement cosine (damps pairs seen by few readers).
+    neighbour_shrink: float = Field(default=5.0, ge=0)
+    # Most recent passages per reader fed to co-engagement (bounds its cost).
+    neighbour_history: int = Field(default=200, ge=2)
+
+    # ---- index ----------------------------------------------------------------------
+    # Below this many vectors search is exact; above, an HNSW index (usearch) is built.
+    ann_min_items: int = Field(default=20_000, ge=0)
+    ann_connectivity: int = Field(default=16, ge=4, le=128)
+    ann_expansion_add: int = Field(default=128, ge=8)
+    ann_expansion_search: int = Field(default=128, ge=8)
+    ann_threads: int = Field(default=0, ge=0, description="0: all cores")
+    # How often a serving process checks PostgreSQL for a new catalogue or model version.
+    refresh_s: float = Field(default=5.0, ge=0.1)
+    # BLAS threads of a serving process (0: leave as configured).  A request's matrix-vector
+    # products are small: OpenBLAS's thread pool only adds hand-offs, measured 6x slower on
+    # two busy cores.
+    blas_threads: int = Field(default=1, ge=0)
+
+
 class _FlatEnvironment(PydanticBaseSettingsSource):
     """Reads the flat ``PERSONALIZATION_*`` variables into the tree's sections."""
 
@@ -424,6 +563,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     auth: AuthSettings = AuthSettings()
     erase: EraseSettings = EraseSettings()
+    workers: WorkersSettings = WorkersSettings()
     decay: DecaySettings = DecaySettings()
     embedding: EmbeddingSettings = EmbeddingSettings()
     serving: ServingSettings = ServingSettings()
@@ -431,6 +571,8 @@ class Settings(BaseSettings):
     learner: LearnerSettings = LearnerSettings()
     nightly: NightlySettings = NightlySettings()
     experiments: ExperimentsSettings = ExperimentsSettings()
+    platform: PlatformSettings = PlatformSettings()
+    recommend: RecommendSettings = RecommendSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -23,7 +23,7 @@ from typing import IO
 
 from confluent_kafka.admin import AdminClient
 
-from personalization_dev import parentdeath
+from personalization.platform import parentdeath
 
 __all__ = ["BrokerStartError", "LocalBroker", "die_with_parent", "find_broker_binary"]
 

@@ -40,6 +40,7 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("GET", "/v1/sessions/{session_id}/recent"): "read",
     ("POST", "/v1/users/{user_id}/rerank"): "read",
     ("GET", "/v1/users/{user_id}/export"): "admin",
+    ("GET", "/v1/erasures/{erasure_id}"): "admin",
     ("POST", "/v1/keys"): "admin",
     ("GET", "/v1/keys"): "admin",
     ("DELETE", "/v1/keys/{key_id}"): "admin",
@@ -50,6 +51,10 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("DELETE", "/v1/metrics/{name}"): "admin",
     ("GET", "/v1/experiments/{flag}"): "read",
     ("GET", "/v1/experiments/{flag}/results"): "read",
+    ("GET", "/v1/users/{user_id}/recommendations"): "read",
+    ("GET", "/v1/sessions/{session_id}/recommendations"): "read",
+    ("GET", "/v1/content/{content_id}/similar"): "read",
+    ("GET", "/v1/content/popular"): "read",
 }
 
 

@@ -20,6 +20,7 @@ from personalization.cli.main import app as cli_app
 from personalization.composition import Platform
 from personalization.config import Settings
 from personalization.datarights.erase import Eraser
+from personalization.datarights.worker import ErasureWorker
 from personalization.errors import CacheUnavailable
 from personalization_dev.testing.waiting import async_wait_until
 
@@ -51,7 +52,7 @@ def _user_keys(r: redis.Redis, uid: uuid.UUID, sessions: list[uuid.UUID]) -> lis
 
 async def test_erase_removes_the_user_everywhere_and_only_them(
     open_client: httpx.AsyncClient, auth_client: httpx.AsyncClient, admin_headers: dict[str, str], db_url: str,
-    sync_redis: redis.Redis,
+    sync_redis: redis.Redis, platform: Platform, auth_settings: Settings,
 ) -> None:
     _extra_tables(db_url)
     victim, v_sessions = await populate_user(open_client, events=12, sessions=3)
@@ -75,14 +76,29 @@ async def test_erase_removes_the_user_everywhere_and_only_them(
     assert all(sync_redis.exists(keys.session_recent_content(s)) for s in v_sessions)
 
     r = await auth_client.delete(f"/v1/users/{victim}", params={"erase": "true"}, headers=admin_headers)
-    assert r.status_code == 200, r.text
+    # Everything but the rollups view is erased in the request; the view waits for the worker.
+    assert r.status_code == 202, r.text
     report = r.json()
-    assert report["erased"] is True and report["outcome"] == "ok"
+    assert report["erased"] is False and report["outcome"] == "pending" and report["pending"] == ["rollups"]
+    assert report["parts"] == {"postgres": "done", "redis": "done", "rollups": "pending", "kafka": "not_needed"}
+    assert r.headers["location"] == f"/v1/erasures/{report['erasure_id']}" == report["status_url"]
     assert report["removed"]["personalization_events"] == 12
     assert report["removed"]["user_traits"] == 2 and report["removed"]["user_profile"] == 1
     assert report["removed"]["public.later_state"] == 2 and report["removed"]["extra.snapshots"] == 2
     assert report["sessions"] == 3 and report["redis_keys"] == len(victim_keys)
-    assert report["rollups_refreshed"] is True
+    status = (await auth_client.get(report["status_url"], headers=admin_headers)).json()
+    assert status["complete"] is False and status["pending"] == ["rollups"]
+    assert rows_per_table(db_url, victim)["public.user_signal_rollups"] > 0
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT outcome FROM audit_log WHERE action = 'user.erase'").fetchone() == ("pending",)
+
+    # The worker (every API process runs one) completes it with one refresh.
+    result = await ErasureWorker(platform.db, platform.redis, auth_settings).run_once()
+    assert result.done == {"rollups": 1} and result.refreshed and result.completed == 1
+    status = (await auth_client.get(report["status_url"], headers=admin_headers)).json()
+    assert status["complete"] is True and status["pending"] == [] and status["completed_at"]
+    assert {k: v["state"] for k, v in status["parts"].items()} == {
+        "postgres": "done", "redis": "done", "rollups": "done", "kafka": "not_needed"}
 
     # Every store, afterwards: nothing of the victim, the other user untouched.
     assert set(rows_per_table(db_url, victim).values()) == {0}
@@ -96,16 +112,18 @@ async def test_erase_removes_the_user_everywhere_and_only_them(
                              "FROM audit_log WHERE action = 'user.erase'").fetchall()
     assert len(audit) == 1
     actor, _, subject, outcome, details, whole = audit[0]
-    assert actor.startswith("key:") and outcome == "ok"
+    # The audit row records the completion.
+    assert actor.startswith("key:") and outcome == "ok" and '"completed_at"' in details
     assert subject == hashlib.sha256(str(victim).encode()).hexdigest()
     # No personal data in the audit row: not the id, not a session, not what was read.
     for secret in (str(victim), *map(str, v_sessions), "PSA.", "prayed", "baptist"):
         assert secret not in whole
     assert '"personalization_events": 12' in details
 
-    # Idempotent: a second erase succeeds, removes nothing, and is audited too.
+    # Idempotent: a second erase succeeds at once (the view no longer holds the user),
+    # removes nothing, and is audited too.
     r = await auth_client.delete(f"/v1/users/{victim}", params={"erase": "true"}, headers=admin_headers)
-    assert r.status_code == 200
+    assert r.status_code == 200, r.text
     again = r.json()
     assert again["erased"] is True and set(again["removed"].values()) == {0} and again["redis_keys"] == 0
     with psycopg.connect(db_url) as conn:
@@ -165,6 +183,8 @@ def _insert_user(db_url: str, events: int) -> uuid.UUID:
 
 def test_cli_users_erase(db_url: str, redis_url: str, sync_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     uid = _insert_user(db_url, 6)
+    with psycopg.connect(db_url) as conn:
+        conn.execute("REFRESH MATERIALIZED VIEW user_signal_rollups")  # the CLI completes the refresh itself
     sync_redis.set(keys.user_embedding(uid), b"\x00")
     monkeypatch.setenv("PERSONALIZATION_DATABASE_URL", db_url)
     monkeypatch.setenv("PERSONALIZATION_REDIS_URL", redis_url)
@@ -174,12 +194,22 @@ def test_cli_users_erase(db_url: str, redis_url: str, sync_redis: redis.Redis, m
     get_settings.cache_clear()
     try:
         runner = CliRunner()
-        res = runner.invoke(cli_app, ["users", "erase", str(uid), "--json"])
+        # Without --yes it asks; "no" (or no answer) erases nothing.
+        res = runner.invoke(cli_app, ["users", "erase", str(uid)], input="n\n")
+        assert res.exit_code == 2 and "not confirmed" in res.output and "--yes" in res.output
+        assert rows_per_table(db_url, uid)["public.user_profile"] == 1
+        res = runner.invoke(cli_app, ["users", "erase", str(uid)], input="")
+        assert res.exit_code == 2 and rows_per_table(db_url, uid)["public.user_profile"] == 1
+        res = runner.invoke(cli_app, ["users", "erase", str(uid), "--yes", "--json"])
         assert res.exit_code == 0, res.output
         assert '"personalization_events":6' in res.stdout and '"redis_keys":1' in res.stdout
         assert set(rows_per_table(db_url, uid).values()) == {0}
         assert sync_redis.exists(keys.user_embedding(uid)) == 0
-        res = runner.invoke(cli_app, ["users", "erase", "x'; DROP TABLE user_profile; --"])
+        report = orjson.loads(res.stdout)
+        assert report["outcome"] == "ok" and report["pending"] == [] and report["parts"]["rollups"] == "done"
+        res = runner.invoke(cli_app, ["users", "erasure", report["erasure_id"]])
+        assert res.exit_code == 0 and orjson.loads(res.stdout)["complete"] is True
+        res = runner.invoke(cli_app, ["users", "erase", "x'; DROP TABLE user_profile; --", "--yes"])
         assert res.exit_code == 2 and "user_id: not a UUID" in res.output
         assert len(res.output.strip().splitlines()) == 1
     finally:

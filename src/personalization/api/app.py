@@ -12,9 +12,11 @@ from fastapi import FastAPI
 from personalization.api.auth import install_security
 from personalization.api.errors import install_error_handlers
 from personalization.api.middleware import BodyLimitMiddleware
-from personalization.api.routers import datarights, events, experiments, keys, ops, profiles, serving
+from personalization.api.routers import datarights, events, experiments, keys, ops, profiles, recommend, serving
+from personalization.api.routers import platform as platform_health
 from personalization.composition import Platform, open_platform
 from personalization.config import Settings, get_settings
+from personalization.workers import background_workers
 
 log = logging.getLogger("personalization.api")
 
@@ -43,8 +45,11 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
             app.state.platform = platform
             yield
             return
-        async with open_platform(cfg) as p:
+        async with open_platform(cfg) as p, contextlib.AsyncExitStack() as stack:
             app.state.platform = p
+            if cfg.workers.background:
+                # The outbox workers (erase completion, invalidation replay) in every API process.
+                app.state.workers = await stack.enter_async_context(background_workers(p))
             if cfg.http.gc_tuning:
                 _tune_gc()
             yield
@@ -63,12 +68,14 @@ def create_app(settings: Settings | None = None, platform: Platform | None = Non
     install_error_handlers(app)
     for router in (
         ops.router,
+        platform_health.router,
         profiles.router,
         events.router,
         serving.router,
         datarights.router,
         keys.router,
         experiments.router,
+        recommend.router,
     ):
         app.include_router(router)
     return app

@@ -11,12 +11,13 @@ Error                                  Status  Body
 RequestValidationError (FastAPI)       400     malformed JSON (``json_invalid``)
 RequestValidationError (FastAPI)       422     each invalid field
 InvalidInput                           its     each FieldError (422, 413 or 409)
-NotFound                               404     the path parameter or body field that missed
+NotFound                               404     the path parameter (user_id, trait_id, flag, content_id)
+                                               or the body field that missed
 Conflict                               409     the conflicting field
-EraseIncomplete                        503     the erase report + ``detail``, Retry-After
 AuthError (Unauthorized/Forbidden/...) 401..   the ``authorization`` header
 StoreUnavailable                       503     "database unavailable, retry later"
 CacheUnavailable                       503     "cache unavailable, retry later", Retry-After
+NoPlatform (GET /healthz/platform)     503     no supervisor state: start ``personalization up``
 StoreError                             500     "internal database error"
 StarletteHTTPException                 its     the exception's detail (unknown route, 405)
 any other Exception                    500     "internal error"
@@ -34,8 +35,8 @@ from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from personalization.api.responses import JSONBody
-from personalization.datarights.erase import EraseIncomplete
 from personalization.errors import CacheUnavailable, Conflict, InvalidInput, NotFound, StoreError, StoreUnavailable
+from personalization.platform.status import NoPlatform
 from personalization.security.errors import AuthError
 
 __all__ = ["AUTH_REFUSED", "error_response", "install_error_handlers"]
@@ -45,7 +46,7 @@ security_log = logging.getLogger("personalization.security")
 AUTH_REFUSED = Counter("personalization_auth_refused_total", "Requests refused by the API-key check", ["status"])
 
 # NotFound on these names is about a path parameter; any other name is a body field.
-_PATH_FIELDS = ("user_id", "trait_id", "flag")
+_PATH_FIELDS = ("user_id", "trait_id", "flag", "content_id", "erasure_id")
 
 
 def error_response(status: int, errors: list[dict[str, Any]], headers: dict[str, str] | None = None) -> JSONBody:
@@ -76,13 +77,6 @@ async def _on_conflict(_: Request, exc: Conflict) -> JSONBody:
     return error_response(409, [{"loc": exc.loc, "msg": str(exc), "type": "conflict"}])
 
 
-async def _on_erase_incomplete(_: Request, exc: EraseIncomplete) -> JSONBody:
-    # The counts of what was removed, so the operator sees how far it got; re-running is safe.
-    body = exc.report.as_dict()
-    body["detail"] = [{"loc": [], "msg": str(exc) + " (run the erase again)", "type": "unavailable", "field": ""}]
-    return JSONBody(body, status_code=503, headers={"Retry-After": "5"})
-
-
 async def _on_auth_error(_: Request, exc: AuthError) -> JSONBody:
     AUTH_REFUSED.labels(str(exc.status)).inc()
     item = {"loc": ["header", "authorization"], "msg": str(exc), "type": exc.type, "field": "authorization"}
@@ -100,6 +94,11 @@ async def _on_cache_down(_: Request, exc: CacheUnavailable) -> JSONBody:
     log.error("Redis unavailable: %s", exc)
     return error_response(503, [{"loc": [], "msg": "cache unavailable, retry later", "type": "unavailable"}],
                           headers={"Retry-After": "5"})
+
+
+async def _on_no_platform(_: Request, exc: NoPlatform) -> JSONBody:
+    # This server runs without a supervisor (no state in its data directory).
+    return error_response(503, [{"loc": [], "msg": str(exc), "type": "unavailable"}])
 
 
 async def _on_store_error(_: Request, exc: StoreError) -> JSONBody:
@@ -124,10 +123,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidInput, _on_invalid)  # type: ignore[arg-type]
     app.add_exception_handler(NotFound, _on_not_found)  # type: ignore[arg-type]
     app.add_exception_handler(Conflict, _on_conflict)  # type: ignore[arg-type]
-    app.add_exception_handler(EraseIncomplete, _on_erase_incomplete)  # type: ignore[arg-type]
     app.add_exception_handler(AuthError, _on_auth_error)  # type: ignore[arg-type]
     app.add_exception_handler(StoreUnavailable, _on_store_down)  # type: ignore[arg-type]
     app.add_exception_handler(CacheUnavailable, _on_cache_down)  # type: ignore[arg-type]
+    app.add_exception_handler(NoPlatform, _on_no_platform)  # type: ignore[arg-type]
     app.add_exception_handler(StoreError, _on_store_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _on_http)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _on_unexpected)

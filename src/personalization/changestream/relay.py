@@ -45,7 +45,7 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from personalization.changestream import pgadmin
-from personalization.changestream.capture import captured_tables
+from personalization.changestream.capture import captured_tables, captured_topics
 from personalization.changestream.delivery import KafkaRelayHandler, RelayStopping, producer_config
 from personalization.changestream.metrics import (
     WalMonitor,
@@ -248,6 +248,22 @@ def _build_engine(
     return engine, consumer
 
 
+def _create_topics(settings: Settings) -> None:
+    # The CDC topics with the retention an erase relies on (kafka/topics.py); a cluster that
+    # refuses (no create permission) leaves them to auto-creation, which is logged.
+    from personalization.kafka.topics import cdc_topic_configs, ensure_topics
+
+    configs = cdc_topic_configs(settings.kafka.topic_prefix)
+    wanted = captured_topics(settings)
+    try:
+        created = ensure_topics(settings.kafka.bootstrap_servers, wanted, configs=configs, timeout_s=10.0)
+    except Exception as exc:  # the relay still runs; topics then get the broker's defaults
+        log.warning("could not create the CDC topics with their retention settings: %s", exc)
+        return
+    if created:
+        log.info("created CDC topics %s", ", ".join(created))
+
+
 def run_relay(
     settings: Settings,
     *,
@@ -294,6 +310,7 @@ def run_relay(
     if seed_lsn is not None and settings.cdc.offsets_file:
         _seed_file_offsets(settings, seed_lsn)
 
+    _create_topics(settings)
     outcome = _Outcome()
     finished = threading.Event()
     handler = KafkaRelayHandler(settings)

@@ -9,7 +9,7 @@ Exit codes (the same for every command):
       naming something that does not exist (unknown user or key id), a file that
       cannot be read or parsed, a missing ``--yes``; Typer's own usage errors are 2
 3     refused, conflict or partial: another nightly run holds the lock, a key name
-      already exists, an erase is incomplete (run it again)
+      already exists, an erase recorded with parts still pending (a worker completes them)
 4     a required service is unavailable (PostgreSQL, Redis or Kafka down): retry later
 ====  ==========================================================================
 """

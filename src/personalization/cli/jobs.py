@@ -71,9 +71,11 @@ def _jsonable(v: Any) -> Any:
 def nightly(
     as_of: str = typer.Option(None, "--as-of", help="snapshot date YYYY-MM-DD in the job's time zone (default today)"),
     json_out: bool = typer.Option(False, "--json", help="print the outcome as one JSON line"),
+    skip_recommend: bool = typer.Option(False, "--skip-recommend", help="do not retrain the recommender"),
 ) -> None:
-    """Refresh user_signal_rollups and write the dated feature-store snapshot."""
+    """Refresh user_signal_rollups, write the dated feature-store snapshot, retrain the recommender."""
     from personalization.nightly.job import NightlyRunning
+    from personalization.recommend.nightly import train_blocking
 
     url, settings = _setup()
     _sigterm_exits()
@@ -83,6 +85,9 @@ def nightly(
                       transient=True, disable=_quiet(json_out)) as progress:
             task = progress.add_task("starting", total=None)
             result = job.run(as_of, on_step=lambda s: progress.update(task, description=_STEPS.get(s, s)))
+            if not skip_recommend:
+                # Collaborative filtering and item neighbours, from PostgreSQL alone.
+                recommend = train_blocking(load_settings(), on_step=lambda s: progress.update(task, description=s))
     except InvalidInput as exc:
         fail(str(exc), ExitCode.BAD_INPUT)
     except NightlyRunning as exc:
@@ -92,11 +97,16 @@ def nightly(
     out = {"run_id": result.run_id, "as_of": result.as_of.isoformat(), "rows": result.rows,
            "dropped_snapshots": [d.isoformat() for d in result.dropped], "duration_s": round(result.duration_s, 3),
            "computed_at": result.computed_at.isoformat(), "steps": result.steps, "refresh": result.refresh}
+    if not skip_recommend:
+        out["recommend"] = recommend.as_dict()
     if json_out:
         typer.echo(orjson.dumps(out).decode())
     else:
         err.print(f"[green]snapshot {out['as_of']} written[/]: {result.rows} rows in {out['duration_s']} s"
                   f" (run {result.run_id}; dropped {len(result.dropped)} expired)", highlight=False)
+        if not skip_recommend:
+            err.print(f"[green]recommendations trained[/]: {recommend.events} events of {recommend.readers} readers,"
+                      f" {recommend.passages} passages (versions {recommend.versions})", highlight=False)
 
 
 @app.command("schedule")
@@ -113,7 +123,14 @@ def schedule(
 
         start_http_server(metrics_port, addr="127.0.0.1")
     try:
-        sched = NightlyScheduler(_job(url, settings))
+        from personalization.recommend.nightly import train_blocking
+
+        full = load_settings()
+
+        def retrain(_: object) -> None:
+            train_blocking(full)
+
+        sched = NightlyScheduler(_job(url, settings), after_run=retrain)
         err.print(f"scheduler: cron {settings.cron!r} in {settings.timezone}", highlight=False)
         sched.start(blocking=True)
     except InvalidInput as exc:

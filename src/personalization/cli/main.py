@@ -61,7 +61,9 @@ def serve(
     except PersonalizationError as exc:
         fail(str(exc), exit_code_for(exc))
     uvicorn.run(
-        "personalization.api.app:create_app",
+        # Several workers are processes of uvicorn's own: their factory arms the parent-death
+        # signal, so a killed server (or supervisor above it) leaves no worker behind.
+        "personalization.api.app:create_app" if workers == 1 else "personalization.api.worker:create_worker_app",
         factory=True,
         host=host or settings.http.host,
         port=port or settings.http.port,
@@ -82,7 +84,9 @@ def _register_optional() -> None:
         ("personalization.cli.keys", "keys"),
         ("personalization.cli.users", "users"),
         ("personalization.cli.content", "content"),
+        ("personalization.cli.workers", "workers"),
         ("personalization.cli.experiments", "experiments"),
+        ("personalization.cli.eval", "eval"),
     ):
         try:
             mod = importlib.import_module(module)
@@ -109,5 +113,13 @@ def _register_plugins() -> None:
         ep.load()(app)
 
 
+def _register_commands() -> None:
+    # Top-level commands defined in their own modules: `up` and `status` (the supervisor).
+    from personalization.cli import up
+
+    up.register(app)
+
+
+_register_commands()
 _register_optional()
 _register_plugins()

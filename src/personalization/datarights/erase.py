@@ -1,22 +1,24 @@
-"""Erase one user everywhere the project keeps data (right to be forgotten).
+"""Erase one user everywhere the project keeps data (right to be forgotten), never half-done.
 
-Order matters and is chosen so that nothing about the user survives and nothing
-re-appears:
+In the request, in one PostgreSQL transaction: lock the profile (ingest of the user waits),
+note the user's sessions and the flag names (they name the user's Redis keys: no SCAN),
+delete the user's events (the spec's ``ON DELETE SET NULL`` would otherwise keep them as
+anonymous rows, and the CDC stream would re-publish them as updates), the feature-store
+rows (under the nightly swap's erasure lock), every other table with a ``user_id`` uuid
+column (found in the catalogue, so a new table cannot be forgotten), traits and profile;
+write the audit row and record the erasure and its parts in the outbox
+(``store/erasures.py``); delete the user's Redis keys.  A Redis failure there rolls the
+whole transaction back (afterwards the session ids, known only from the events, would be
+lost).  After the commit the keys are deleted once more (a reader may have re-cached from
+the not yet committed rows in between).
 
-1. In one PostgreSQL transaction: lock the profile (ingest of the user waits), note the
-   user's sessions, delete the user's events (the spec's ``ON DELETE SET NULL`` would
-   otherwise keep them as anonymous rows, and the CDC stream would re-publish them as
-   updates), then every other table with a ``user_id`` uuid column (learner state,
-   feature-store snapshots, flag overrides, and any table added later: they are found in
-   the catalogue, so a new table cannot be forgotten), then traits and the profile.  The
-   user's Redis keys are deleted before the commit: when Redis is unreachable the whole
-   transaction rolls back and the erase fails with nothing changed, because afterwards the
-   session ids (known only from the events) would be lost.
-2. After the commit: the Redis keys again, now with a SCAN for every key carrying the
-   user's hash tag (a reader may have re-cached in between; flags have names), a
-   Kafka tombstone for the user's key on each CDC topic (compacted consumers drop the
-   key), and a concurrent refresh of ``user_signal_rollups`` when it still holds the user.
-3. The audit row (written ``pending`` inside the transaction) gets the outcome and counts.
+What cannot finish inside the request is completed by the erasure worker
+(:mod:`personalization.datarights.worker`), from the outbox: ``rollups`` (the spec's
+materialized view, which only a refresh changes: one refresh for every erasure pending at
+that moment) and ``kafka`` (tombstones for the user's key on the CDC topics, retried with
+backoff until the broker acknowledges them).  The request answers with the erasure's id
+and each part's state (202 while a part is pending); ``GET /v1/erasures/{id}`` shows the
+progress, and the audit row gets outcome ``ok`` when the last part is done.
 
 Deletes on personalization_events reach the CDC topic as ``op: "d"`` records keyed
 ``{"user_id": null}`` that carry only ``event_id`` (default replica identity): they
@@ -26,10 +28,10 @@ in PostgreSQL, deletes any stray key and sends the tombstones again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,61 +41,59 @@ from prometheus_client import Counter, Histogram
 from personalization.cache.client import AsyncRedis
 from personalization.cache.datarights import delete_user_keys, user_key_names
 from personalization.config import Settings
-from personalization.errors import CacheUnavailable, PersonalizationError
+from personalization.errors import PersonalizationError
 from personalization.kafka.tombstones import TombstoneProducer
 from personalization.security import audit
 from personalization.store.datarights import DataRightsStore
 from personalization.store.db import Database
+from personalization.store.erasures import ErasureOutbox, Part, PartState
 
-__all__ = ["EraseIncomplete", "EraseReport", "Eraser", "KafkaTombstones", "cdc_key", "cdc_topics",
-           "delete_user_keys", "user_key_names"]
+__all__ = ["EraseReport", "Eraser", "KafkaTombstones", "cdc_key", "cdc_topics", "delete_user_keys",
+           "user_key_names"]
 
 log = logging.getLogger("personalization.datarights.erase")
-ERASES = Counter("personalization_user_erasures_total", "User erasures by outcome", ["outcome"])
-ERASE_SECONDS = Histogram("personalization_user_erase_seconds", "Duration of one user erasure",
+ERASES = Counter("personalization_user_erasures_total", "User erasures by outcome at the request's end",
+                 ["outcome"])
+ERASE_SECONDS = Histogram("personalization_user_erase_seconds", "Duration of one erase request",
                           buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
-
-
-class EraseIncomplete(PersonalizationError):
-    """PostgreSQL and Redis were erased but a later step (Kafka, rollups) failed; run the erase again."""
-
-    def __init__(self, report: EraseReport) -> None:
-        self.report = report
-        super().__init__("erase incomplete: " + "; ".join(f"{k}: {v}" for k, v in report.errors.items()))
 
 
 @dataclass
 class EraseReport:
-    """What one erase removed (counts only: no personal data)."""
+    """What one erase request removed and what is left to the worker (counts only: no personal data)."""
 
     subject_hash: str
+    erasure_id: uuid.UUID = field(default_factory=uuid.uuid4)
     removed: dict[str, int] = field(default_factory=dict)
     sessions: int = 0
     redis_keys: int = 0
-    kafka_tombstones: int = 0
-    rollups_refreshed: bool = False
-    errors: dict[str, str] = field(default_factory=dict)
+    parts: dict[Part, PartState] = field(default_factory=dict)
     duration_s: float = 0.0
     audit_id: int | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
+    def pending(self) -> list[Part]:
+        """The parts the erasure worker still has to complete."""
+        return [p for p, s in self.parts.items() if s == "pending"]
+
+    @property
     def outcome(self) -> str:
-        """``ok``, or ``partial`` when a step after the commit failed."""
-        return "partial" if self.errors else "ok"
+        """``ok`` when everything is erased, ``pending`` while the worker has parts to complete."""
+        return "pending" if self.pending else "ok"
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form (API, CLI and audit details)."""
         return {
-            "erased": not self.errors,
+            "erasure_id": str(self.erasure_id),
+            "erased": not self.pending,
             "outcome": self.outcome,
             "subject_hash": self.subject_hash,
             "removed": dict(self.removed),
             "sessions": self.sessions,
             "redis_keys": self.redis_keys,
-            "kafka_tombstones": self.kafka_tombstones,
-            "rollups_refreshed": self.rollups_refreshed,
-            "errors": dict(self.errors),
+            "parts": dict(self.parts),
+            "pending": self.pending,
             "duration_s": round(self.duration_s, 4),
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
             "audit_id": self.audit_id,
@@ -124,9 +124,9 @@ class KafkaTombstones:
         """Open the producer's connection now (a long-lived API process has it open already)."""
         self._producer.connect()
 
-    def publish(self, user_id: uuid.UUID) -> int:
-        """Send and flush the tombstones (blocking, bounded by ``kafka_timeout_s``); returns how many."""
-        return self._producer.publish(self.topics, cdc_key(user_id))
+    def publish(self, *user_ids: uuid.UUID) -> int:
+        """Send and flush the users' tombstones (blocking, bounded by ``kafka.timeout_s``); returns how many."""
+        return self._producer.publish(self.topics, *(cdc_key(u) for u in user_ids))
 
     def close(self) -> None:
         """Flush and drop the producer."""
@@ -134,25 +134,28 @@ class KafkaTombstones:
 
 
 class Eraser:
-    """The erase use case."""
+    """The erase use case (the request's part; the worker completes the rest)."""
 
     def __init__(self, db: Database, redis: AsyncRedis, settings: Settings,
-                 tombstones: KafkaTombstones | None = None) -> None:
+                 wake: Callable[[], None] | None = None) -> None:
         self.db = db
         self.store = DataRightsStore(db)
+        self.outbox = ErasureOutbox(db)
         self.redis = redis
         self.settings = settings
-        self.tombstones = tombstones if tombstones is not None else (
-            KafkaTombstones(settings) if settings.erase.kafka_tombstones else None
-        )
+        # Nudges this process's erasure worker, so a pending part starts at once, not at its next poll.
+        self._wake = wake
 
     async def erase(self, user_id: uuid.UUID, actor: str) -> EraseReport:
-        """Remove everything about ``user_id``; raises EraseIncomplete when a post-commit step failed."""
+        """Erase ``user_id`` in PostgreSQL and Redis and record the rest; the report says what is pending."""
         started = time.perf_counter()
         report = EraseReport(subject_hash=audit.subject_hash(user_id))
         async with self.store.erasing(user_id) as tx:
             had_profile = await tx.lock_profile()
             sessions = await tx.sessions()
+            names = user_key_names(user_id, sessions, await tx.flag_names())
+            # Read before the deletes; the view changes only with a refresh.
+            in_rollups = await tx.in_rollups()
             report.removed["personalization_events"] = await tx.delete_events()
             # The nightly job's feature-store rows, with its swap lock; the catalogue sweep
             # after it removes whatever other table holds the user.
@@ -162,53 +165,46 @@ class Eraser:
             removed_profile = await tx.delete_profile()
             report.removed["user_profile"] = removed_profile if had_profile else 0
             report.sessions = len(sessions)
-            report.audit_id = await audit.record_in(tx, actor=actor, action="user.erase", subject=user_id,
-                                                    outcome="pending", details={"removed": report.removed})
+            report.parts = {
+                "postgres": "done",
+                "redis": "pending",
+                "rollups": "pending" if in_rollups else "not_needed",
+                "kafka": "pending" if self.settings.erase.kafka_tombstones else "not_needed",
+            }
+            report.audit_id = await audit.record_in(
+                tx, actor=actor, action="user.erase", subject=user_id, outcome="pending",
+                details={"erasure_id": str(report.erasure_id), "removed": report.removed,
+                         "sessions": report.sessions, "parts": dict(report.parts)})
+            await tx.record_erasure(erasure_id=report.erasure_id, subject_hash=report.subject_hash,
+                                    redis_keys=names, actor=actor, audit_id=report.audit_id, parts=report.parts)
             # Still inside the transaction: a Redis failure rolls the PostgreSQL part back.
             mark = time.perf_counter()
-            report.redis_keys = await delete_user_keys(self.redis, user_id, sessions, scan=False)
+            report.redis_keys = await delete_user_keys(self.redis, names)
             report.timings_s["redis"] = time.perf_counter() - mark
         report.timings_s["postgres"] = time.perf_counter() - started - report.timings_s["redis"]
-        await self._after_commit(user_id, sessions, report)
+        await self._after_commit(names, report, actor)
         report.duration_s = time.perf_counter() - started
         ERASES.labels(report.outcome).inc()
         ERASE_SECONDS.observe(report.duration_s)
-        await audit.finish(self.db, report.audit_id, actor=actor, action="user.erase", subject=user_id, target=None,
-                           outcome=report.outcome, details=_audit_details(report))
-        if report.errors:
-            raise EraseIncomplete(report)
+        if report.pending and self._wake is not None:
+            self._wake()
         return report
 
-    async def _after_commit(self, user_id: uuid.UUID, sessions: list[uuid.UUID], report: EraseReport) -> None:
+    async def _after_commit(self, names: list[str], report: EraseReport, actor: str) -> None:
+        # Again after the commit (a reader may have re-cached from the uncommitted rows); when
+        # this fails the outbox keeps the redis part and the worker deletes them.
         mark = time.perf_counter()
+        # Everything here runs after the commit: a failure leaves the part pending for the
+        # worker and must not turn the committed erase into an error answer.
         try:
-            report.redis_keys += await delete_user_keys(self.redis, user_id, sessions)
-        except CacheUnavailable as exc:
-            report.errors["redis"] = str(exc)
-        report.timings_s["redis"] += time.perf_counter() - mark
-        if self.tombstones is not None:
-            mark = time.perf_counter()
-            try:
-                report.kafka_tombstones = await asyncio.to_thread(self.tombstones.publish, user_id)
-            except Exception as exc:  # any Kafka failure leaves the erase to be re-run
-                report.errors["kafka"] = str(exc) or type(exc).__name__
-            report.timings_s["kafka"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        try:
-            report.rollups_refreshed = await self._refresh_rollups(user_id)
+            report.redis_keys += await delete_user_keys(self.redis, names)
+            completed = await self.outbox.complete_part(report.erasure_id, "redis")
         except PersonalizationError as exc:
-            report.errors["rollups"] = str(exc)
-        report.timings_s["rollups"] = time.perf_counter() - mark
-
-    async def _refresh_rollups(self, user_id: uuid.UUID) -> bool:
-        if not await self.store.user_in_rollups(user_id):
-            return False
-        await self.store.refresh_rollups()
-        return True
-
-
-def _audit_details(report: EraseReport) -> dict[str, Any]:
-    d = report.as_dict()
-    d.pop("subject_hash", None)
-    d.pop("audit_id", None)
-    return d
+            log.warning("second Redis delete of erasure %s left to the worker: %s", report.erasure_id, exc)
+        else:
+            if completed is not None:
+                report.parts["redis"] = "done"
+            for done in completed or []:
+                audit.log_line(done.audit_id, done.actor, "user.erase", done.subject_hash, None, "ok",
+                               done.audit_details)
+        report.timings_s["redis"] += time.perf_counter() - mark

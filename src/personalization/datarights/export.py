@@ -6,9 +6,10 @@ cursor, so a user with millions of events costs constant memory), the decayed sc
 (content_type, signal_type) at export time (the project's one decay definition, computed
 while the events stream), the user's rollup rows, the rows of every other table with a
 ``user_id`` column (learner state, feature-store snapshots, flag overrides, ...), and the
-cached values in Redis (every key with the user's hash tag and the recent-content lists of
-the user's sessions).  PostgreSQL parts are read in one REPEATABLE READ transaction, so
-they are one consistent snapshot.
+cached values in Redis (every named key of the user, including each flag's cached result,
+and the recent-content lists of the user's sessions, which the events name: no SCAN).
+PostgreSQL parts are read in one REPEATABLE READ transaction, so they are one consistent
+snapshot.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import orjson
 
 from personalization.cache.client import AsyncRedis
-from personalization.cache.datarights import cached_values
+from personalization.cache.datarights import cached_values, user_key_names
 from personalization.core.decay import DecayConfig, event_score
 from personalization.core.privacy import policy_for
 from personalization.errors import CacheUnavailable, NotFound
@@ -122,9 +123,10 @@ class Exporter:
                     buf.clear()
             rollups = await snap.rollups()
             others = await snap.other_tables()
+            flags = await snap.flag_names()
         counts["tables"] = len(others)
         try:
-            cache: Any = await cached_values(self.redis, user_id, sessions)
+            cache: Any = await cached_values(self.redis, user_key_names(user_id, sessions, flags))
             counts["cache_keys"] = len(cache)
         except CacheUnavailable as exc:
             cache = {"error": f"Redis unavailable: {exc}"}

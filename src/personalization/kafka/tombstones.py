@@ -50,8 +50,8 @@ class TombstoneProducer:
         """Open the connection now (fetches the cluster's metadata)."""
         self._get().list_topics(timeout=self.timeout_s)
 
-    def publish(self, topics: Sequence[str], key: bytes) -> int:
-        """Send and flush a tombstone for ``key`` on each of ``topics`` that exists; returns how many.
+    def publish(self, topics: Sequence[str], *keys: bytes) -> int:
+        """Send and flush a tombstone for each key on each of ``topics`` that exists; returns how many.
 
         Blocking, bounded by ``timeout_s``; CacheUnavailable when Kafka is unreachable or
         does not acknowledge every tombstone.
@@ -69,12 +69,13 @@ class TombstoneProducer:
                 failures.append(str(err))
 
         for topic in present:
-            p.produce(topic, key=key, value=None, on_delivery=on_delivery)
+            for key in keys:
+                p.produce(topic, key=key, value=None, on_delivery=on_delivery)
         left = p.flush(self.timeout_s)
         if left or failures:
             raise CacheUnavailable(f"Kafka did not acknowledge {left or len(failures)} tombstone(s): "
                                    f"{'; '.join(failures[:3]) or 'timeout'}")
-        return len(present)
+        return len(present) * len(keys)
 
     def close(self) -> None:
         """Flush and drop the producer."""

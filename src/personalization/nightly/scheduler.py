@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -23,10 +24,13 @@ class NightlyScheduler:
     date would hold today's data anyway).
     """
 
-    def __init__(self, job: NightlyJob, *, trigger: Any = None) -> None:
+    def __init__(self, job: NightlyJob, *, trigger: Any = None,
+                 after_run: Callable[[RunResult], None] | None = None) -> None:
         from apscheduler.triggers.cron import CronTrigger
 
         self.job = job
+        # Further nightly work of other packages (recommendation training), run after a success.
+        self.after_run = after_run
         self.tz = job.settings.tz
         try:
             self.trigger = trigger or CronTrigger.from_crontab(job.settings.cron, timezone=self.tz)
@@ -59,13 +63,19 @@ class NightlyScheduler:
 
     def _run(self, as_of: date | None, trigger: str) -> RunResult | None:
         try:
-            return self.job.run(as_of, trigger=trigger)
+            result = self.job.run(as_of, trigger=trigger)
         except NightlyRunning:
             return None
         except Exception:
             # Logged and recorded in the ledger; the scheduler keeps going for the next night.
             log.exception("scheduled nightly run failed")
             return None
+        if self.after_run is not None:
+            try:
+                self.after_run(result)
+            except Exception:
+                log.exception("work after the nightly run failed")
+        return result
 
     def scheduled(self) -> RunResult | None:
         """The scheduled job body: today's snapshot in the configured zone."""

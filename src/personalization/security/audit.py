@@ -67,6 +67,12 @@ def _log_line(audit_id: int, actor: str, action: str, subject: str | None, targe
     )
 
 
+def log_line(audit_id: int | None, actor: str, action: str, subject_hash: str | None, target: str | None,
+             outcome: str, details: dict[str, Any]) -> None:
+    """The structured log line of an audit row another component wrote (the erase outbox's completion)."""
+    _log_line(audit_id if audit_id is not None else 0, actor, action, subject_hash, target, outcome, details)
+
+
 async def record_in(
     tx: AuditWriter,
     *,

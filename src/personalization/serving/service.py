@@ -1,5 +1,8 @@
 """The read path's use cases: preferences, login pre-warm, recent content, reranking.
 
+(Just over 500 lines, on purpose: these use cases share one degradation guard, one reader-state
+read and one cache; split apart, each would take the same half-dozen collaborators.)
+
 Reranking (``POST /v1/users/{user_id}/rerank``):
 
 1. The session's recent content (``session:{session_id}:recent_content``) is removed
@@ -104,6 +107,26 @@ class RerankResult:
             "items": self.items,
             "excluded": self.excluded,
         }
+
+
+@dataclass(frozen=True)
+class ReaderState:
+    """What the read path knows of a reader for one request (see :meth:`ServingService.reader_state`).
+
+    ``embedding`` is set only when personalization is permitted (privacy level and flag)
+    and a usable user embedding exists; ``reason`` says why not otherwise.
+    """
+
+    preferences: Preferences
+    flag: FlagResult
+    reason: Reason
+    embedding: emb.Vector | None
+    recent: list[str]
+
+    @property
+    def personalize(self) -> bool:
+        """The privacy level and the ``personalization`` flag both permit personalization."""
+        return self.reason not in ("privacy", "flag_off")
 
 
 @dataclass(frozen=True)
@@ -234,16 +257,22 @@ class ServingService:
                 self.guard.trip("preferences_fill", exc)
         return prefs
 
-    async def invalidate(self, user_id: uuid.UUID) -> None:
-        """After a committed profile or trait write: new generation, snapshot dropped (queued while degraded)."""
+    async def invalidate(self, user_id: uuid.UUID) -> bool:
+        """After a committed profile or trait write: new generation, snapshot dropped; True when Redis took it.
+
+        False while degraded: the invalidation is queued here (replayed before the breaker
+        closes) and stays in the durable outbox for the replay of any process.
+        """
         if not self.guard.up:
             self.guard.defer_invalidation(user_id)
-            return
+            return False
         try:
             await self.cache.invalidate(user_id)
         except CacheUnavailable as exc:
             self.guard.trip("invalidate", exc)
             self.guard.defer_invalidation(user_id)
+            return False
+        return True
 
     # ---- login pre-warm --------------------------------------------------------
     async def login(self, user_id: uuid.UUID) -> LoginResult:
@@ -282,6 +311,10 @@ class ServingService:
             except CacheUnavailable as exc:
                 self.guard.trip("login", exc)
         return LoginResult(prefs, flag, mode == "set", warmed)
+
+    async def durable_embedding(self, user_id: uuid.UUID) -> emb.Vector | None:
+        """The online learner's durable copy of the user's embedding (unit length), or None."""
+        return await self._durable_embedding(user_id)
 
     async def _durable_embedding(self, user_id: uuid.UUID) -> emb.Vector | None:
         found = await self.store.user_embedding(user_id)
@@ -333,13 +366,17 @@ class ServingService:
         if errors:
             raise InvalidInput(errors, 422)
 
-    async def rerank(self, user_id: uuid.UUID, body: RerankIn) -> RerankResult:
-        """Order candidates for a user and session (see the module docstring for the rules)."""
-        self._check_candidates(body)
+    async def reader_state(self, user_id: uuid.UUID, session_id: uuid.UUID | None) -> ReaderState:
+        """Preferences, the ``personalization`` flag, the user embedding and the session's recent content.
+
+        One Redis round trip (PostgreSQL when Redis is unavailable); the flag goes through
+        :class:`FlagService` so its hooks see every evaluation.  NotFound for an unknown user.
+        """
         state: RerankState | None = None
+        session = session_id if session_id is not None else keys.ANONYMOUS_USER
         if self.guard.up:
             try:
-                state = await self.cache.rerank_state(user_id, body.session_id, PERSONALIZATION)
+                state = await self.cache.rerank_state(user_id, session, PERSONALIZATION)
             except CacheUnavailable as exc:
                 self.guard.trip("rerank", exc)
         else:
@@ -347,17 +384,12 @@ class ServingService:
         if state is not None:
             self._content.sync(state.content_version)
             prefs = self._cached_prefs(state.preferences) or await self._load_preferences(user_id)
-            recent = state.recent
+            recent = state.recent if session_id is not None else []
         else:
             self._content.sync(None)
             prefs = await self._load_preferences(user_id, use_cache=False)
-            recent = await self._recent_from_db(body.session_id)
+            recent = await self._recent_from_db(session_id) if session_id is not None else []
         flag = await self.flags.resolve(PERSONALIZATION, user_id, state.flag if state else None, prefs)
-
-        recent_set = set(recent)
-        kept = [c for c in body.candidates if c.content_id not in recent_set]
-        excluded = [c.content_id for c in body.candidates if c.content_id in recent_set]
-
         reason: Reason
         user_vec: emb.Vector | None = None
         if not policy_for(prefs.privacy_level).personalize:
@@ -366,14 +398,23 @@ class ServingService:
             reason = "flag_off"
         else:
             user_vec, reason = await self._user_vector(user_id, state)
+        return ReaderState(prefs, flag, reason, user_vec, recent)
+
+    async def rerank(self, user_id: uuid.UUID, body: RerankIn) -> RerankResult:
+        """Order candidates for a user and session (see the module docstring for the rules)."""
+        self._check_candidates(body)
+        reader = await self.reader_state(user_id, body.session_id)
+        recent_set = set(reader.recent)
+        kept = [c for c in body.candidates if c.content_id not in recent_set]
+        excluded = [c.content_id for c in body.candidates if c.content_id in recent_set]
         vectors = await self._content_vectors([c.content_id for c in kept])
-        if user_vec is not None:
-            items = self._personalized(kept, vectors, user_vec)
+        if reader.embedding is not None:
+            items = self._personalized(kept, vectors, reader.embedding)
             variant: Variant = "personalized"
         else:
             items = await self._non_personalized(kept, vectors)
             variant = "non_personalized"
-        return RerankResult(user_id, body.session_id, variant, reason, flag, items, excluded)
+        return RerankResult(user_id, body.session_id, variant, reader.reason, reader.flag, items, excluded)
 
     @staticmethod
     def _cached_prefs(raw: dict[bytes, bytes]) -> Preferences | None:

@@ -1,7 +1,8 @@
 """PostgreSQL side of the data-rights use cases: one user's erase and export.
 
 The erase runs in one transaction that the use case holds open (it deletes the user's
-Redis keys before the commit, so a Redis failure rolls everything back): :meth:`DataRightsStore.erasing`
+Redis keys before the commit, so a Redis failure rolls everything back, and records what
+is left for the erasure worker in the outbox of ``store/erasures.py``): :meth:`DataRightsStore.erasing`
 yields an :class:`EraseTransaction` whose steps the use case calls in its order.  The
 export reads in one REPEATABLE READ, READ ONLY transaction (:meth:`DataRightsStore.exporting`),
 so every part of the document is the same snapshot; the events come from a server-side
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from personalization.store.db import Database, wrap_exceptions
+from personalization.store.erasures import Part, PartState, flag_names_in, record_erasure_in
 from personalization.store.nightly import erase_user_features
 from personalization.store.queries import q
 from personalization.store.security import insert_audit_in
@@ -111,6 +113,24 @@ class EraseTransaction:
         """Delete the profile row."""
         return await self._delete("delete_user_profile")
 
+    async def flag_names(self) -> list[str]:
+        """Every flag name (the user's cached flag results are named with them)."""
+        return await flag_names_in(self._conn)
+
+    async def in_rollups(self) -> bool:
+        """True when ``user_signal_rollups`` holds the user (only a refresh can change that)."""
+        async with self._conn.cursor() as cur:
+            await cur.execute(q("user_in_rollups", _SQL), self._params)
+            row = await cur.fetchone()
+            return bool(row and row[0])
+
+    async def record_erasure(self, *, erasure_id: uuid.UUID, subject_hash: str, redis_keys: Sequence[str],
+                             actor: str, audit_id: int | None, parts: dict[Part, PartState]) -> None:
+        """The erasure and its parts in the outbox, in this transaction (see ``store/erasures.py``)."""
+        await record_erasure_in(self._conn, erasure_id=erasure_id, subject_hash=subject_hash,
+                                subject_id=self.user_id, redis_keys=redis_keys, actor=actor, audit_id=audit_id,
+                                parts=parts)
+
     async def insert_audit(self, row: dict[str, Any]) -> int:
         """The audit row, in this transaction (see :func:`personalization.security.audit.record_in`)."""
         return await insert_audit_in(self._conn, row)
@@ -149,6 +169,10 @@ class ExportSnapshot:
     async def rollups(self) -> list[dict[str, Any]]:
         """The user's ``user_signal_rollups`` rows."""
         return await self._all("export_rollups")
+
+    async def flag_names(self) -> list[str]:
+        """Every flag name (the user's cached flag results are named with them)."""
+        return await flag_names_in(self._conn)
 
     async def other_tables(self) -> dict[str, list[dict[str, Any]]]:
         """The rows of every other table with a ``user_id`` column, by ``schema.table``."""
@@ -190,14 +214,3 @@ class DataRightsStore:
     async def profile_exists(self, user_id: uuid.UUID) -> bool:
         """True when the user has a profile."""
         return await self.db.fetch_one(q("export_profile", _SQL), {"user_id": user_id}) is not None
-
-    async def user_in_rollups(self, user_id: uuid.UUID) -> bool:
-        """True when ``user_signal_rollups`` still holds rows of the user."""
-        row = await self.db.fetch_one(q("user_in_rollups", _SQL), {"user_id": user_id})
-        return bool(row and row["present"])
-
-    async def refresh_rollups(self) -> None:
-        """Refresh ``user_signal_rollups`` concurrently (readers keep the old contents meanwhile)."""
-        async with self.db.connection() as conn:
-            with wrap_exceptions():
-                await conn.execute(q("refresh_rollups", _SQL))

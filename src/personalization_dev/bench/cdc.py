@@ -198,6 +198,8 @@ def _rss_mb(pid: int) -> float | None:
     return None
 
 
+# Long on purpose (~80 lines): the benchmark's phases in order (start-up, steady rate, burst)
+# around one relay process; splitting it would scatter the relay's lifetime.
 def run_cdc_bench(
     settings: Settings,
     *,

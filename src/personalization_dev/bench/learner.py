@@ -159,6 +159,8 @@ def _drain(
             p.close()
 
 
+# Long on purpose (~90 lines): relay, learner and inserter are started, paced and torn down together;
+# the phases share their processes and clocks, so one function keeps the start/stop pairing visible.
 def _freshness(
     url: str,
     bootstrap: str,
@@ -260,6 +262,8 @@ _INSERT = (
 )
 
 
+# Long on purpose (~85 lines): the benchmark's phases in order (baseline, one and two consumers,
+# freshness), each measured against the baseline of the same run.
 def run_learner_bench(
     settings: Settings,
     *,

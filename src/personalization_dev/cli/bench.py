@@ -130,17 +130,23 @@ def bench_nightly(
 
 @bench_app.command("erase")
 def bench_erase(
-    events: int = typer.Option(1_000_000, "--events", min=10_000, help="events in the database"),
-    users: int = typer.Option(5000, min=10),
-    user_events: int = typer.Option(10_000, "--user-events", min=1, help="events of each erased user"),
-    victims: int = typer.Option(3, min=1, help="users erased (median reported)"),
+    events: int = typer.Option(6_000_000, "--events", min=10_000, help="events in the database"),
+    users: int = typer.Option(200_000, min=100),
+    user_events: int = typer.Option(1000, "--user-events", min=1, help="events of each erased user"),
+    sessions: int = typer.Option(50, min=1, help="sessions of each erased user"),
+    sequential: int = typer.Option(20, min=1, help="erase requests one after another (p50/p99)"),
+    concurrent: int = typer.Option(20, min=1, help="erase requests started at once"),
+    redis_keys: int = typer.Option(2_000_000, "--redis-keys", min=0, help="keys in Redis (filler + the victims')"),
+    timeout_s: float = typer.Option(300.0, "--timeout-s", min=1, help="longest wait for the last completion"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
 ) -> None:
-    """Erase one user with 10000 events among 1000000 (erase_s) against bare SQL deletes and a bare refresh."""
+    """Erase requests (p99, 20 at once, time to completion) at 6M events and 2M keys, against bare SQL."""
     from personalization_dev.bench.erase import run_erase_bench
 
     _bench(
-        lambda: run_erase_bench(get_settings(), users=users, events=events, user_events=user_events, victims=victims),
+        lambda: run_erase_bench(get_settings(), users=users, events=events, user_events=user_events,
+                                sessions=sessions, sequential=sequential, concurrent=concurrent,
+                                redis_keys=redis_keys, timeout_s=timeout_s),
         json_out,
     )
 
@@ -200,3 +206,39 @@ def bench_experiments(
         ),
         json_out,
     )
+
+
+@bench_app.command("recommend")
+def bench_recommend(
+    items: int = typer.Option(100_000, min=100, help="catalogue passages (50-chapter books)"),
+    readers: int = typer.Option(100_000, min=10),
+    events_per_reader: int = typer.Option(20, min=4),
+    requests: int = typer.Option(3000, min=100, help="in-process requests measured"),
+    rate: float = typer.Option(300.0, min=1, help="offered HTTP requests per second"),
+    duration: float = typer.Option(10.0, min=1, help="seconds of the HTTP run"),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """Recommendation latency in process (HNSW vs exact in the same run, Redis down) and over HTTP."""
+    from rich.console import Console
+
+    from personalization_dev.bench.recommend import run_recommend_bench
+
+    settings = get_settings()
+    console = Console(stderr=True)
+    with console.status("starting", spinner="dots") as status:
+        _bench(lambda: run_recommend_bench(settings, items=items, readers=readers, events_per_reader=events_per_reader,
+                                           requests=requests, rate=rate, duration_s=duration,
+                                           on_step=lambda s: status.update(s)), json_out)
+
+
+@bench_app.command("ann")
+def bench_ann(
+    n: int = typer.Option(100_000, min=1000, help="vectors"),
+    dim: int = typer.Option(384, min=2),
+    queries: int = typer.Option(500, min=10),
+    json_out: bool = typer.Option(False, "--json", help="print one JSON line"),
+) -> None:
+    """usearch vs faiss-cpu vs hnswlib (build, memory, recall@10 vs exact, latency); exact search as baseline."""
+    from personalization_dev.bench.recommend import run_ann_bench
+
+    _bench(lambda: run_ann_bench(n, dim, queries), json_out)

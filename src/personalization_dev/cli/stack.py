@@ -102,6 +102,8 @@ def _raise_stop(signum: int, _frame: FrameType | None) -> None:
     raise _StopRequested(signal.Signals(signum).name)
 
 
+# Long on purpose (~105 lines): a foreground command's whole lifetime (options, progress, signal
+# handling, exports, wait, ordered stop) reads best top to bottom in one place.
 @app.command("up")
 def up(
     root: Path = ROOT_OPTION,

@@ -241,11 +241,15 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
     topic = names.events_topic(prefix)
     children: list[CliChild] = []
     figures: dict[str, Any] = {"users": opts.users, "days": opts.days, "embedding_dim": dim}
+    demo_key_id: str | None = None
     try:
         # 1. Schema and an API key for the demo's own client.
         _run_cli(env, "db", "upgrade")
-        key = json.loads(_run_cli(env, "keys", "create", "--name", f"demo-{uuid.uuid4().hex[:6]}", "--scopes",
-                                  "ingest,profile:write,read,admin", "--json"))["key"]
+        created = json.loads(_run_cli(env, "keys", "create", "--name", f"demo-{uuid.uuid4().hex[:6]}", "--scopes",
+                                      "ingest,profile:write,read,admin", "--json"))
+        key = created["key"]
+        # The key can do everything (admin): it is revoked when the demo ends, however it ends.
+        demo_key_id = created["key_id"]
 
         # 2. The pipeline: CDC relay, learner, API server.  They start (the relay's JVM takes
         # seconds) while this process builds and imports the catalogue; no event is sent
@@ -285,7 +289,9 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
         probe.start()
 
         # 4. Population and behaviour.
-        world = make_world(passages, opts.users, seed=opts.seed)
+        # Fresh reader ids per run (behaviour stays seeded): a second run on the same database
+        # makes new readers instead of piling onto (or colliding with) the last run's ones.
+        world = make_world(passages, opts.users, seed=opts.seed, fresh_ids=True)
         events = simulate_events(world, opts.days, seed=opts.seed + 1)
         figures["translations_read"] = _translation_figures(world, events)
         headers = {"authorization": f"Bearer {key}"}
@@ -333,6 +339,9 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
     finally:
         for c in reversed(children):
             c.close()
+        if demo_key_id is not None:
+            _run_cli(env, "keys", "revoke", demo_key_id)
+            figures["admin_key_revoked"] = demo_key_id
     figures["total_s"] = round(time.perf_counter() - t_start, 1)
     return figures
 

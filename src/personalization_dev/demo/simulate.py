@@ -73,8 +73,9 @@ class World:
         return f"{translation}:{self.passages[passage].passage_id}"
 
 
-def make_world(passages: list[Passage], n_users: int, seed: int = 42) -> World:
-    """A population of ``n_users`` readers over ``passages`` (deterministic for ``seed``)."""
+def make_world(passages: list[Passage], n_users: int, seed: int = 42, *, fresh_ids: bool = False) -> World:
+    """A population of ``n_users`` readers over ``passages`` (deterministic for ``seed``; ``fresh_ids``
+    gives the readers random ids, the rest stays seeded)."""
     rng = np.random.default_rng(seed)
     translations = list(passages[0].texts)
     by_topic: dict[str, list[int]] = {t: [] for t in TOPICS}
@@ -96,7 +97,8 @@ def make_world(passages: list[Passage], n_users: int, seed: int = 42) -> World:
     p_levels = np.array([p for _, p in PRIVACY])
     p_preferred = np.array([p for _, p in PREFERRED])
     for _ in range(n_users):
-        uid = uuid.UUID(bytes=rng.bytes(16), version=4)
+        seeded = uuid.UUID(bytes=rng.bytes(16), version=4)  # drawn either way: the stream stays the same
+        uid = uuid.uuid4() if fresh_ids else seeded
         aff = rng.dirichlet(np.full(len(topic_names), 0.35))
         level = PRIVACY[int(rng.choice(len(PRIVACY), p=p_levels))][0]
         profile = {

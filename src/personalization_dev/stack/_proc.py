@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from personalization_dev import parentdeath
+from personalization.platform import parentdeath
 from personalization_dev.stack.errors import StackError
 
 # One logger for the whole package, so a handler on it sees every stack event.

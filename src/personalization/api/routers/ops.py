@@ -1,4 +1,6 @@
-"""Operations routes: ``/healthz``, ``/healthz/serving`` and ``/metrics`` (open, no API key)."""
+"""Operations routes, open (no API key): ``/healthz``, ``/healthz/serving``, ``/healthz/recommendations`` and
+``/metrics``.
+"""
 
 from __future__ import annotations
 
@@ -39,3 +41,9 @@ async def metrics_endpoint() -> Response:
 async def serving_health(request: Request) -> JSONBody:
     """Read-path health: ``degraded`` while Redis is unavailable and reads come from PostgreSQL."""
     return JSONBody(platform(request).serving.health())
+
+
+@router.get("/healthz/recommendations")
+async def recommendations_health(request: Request) -> JSONBody:
+    """What this process serves with: catalogue size, index kind and memory, model versions."""
+    return JSONBody(platform(request).recommender.status())

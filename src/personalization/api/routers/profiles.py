@@ -38,11 +38,14 @@ async def patch_user(user_id: uuid.UUID, body: ProfilePatch, request: Request) -
     return await platform(request).profiles.patch(user_id, body)
 
 
-@router.delete("/v1/users/{user_id}", status_code=204, tags=["profiles"])
+@router.delete("/v1/users/{user_id}", status_code=204, tags=["profiles"],
+               responses={200: {"description": "erase=true: erased everywhere (the erase report)"},
+                          202: {"description": "erase=true: erased in PostgreSQL and Redis; rollups or Kafka "
+                                               "tombstones pending (the report, Location: /v1/erasures/{id})"}})
 async def delete_user(
     user_id: uuid.UUID,
     request: Request,
-    erase: bool = Query(False, description="erase the user everywhere (admin scope); 200 with counts"),
+    erase: bool = Query(False, description="erase the user everywhere (admin); 200, or 202 while parts are pending"),
     principal: Principal = require(None),
 ) -> Response:
     """Delete the profile (``profile:write``), or with ``erase=true`` erase the user everywhere (``admin``)."""

@@ -87,9 +87,6 @@ DELETE FROM user_profile WHERE user_id = %(user_id)s;
 -- name: user_in_rollups
 SELECT EXISTS (SELECT 1 FROM user_signal_rollups WHERE user_id = %(user_id)s) AS present;
 
--- name: refresh_rollups
-REFRESH MATERIALIZED VIEW CONCURRENTLY user_signal_rollups;
-
 -- name: export_profile
 SELECT user_id, created_at, updated_at, denomination, spiritual_goal, preferred_translation,
        timezone, privacy_level

@@ -1,8 +1,11 @@
 """Children that die with their parent: the Linux parent-death signal, armed safely.
 
-Every child process of the project (local stack servers, the Kafka broker, the CDC
-relay, the learner and the demo's API) is started with :func:`preexec`, so a
-``kill -9`` of the parent never leaves orphans.
+Every child process of the project (the supervisor's components under ``personalization
+up``, the API server's worker processes, and in the development tooling the local stack
+servers, the Kafka broker, the relay and learner of tests and the demo) is started with
+:func:`preexec` or arms itself with :func:`arm_current`, so a ``kill -9`` of the parent
+never leaves orphans.  This is the project's one implementation; the development
+tooling uses it too.
 """
 
 from __future__ import annotations
@@ -49,3 +52,20 @@ def preexec(sig: int, *, required: bool = True) -> Callable[[], None]:
             os._exit(126)
 
     return _arm
+
+
+def arm_current(sig: int, expected_parent: int | None = None) -> bool:
+    """Arm ``sig`` as the parent-death signal of the running process itself.
+
+    For a process that its parent started without :func:`preexec` (the API server's
+    worker processes, which uvicorn starts through multiprocessing).  Returns False where
+    the signal cannot be armed (not Linux).  When the parent is already gone (the parent
+    pid is no longer ``expected_parent``, or the process was re-parented to init), the
+    signal will never come, so the process sends it to itself.
+    """
+    if PRCTL is None or PRCTL(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        return False
+    parent = os.getppid()
+    if (expected_parent is not None and parent != expected_parent) or parent == 1:
+        os.kill(os.getpid(), sig)
+    return True
