@@ -21,7 +21,7 @@ def demo(
     eval_users: int = typer.Option(300, min=1, help="readers whose recommendations are evaluated"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON line with the report's figures"),
 ) -> None:
-    """Run the whole system end to end on the KJV and a simulated population, then report."""
+    """Run the whole system end to end on the Bible (KJV, ASV, WEB) and a simulated population, then report."""
     from personalization import logging_setup
     from personalization_dev.demo.errors import DemoError
     from personalization_dev.demo.report import print_report
@@ -46,5 +46,11 @@ def demo(
         fail(
             f"check failed: personalized hit rate {figures['personalized_hit_rate']} is not above popularity's "
             f"{figures['popularity_hit_rate']}",
+            ExitCode.FAILED,
+        )
+    if "recommender_hit_rate" in figures and figures["recommender_hit_rate"] <= figures["popularity_hit_rate"]:
+        fail(
+            f"check failed: the recommender's hit rate {figures['recommender_hit_rate']} is not above "
+            f"popularity's {figures['popularity_hit_rate']}",
             ExitCode.FAILED,
         )

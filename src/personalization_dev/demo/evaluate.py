@@ -8,6 +8,12 @@ passage.  Passages the reader's latest session showed, in any translation, are l
 out, and the rerank leaves out the session's recent items as the specification says.
 A hit is a recommended passage in the reader's currently favoured topics; the
 baseline is the popularity order of the same candidates.
+
+With the platform's recommender installed, each reader's own list
+(``GET /v1/users/{id}/recommendations``) is scored the same way.  Then every reader acts
+on the list the app serves them (the recommender's, else rerank's) with the simulation's
+behaviour model (:func:`~personalization_dev.demo.simulate.respond`), through
+``POST /v1/events``: the experiment's arms differ only in the lists they were served.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import numpy as np
 import psycopg
 from rich.progress import Progress
 
+from personalization_dev.demo import recommender
 from personalization_dev.demo.bible import Chapter
 from personalization_dev.demo.errors import DemoError
-from personalization_dev.demo.simulate import Reader, World, relevant
+from personalization_dev.demo.simulate import Reader, World, relevant, respond
 
 
 def _catalog(
@@ -63,8 +70,11 @@ def reader_translation(reader: Reader, translations: Sequence[str], most_used: d
 
 async def evaluate(base: str, headers: dict[str, str], limits: httpx.Limits, world: World,
                    chapters: list[Chapter], database_url: str, sessions: dict[str, tuple[str, set[str]]],
-                   n_candidates: int, top_k: int, eval_users: int, progress: Progress) -> dict[str, Any]:
-    """Log readers in, rerank their candidates and compare the hit rate with popularity's."""
+                   n_candidates: int, top_k: int, eval_users: int, progress: Progress,
+                   with_recommender: bool = False, seed: int = 44) -> dict[str, Any]:
+    """Log readers in, rerank their candidates (and fetch their recommendations), compare the
+    hit rates with popularity's, and send what the readers do with the lists they were served."""
+    rng = np.random.default_rng(seed)
     items = {c.content_id: c for c in chapters}
     with psycopg.connect(database_url) as conn:
         popular, by_passage = _catalog(conn, n_candidates)
@@ -80,6 +90,8 @@ async def evaluate(base: str, headers: dict[str, str], limits: httpx.Limits, wor
     t = progress.add_task("recommendations: login + rerank", total=len(sample))
     hits_p: list[float] = []
     hits_pop: list[float] = []
+    hits_rec: list[float] = []
+    reactions: list[dict[str, Any]] = []
     variants: dict[str, int] = {}
     samples: list[dict[str, Any]] = []
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as client:
@@ -108,21 +120,47 @@ async def evaluate(base: str, headers: dict[str, str], limits: httpx.Limits, wor
             # Popularity, with the same exclusions, is the baseline for every reader.
             pop_top = [str(c["content_id"]) for c in candidates if c["content_id"] not in excluded][:top_k]
             hits_pop.append(_hits(pop_top, items, truth) / top_k)
+            served, rec = ranked, None
+            if with_recommender:
+                rec = await recommender.recommendations(client, str(reader.user_id), top_k)
+                served = [str(it["content_id"]) for it in rec.get("items") or []]
+                if rec.get("variant") == "personalized":
+                    hits_rec.append(_hits(served, items, truth) / top_k)
             if variant == "personalized":
                 hits_p.append(_hits(ranked, items, truth) / top_k)
                 if len(samples) < 3:
-                    samples.append(_sample_report(reader, world, translation, ranked, items, scores, body))
+                    samples.append(_sample_report(reader, world, translation, ranked, items, scores, body, rec))
+            reactions.extend(respond(world, reader, served, rng))
             progress.advance(t)
+        stored = await _send_reactions(client, reactions)
     p = statistics.fmean(hits_p) if hits_p else 0.0
     q = statistics.fmean(hits_pop) if hits_pop else 0.0
-    return {
+    out: dict[str, Any] = {
         "evaluated_users": len(sample),
         "variants": variants,
         "personalized_hit_rate": round(p, 4),
         "popularity_hit_rate": round(q, 4),
         "lift": round(p / q, 2) if q else None,
+        "served_list": "recommendations" if with_recommender else "rerank",
+        "reaction_events": len(reactions),
+        "reaction_events_stored": stored,
         "samples": samples,
     }
+    if with_recommender:
+        h = statistics.fmean(hits_rec) if hits_rec else 0.0
+        out.update(recommender_hit_rate=round(h, 4), recommender_lift=round(h / q, 2) if q else None)
+    return out
+
+
+async def _send_reactions(client: httpx.AsyncClient, events: list[dict[str, Any]], batch: int = 500) -> int:
+    """The readers' reactions through ``POST /v1/events``; the number stored (committed on return)."""
+    stored = 0
+    for i in range(0, len(events), batch):
+        r = await client.post("/v1/events", json={"events": events[i : i + batch]})
+        if r.status_code >= 400:
+            raise DemoError(f"POST /v1/events (reactions) -> HTTP {r.status_code}: {r.text[:300]}")
+        stored += int(r.json()["accepted"])
+    return stored
 
 
 def _hits(ranked: Sequence[str], items: dict[str, Chapter], truth: set[str]) -> int:
@@ -135,7 +173,8 @@ def _ranked_ids(body: dict[str, Any]) -> list[str]:
 
 
 def _sample_report(reader: Reader, world: World, translation: str, ranked: list[str], items: dict[str, Chapter],
-                   scores: list[tuple[Any, ...]], rerank_body: dict[str, Any]) -> dict[str, Any]:
+                   scores: list[tuple[Any, ...]], rerank_body: dict[str, Any],
+                   rec: dict[str, Any] | None) -> dict[str, Any]:
     mine = sorted((s for s in scores if s[0] == reader.user_id), key=lambda s: -abs(float(s[3])))[:3]
     order = np.argsort(-reader.affinity)[:2]
     return {
@@ -154,4 +193,11 @@ def _sample_report(reader: Reader, world: World, translation: str, ranked: list[
              "opening": " ".join(items[cid].text.split()[:8]) + "..." if cid in items else ""}
             for cid in ranked[:5]
         ],
+        "platform_recommendations": None if rec is None else {
+            "variant": rec.get("variant"),
+            "items": [{"content_id": str(it["content_id"]),
+                       "title": items[str(it["content_id"])].title if str(it["content_id"]) in items else None,
+                       "reasons": list(it.get("reasons") or [])}
+                      for it in (rec.get("items") or [])[:5]],
+        },
     }

@@ -4,8 +4,9 @@ Services: the configured ``PERSONALIZATION_*`` URLs or, when none is set, an emb
 local stack started for the run.  Processes: the HTTP API (uvicorn), the Debezium
 relay (``cdc run``) and the online learner (``learner run``) run as child processes
 that die with this one; the nightly job runs at the end.  The report compares the
-reranked recommendations with a popularity ranking against the simulated readers'
-current topic affinities.
+reranked recommendations (and the platform's own, where it has a recommender) with a
+popularity ranking against the simulated readers' current topic affinities, and reads
+the ``personalization`` rollout out as an experiment (:mod:`.experiment`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -35,9 +35,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from personalization.kafka import names
 from personalization.kafka.topics import ensure_topics
 from personalization_dev.childproc import CliChild
+from personalization_dev.demo import experiment, recommender
 from personalization_dev.demo.bible import Chapter, Passage, embed_chapters, items_of, load_passages
 from personalization_dev.demo.errors import DemoError
 from personalization_dev.demo.evaluate import evaluate
+from personalization_dev.demo.freshness import FreshnessProbe
 from personalization_dev.demo.simulate import World, make_world, simulate_events
 
 
@@ -88,72 +90,6 @@ def _run_cli(env: dict[str, str], *args: str, timeout: float = 600) -> str:
     if r.returncode != 0:
         raise DemoError(f"personalization {' '.join(args)} failed: {(r.stderr or r.stdout).strip()[-800:]}")
     return r.stdout
-
-
-class FreshnessProbe:
-    """An independent consumer of the CDC topic: commit-to-consume latency of every insert."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        from confluent_kafka import Consumer
-
-        self.topic = topic
-        self.latencies_ms: list[tuple[float, float]] = []  # (commit ts, latency)
-        self.inserts = 0
-        self._stop = threading.Event()
-        self.assigned = threading.Event()
-        # The consumer is not thread-safe: it is created here and then used only by
-        # the probe's own thread (and closed there).
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap,
-            "group.id": f"demo-probe-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "session.timeout.ms": 6000,
-        })
-        self._thread = threading.Thread(target=self._loop, name="freshness-probe", daemon=True)
-
-    def start(self, timeout: float = 60) -> None:
-        """Subscribe and wait until the group has assigned partitions, so no latency is a join delay."""
-
-        def on_assign(consumer: Any, partitions: Any) -> None:
-            self.assigned.set()
-
-        self._consumer.subscribe([self.topic], on_assign=on_assign)
-        self._thread.start()
-        if not self.assigned.wait(timeout):
-            raise DemoError(f"the freshness probe got no partitions of {self.topic} within {timeout:.0f} s")
-
-    def _loop(self) -> None:
-        try:
-            while not self._stop.is_set():
-                for msg in self._consumer.consume(500, 0.2):
-                    value = msg.value()
-                    if msg.error() or value is None:
-                        continue
-                    now_ms = time.time() * 1000
-                    try:
-                        env = json.loads(value)
-                    except ValueError:
-                        continue
-                    if env.get("op") != "c":
-                        continue
-                    self.inserts += 1
-                    ts = (env.get("source") or {}).get("ts_ms")
-                    if isinstance(ts, int | float):
-                        self.latencies_ms.append((ts, now_ms - ts))
-        finally:
-            self._consumer.close()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(15)
-
-    def percentile(self, p: float, since_ms: float = 0.0) -> float:
-        """Latency percentile of the inserts committed at or after ``since_ms`` (epoch ms)."""
-        xs = [lat for ts, lat in self.latencies_ms if ts >= since_ms]
-        if not xs:
-            return float("nan")
-        return float(np.percentile(xs, p))
 
 
 async def _send_all(client: httpx.AsyncClient, method: str, jobs: list[tuple[str, Any]], concurrency: int,
@@ -360,12 +296,7 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
         figures["translations_read"] = _translation_figures(world, events)
         headers = {"authorization": f"Bearer {key}"}
         limits = httpx.Limits(max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency)
-        # The spec's rollout flag of personalization itself: 90 % of readers get the
-        # personalized order, the rest the popularity order (the rollout is the experiment).
-        flag = httpx.put(f"{base}/v1/flags/personalization", headers=headers, timeout=30,
-                         json={"enabled": True, "rollout_percent": 90, "description": "demo rollout"})
-        if flag.status_code >= 400:
-            raise DemoError(f"setting the personalization flag failed: HTTP {flag.status_code} {flag.text[:200]}")
+        experiment.set_up(base, headers)
         ingest = asyncio.run(_populate(base, headers, limits, world, events, opts, progress, probe))
         figures.update(ingest)
 
@@ -380,19 +311,31 @@ def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress:
         figures["cdc_backfill_p99_ms"] = round(probe.percentile(99), 1)
         del figures["live_from_ms"]
 
-        # 6. Nightly job.
+        # 6. Nightly job (it trains the recommender too, when the platform has one).
         t = progress.add_task("nightly job", total=1)
+        with_recommender = recommender.installed(base, headers)
+        models_before = recommender.model_versions(base) if with_recommender else None
         t0 = time.perf_counter()
         _run_cli(env, "jobs", "nightly")
         figures["nightly_s"] = round(time.perf_counter() - t0, 2)
+        if with_recommender:
+            recommender.wait_for_models(base, headers, str(world.readers[0].user_id), models_before)
         progress.advance(t)
 
-        # 7. Logins, recommendations and the evaluation.
+        # 7. Logins, recommendations, the evaluation and the readers acting on their lists.
         evaluation = asyncio.run(
             evaluate(base, headers, limits, world, chapters, database_url, _session_passages(events),
-                     opts.candidates, opts.top_k, opts.eval_users, progress)
+                     opts.candidates, opts.top_k, opts.eval_users, progress, with_recommender, opts.seed + 2)
         )
         figures.update(evaluation)
+
+        # 8. The experiment's readout and the recommender's offline evaluation.
+        t = progress.add_task("readout and offline evaluation", total=1)
+        figures["experiment"] = experiment.readout(base, headers)
+        figures["recommender"] = (
+            recommender.evaluation(lambda *a: _run_cli(env, *a), opts.top_k) if with_recommender else None
+        )
+        progress.advance(t)
     finally:
         for c in reversed(children):
             c.close()
@@ -446,6 +389,11 @@ async def _populate(base: str, headers: dict[str, str], limits: httpx.Limits, wo
             progress.update(t, completed=probe.inserts)
             await asyncio.sleep(0.2)
         progress.update(t, completed=history_stored)
+        # Every reader opens the app before the live day: the login pre-warm evaluates the
+        # flag, which records their exposure; what they do from now on is the experiment's.
+        t = progress.add_task("exposures: readers log in", total=len(world.readers))
+        await experiment.expose(client, [str(r.user_id) for r in world.readers], opts.concurrency,
+                                lambda: progress.advance(t))
         t = progress.add_task(f"behaviour: live at {opts.live_rate}/s", total=len(live))
         live_from_ms = time.time() * 1000
         responses += await _send_paced(client, live, opts.live_rate, lambda n: progress.advance(t, n))
@@ -465,7 +413,11 @@ async def _populate(base: str, headers: dict[str, str], limits: httpx.Limits, wo
 
 async def _send_paced(client: httpx.AsyncClient, events: list[dict[str, Any]], rate: int,
                       advance: Callable[[int], None]) -> list[httpx.Response]:
-    """Send ``events`` at about ``rate`` events/s in small batches (20 per second)."""
+    """Send ``events`` at about ``rate`` events/s in small batches (20 per second), stamped when sent.
+
+    The live day is replayed as live traffic: its events occur now, after the readers'
+    exposures, so the experiment's metrics count them.
+    """
     per_tick = max(1, rate // 20)
     out: list[httpx.Response] = []
     start = time.perf_counter()
@@ -474,7 +426,10 @@ async def _send_paced(client: httpx.AsyncClient, events: list[dict[str, Any]], r
         delay = start + n / 20 - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        stamp = datetime.now(UTC).isoformat()
         chunk = events[i : i + per_tick]
+        for e in chunk:
+            e["occurred_at"] = stamp
         task = asyncio.create_task(client.post("/v1/events", json={"events": chunk}))
         size = len(chunk)
 

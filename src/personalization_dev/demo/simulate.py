@@ -33,6 +33,8 @@ PREFERRED = (("KJV", 0.40), ("WEB", 0.22), ("ASV", 0.10), ("NIV", 0.18), ("ESV",
 SWITCH_P = 0.15
 # How often a pick goes on with the book the reader is working through, when it is liked.
 CONTINUE_P = 0.35
+# How often a reader opens the first item of a list the app shows them (less further down).
+OPEN_P = 0.6
 TIMEZONES = ("America/New_York", "America/Chicago", "America/Los_Angeles", "Europe/London", "Africa/Lagos",
              "Asia/Manila", "America/Sao_Paulo", "Australia/Sydney")
 PRIVACY = (("standard", 0.88), ("limited", 0.08), ("private", 0.04))
@@ -180,38 +182,78 @@ def _session(world: World, r: Reader, aff: np.ndarray, t0: datetime, rng: np.ran
             others[int(rng.integers(len(others)))] if others and rng.random() < SWITCH_P else r.usual_translation
         )
         content_id = world.content_id(passage, translation)
-        liking = aff[topic_idx]
-        signals = [("view", 0.2)]
-        if explore and liking < 0.1 and rng.random() < 0.7:
-            signals.append(("skip", 0.5))
-        else:
+        signals = reaction(float(aff[topic_idx]), explore, rng)
+        if signals[-1][0] != "skip":
             r.reading = passage
-            if rng.random() < 0.4 + 0.5 * liking:
-                signals.append(("read", 0.6))
-                if rng.random() < 0.3 + 0.5 * liking:
-                    signals.append(("complete", 0.8))
-            if rng.random() < 0.25 * liking + 0.02:
-                signals.append(("bookmark", 1.0))
-            if rng.random() < 0.1 * liking + 0.01:
-                signals.append(("share", 1.0))
         for sig, w in signals:
             t += timedelta(seconds=float(rng.uniform(5, 240)))
-            ev: dict[str, Any] = {
-                # Fresh per run (not from the seeded generator): a second demo run on the same
-                # stack must not have its events dropped as replays of the first one's.
-                "client_event_id": str(uuid.uuid4()),
-                "user_id": str(r.user_id),
-                "session_id": session,
-                "content_id": content_id,
-                "content_type": "passage",
-                "signal_type": sig,
-                "signal_weight": w,
-                "occurred_at": t.isoformat(),
-            }
-            if sig in ("read", "complete"):
-                seconds = int(rng.integers(30, 900))
-                ev["metadata"] = {"seconds": seconds, "translation": translation}
-            out.append(ev)
+            out.append(_event(r, session, content_id, translation, sig, w, t, rng))
+    return out
+
+
+def reaction(liking: float, offered: bool, rng: np.random.Generator) -> list[tuple[str, float]]:
+    """The signals (type, weight) of a reader opening a passage whose topic they like ``liking``.
+
+    ``offered``: the passage was put in front of the reader (an exploration or a
+    recommendation) rather than picked by them; off-topic offers are mostly skipped.
+    """
+    signals = [("view", 0.2)]
+    if offered and liking < 0.1 and rng.random() < 0.7:
+        signals.append(("skip", 0.5))
+        return signals
+    if rng.random() < 0.4 + 0.5 * liking:
+        signals.append(("read", 0.6))
+        if rng.random() < 0.3 + 0.5 * liking:
+            signals.append(("complete", 0.8))
+    if rng.random() < 0.25 * liking + 0.02:
+        signals.append(("bookmark", 1.0))
+    if rng.random() < 0.1 * liking + 0.01:
+        signals.append(("share", 1.0))
+    return signals
+
+
+def _event(r: Reader, session: str, content_id: str, translation: str, sig: str, weight: float, t: datetime,
+           rng: np.random.Generator) -> dict[str, Any]:
+    ev: dict[str, Any] = {
+        # Fresh per run (not from the seeded generator): a second demo run on the same
+        # stack must not have its events dropped as replays of the first one's.
+        "client_event_id": str(uuid.uuid4()),
+        "user_id": str(r.user_id),
+        "session_id": session,
+        "content_id": content_id,
+        "content_type": "passage",
+        "signal_type": sig,
+        "signal_weight": weight,
+        "occurred_at": t.isoformat(),
+    }
+    if sig in ("read", "complete"):
+        ev["metadata"] = {"seconds": int(rng.integers(30, 900)), "translation": translation}
+    return ev
+
+
+def respond(world: World, r: Reader, shown: list[str], rng: np.random.Generator,
+            now: datetime | None = None) -> list[dict[str, Any]]:
+    """What reader ``r`` does with a list of content ids put in front of them, as events stamped now.
+
+    The same behaviour model as the simulated sessions, in both arms of the experiment:
+    the reader opens an item with a chance falling with its position, then reacts to it
+    by how much they like its topic now.  So an arm whose lists match the readers'
+    interests better earns more reads and bookmarks, and nothing else differs.
+    """
+    index = {p.passage_id: i for i, p in enumerate(world.passages)}
+    session = str(uuid.uuid4())
+    t = now or datetime.now(UTC)
+    out: list[dict[str, Any]] = []
+    for pos, content_id in enumerate(shown):
+        translation, _, passage_id = content_id.partition(":")
+        passage = index.get(passage_id)
+        if passage is None or rng.random() >= OPEN_P * 0.85**pos:
+            continue
+        liking = float(r.affinity[world.topic_names.index(world.passages[passage].topic)])
+        for sig, w in reaction(liking, True, rng):
+            # Milliseconds apart: after the exposure, and never ahead of the ingest's clock.
+            t += timedelta(milliseconds=1)
+            out.append(_event(r, session, content_id, translation, sig, w, t, rng))
     return out
 
 
