@@ -90,7 +90,8 @@ def test_bad_input_exits_2_with_one_line_and_starts_nothing(tmp_path: Path) -> N
     r = subprocess.run(cli("up", "--only", "api,bogus"), env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == [
-        "error: --only: unknown role 'bogus' (known: api, relay, learner, invalidator, scheduler, erasures, invalidations)"
+        "error: --only: unknown role 'bogus' "
+        "(known: api, relay, learner, invalidator, scheduler, erasures, invalidations)"
     ]
     assert r.stdout == ""
     assert not (data / "platform" / "state.json").exists()

@@ -223,6 +223,8 @@ def run_demo(opts: DemoOptions, console: Console, quiet: bool = False) -> dict[s
             return _run_with_services(opts, urls.as_env(), progress, console, t_start, quiet)
 
 
+# Long on purpose (~120 lines): the demo's steps in order around the children it starts (schema, key,
+# relay, learner, API, content, behaviour, nightly, readouts); the shared processes and timers stay visible.
 def _run_with_services(opts: DemoOptions, service_env: dict[str, str], progress: Progress, console: Console,
                        t_start: float, quiet: bool) -> dict[str, Any]:
     from personalization.config import Settings
