@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from personalization_dev.stack.state import read_state
-from personalization_dev.testing.waiting import WaitTimeout, wait_until
+from personalization_dev.testing.procs import alive, all_pids, cmdline, descendants
 
 
 def pids_of_stack(root: Path) -> set[int]:
@@ -28,59 +28,7 @@ def pids_of_stack(root: Path) -> set[int]:
         cmd = cmdline(pid)
         if kafka and cmd and "tansu" in cmd[0] and any(kafka in a for a in cmd):
             found.add(pid)
-    return found | descendants(found)
-
-
-def all_pids() -> list[int]:
-    """Pids of every live process."""
-    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def cmdline(pid: int) -> list[str]:
-    """argv of ``pid`` or [] if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [p.decode(errors="replace") for p in raw.split(b"\0") if p]
-
-
-def parent_of(pid: int) -> int | None:
-    """Parent pid, or None if gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(raw[raw.rfind(")") + 2 :].split()[1])
-
-
-def descendants(pids: set[int]) -> set[int]:
-    """All live descendants of ``pids``."""
-    out: set[int] = set()
-    frontier = set(pids)
-    while frontier:
-        children = {p for p in all_pids() if parent_of(p) in frontier}
-        children -= out
-        out |= children
-        frontier = children
-    return out
-
-
-def alive(pid: int) -> bool:
-    """True for a live, non-zombie process."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return raw[raw.rfind(")") + 2] not in "ZX"
-
-
-def wait_gone(pids: set[int], timeout_s: float = 20.0) -> set[int]:
-    """Wait until none of ``pids`` runs; returns those still alive at the deadline."""
-    with contextlib.suppress(WaitTimeout):  # the caller asserts on what is left, naming it
-        wait_until(lambda: not any(alive(p) for p in pids), timeout_s, f"processes {sorted(pids)} to end",
-                   interval_s=0.1)
-    return {p for p in pids if alive(p)}
+    return found | descendants(*found)
 
 
 def start_cli_up(root: Path, log: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], dict[str, str]]:

@@ -12,11 +12,12 @@ import psycopg
 import pytest
 import redis
 from confluent_kafka.admin import AdminClient
-from stack_helpers import kill_quietly, pids_of_stack, start_cli_up, wait_gone
+from stack_helpers import kill_quietly, pids_of_stack, start_cli_up
 from typer.testing import CliRunner
 
 from personalization_dev.cli.stack import app
 from personalization_dev.stack import LocalStack, StackConfig, running_owner
+from personalization_dev.testing.procs import wait_gone
 
 
 def _env() -> dict[str, str]:

@@ -17,10 +17,11 @@ import redis
 from confluent_kafka import Consumer, Message, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
-from stack_helpers import alive, pids_of_stack, wait_gone
+from stack_helpers import pids_of_stack
 
 from personalization_dev.stack import LocalStack, StackConfig, StackError, StackUrls, running_owner
 from personalization_dev.stack import redis as redis_mod
+from personalization_dev.testing.procs import alive, wait_gone
 from personalization_dev.testing.waiting import wait_until
 
 

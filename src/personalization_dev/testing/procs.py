@@ -1,16 +1,28 @@
-"""Process-tree inspection for tests of supervisors (``personalization up``): who runs, who is gone."""
+"""Process-tree inspection for tests of supervisors (``personalization up``, ``stack up``): who runs, who is gone."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import time
 from pathlib import Path
 
-__all__ = ["alive", "descendants", "parent_of", "wait_gone"]
+from personalization_dev.testing.waiting import WaitTimeout, wait_until
+
+__all__ = ["alive", "all_pids", "cmdline", "descendants", "parent_of", "wait_gone"]
 
 
-def _pids() -> list[int]:
+def all_pids() -> list[int]:
+    """Pids of every live process."""
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def cmdline(pid: int) -> list[str]:
+    """argv of ``pid`` or [] if gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [p.decode(errors="replace") for p in raw.split(b"\0") if p]
 
 
 def parent_of(pid: int) -> int | None:
@@ -22,12 +34,12 @@ def parent_of(pid: int) -> int | None:
     return int(raw[raw.rfind(")") + 2 :].split()[1])
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live descendant of ``pid`` (children, grandchildren, ...)."""
+def descendants(*roots: int) -> set[int]:
+    """Every live descendant of the ``roots`` (children, grandchildren, ...)."""
     out: set[int] = set()
-    frontier = {pid}
+    frontier = set(roots)
     while frontier:
-        children = {p for p in _pids() if parent_of(p) in frontier} - out
+        children = {p for p in all_pids() if parent_of(p) in frontier} - out
         out |= children
         frontier = children
     return out
@@ -44,9 +56,7 @@ def alive(pid: int) -> bool:
 
 def wait_gone(pids: set[int], timeout_s: float = 30.0) -> set[int]:
     """Wait until none of ``pids`` runs; returns those still alive at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    left = {p for p in pids if alive(p)}
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = {p for p in left if alive(p)}
-    return left
+    with contextlib.suppress(WaitTimeout):  # the caller asserts on what is left, naming it
+        wait_until(lambda: not any(alive(p) for p in pids), timeout_s, f"processes {sorted(pids)} to end",
+                   interval_s=0.05)
+    return {p for p in pids if alive(p)}
